@@ -1,0 +1,69 @@
+package convert
+
+import (
+	"github.com/ptsafe/converter/internal/unpickler"
+)
+
+// Version is the converter version recorded in manifests; cmd/converter overrides it at link time.
+var Version = "0.1.0-dev"
+
+// Manifest records what a conversion read and wrote; `scan --json` prints the same schema with
+// Output unset. Field names are a stable contract.
+type Manifest struct {
+	ConverterVersion string            `json:"converter_version"`
+	Source           Source            `json:"source"`
+	Output           *Output           `json:"output,omitempty"`
+	Verdict          string            `json:"verdict"` // safe, unsafe, malformed
+	Error            *ErrorInfo        `json:"error,omitempty"`
+	Globals          []GlobalRef       `json:"globals"`
+	Tensors          []Tensor          `json:"tensors"`
+	Aliases          map[string]string `json:"aliases"`
+	Dropped          []Dropped         `json:"dropped"`
+}
+
+// Source describes the input checkpoint.
+type Source struct {
+	Path      string `json:"path"`
+	Size      int64  `json:"size"`
+	SHA256    string `json:"sha256,omitempty"`
+	Container string `json:"container"` // zip, legacy, tar, torchscript, pickle, npy, 7z, unknown
+	Prefix    string `json:"prefix,omitempty"`
+	Protocol  int    `json:"pickle_protocol"`
+	ByteOrder string `json:"byteorder,omitempty"`
+}
+
+// Output describes the written safetensors file.
+type Output struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ErrorInfo is the classified failure of a scan.
+type ErrorInfo struct {
+	Type   string `json:"type"` // unsafe, malformed, unsupported, limit, internal
+	Detail string `json:"detail"`
+}
+
+// GlobalRef is one global seen in one pickle stream of the source.
+type GlobalRef struct {
+	Entry string `json:"entry"`
+	unpickler.Global
+}
+
+// Tensor is one tensor of the output (or, in a scan, of the plan).
+type Tensor struct {
+	Name        string    `json:"name"`
+	DType       string    `json:"dtype"`
+	Shape       []int64   `json:"shape"`
+	Bytes       int64     `json:"bytes"`
+	DataOffsets *[2]int64 `json:"data_offsets,omitempty"` // in the output's data section
+	SHA256      string    `json:"sha256,omitempty"`
+	Storage     string    `json:"storage"` // storage key in the source
+}
+
+// Dropped is a non-tensor leaf of the selected tree, listed rather than silently lost.
+type Dropped struct {
+	Path string `json:"path"`
+	Type string `json:"type"`
+}

@@ -1,0 +1,168 @@
+// Package limits holds every bound the converter enforces on untrusted input, in one struct, so
+// that each can be named in an error, configured by a flag or an environment variable, and
+// reviewed in one place.
+//
+// The defaults admit any real model up to 1 TB while keeping a hostile file's cost bounded.
+package limits
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Limits bounds the resources one conversion may consume. A zero field means "use the default";
+// use Default() to get a fully populated value.
+type Limits struct {
+	// MaxFileBytes bounds the size of an input file.
+	MaxFileBytes int64
+	// MaxPickleBytes bounds one pickle stream (a zip's data.pkl, one legacy pickle).
+	MaxPickleBytes int64
+	// MaxTensors bounds the number of tensors (and of storages) in one checkpoint.
+	MaxTensors int
+	// MaxDims bounds the rank of one tensor.
+	MaxDims int
+	// MaxOutputBytes bounds the total tensor bytes written.
+	MaxOutputBytes int64
+	// MaxNesting bounds container nesting in a pickle and the depth of the object graph walk.
+	MaxNesting int
+	// MaxMemo bounds the number of memo entries in one pickle.
+	MaxMemo int
+	// MaxMarks bounds the number of MARK opcodes that may be open at once.
+	MaxMarks int
+	// MaxLongBytes bounds the encoded length of a LONG1/LONG4/text INT/LONG integer.
+	MaxLongBytes int
+	// MaxWalkNodes bounds the number of object-graph nodes visited (paths, not unique nodes),
+	// so a DAG that reaches one tensor through 2^100 paths ends quickly.
+	MaxWalkNodes int
+	// MaxZipEntries bounds the number of entries in a zip central directory.
+	MaxZipEntries int
+	// MaxHeaderBytes bounds a safetensors header (the reference reader refuses > 100,000,000).
+	MaxHeaderBytes int64
+	// Timeout bounds the wall time of one conversion.
+	Timeout time.Duration
+}
+
+// Default returns the limits used when nothing is configured.
+func Default() Limits {
+	return Limits{
+		MaxFileBytes:   1 << 40, // 1 TiB
+		MaxPickleBytes: 1 << 30, // 1 GiB: ~5M tensors' worth of pickle
+		MaxTensors:     5_000_000,
+		MaxDims:        64,
+		MaxOutputBytes: 1 << 40,
+		MaxNesting:     1000,
+		MaxMemo:        1 << 24,
+		MaxMarks:       1 << 16,
+		MaxLongBytes:   64,
+		MaxWalkNodes:   50_000_000,
+		MaxZipEntries:  10_000_000,
+		MaxHeaderBytes: 100_000_000,
+		Timeout:        6 * time.Hour,
+	}
+}
+
+// OrDefault returns l with every zero field replaced by its default.
+func (l Limits) OrDefault() Limits {
+	d := Default()
+	pick64 := func(v *int64, dv int64) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	pick := func(v *int, dv int) {
+		if *v == 0 {
+			*v = dv
+		}
+	}
+	pick64(&l.MaxFileBytes, d.MaxFileBytes)
+	pick64(&l.MaxPickleBytes, d.MaxPickleBytes)
+	pick(&l.MaxTensors, d.MaxTensors)
+	pick(&l.MaxDims, d.MaxDims)
+	pick64(&l.MaxOutputBytes, d.MaxOutputBytes)
+	pick(&l.MaxNesting, d.MaxNesting)
+	pick(&l.MaxMemo, d.MaxMemo)
+	pick(&l.MaxMarks, d.MaxMarks)
+	pick(&l.MaxLongBytes, d.MaxLongBytes)
+	pick(&l.MaxWalkNodes, d.MaxWalkNodes)
+	pick(&l.MaxZipEntries, d.MaxZipEntries)
+	pick64(&l.MaxHeaderBytes, d.MaxHeaderBytes)
+	if l.Timeout == 0 {
+		l.Timeout = d.Timeout
+	}
+	return l
+}
+
+// RegisterFlags binds every limit to a flag named limit-NAME, whose default comes from the
+// environment variable CONVERTER_LIMIT_NAME when set (NAME in upper case with '-' as '_'), else
+// from l. It returns an error if an environment value does not parse.
+func (l *Limits) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) error {
+	type field struct {
+		name, usage string
+		i64         *int64
+		i           *int
+	}
+	fields := []field{
+		{"max-file-bytes", "largest input file in bytes", &l.MaxFileBytes, nil},
+		{"max-pickle-bytes", "largest single pickle stream in bytes", &l.MaxPickleBytes, nil},
+		{"max-tensors", "most tensors in one checkpoint", nil, &l.MaxTensors},
+		{"max-dims", "highest tensor rank", nil, &l.MaxDims},
+		{"max-output-bytes", "most tensor bytes written", &l.MaxOutputBytes, nil},
+		{"max-nesting", "deepest container nesting in a pickle", nil, &l.MaxNesting},
+		{"max-memo", "most memo entries in one pickle", nil, &l.MaxMemo},
+		{"max-marks", "most open MARKs in one pickle", nil, &l.MaxMarks},
+		{"max-long-bytes", "longest encoded pickle integer in bytes", nil, &l.MaxLongBytes},
+		{"max-walk-nodes", "most object-graph nodes visited", nil, &l.MaxWalkNodes},
+		{"max-zip-entries", "most zip entries", nil, &l.MaxZipEntries},
+		{"max-header-bytes", "largest safetensors header in bytes", &l.MaxHeaderBytes, nil},
+	}
+	for _, f := range fields {
+		env := envName(f.name)
+		v := getenv(env)
+		usage := fmt.Sprintf("%s (env %s)", f.usage, env)
+		switch {
+		case f.i64 != nil:
+			if v != "" {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil || n <= 0 {
+					return fmt.Errorf("%s=%q: want a positive integer", env, v)
+				}
+				*f.i64 = n
+			}
+			fs.Int64Var(f.i64, "limit-"+f.name, *f.i64, usage)
+		default:
+			if v != "" {
+				n, err := strconv.Atoi(v)
+				if err != nil || n <= 0 {
+					return fmt.Errorf("%s=%q: want a positive integer", env, v)
+				}
+				*f.i = n
+			}
+			fs.IntVar(f.i, "limit-"+f.name, *f.i, usage)
+		}
+	}
+	env := envName("timeout")
+	if v := getenv(env); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("%s=%q: want a positive duration", env, v)
+		}
+		l.Timeout = d
+	}
+	fs.DurationVar(&l.Timeout, "limit-timeout", l.Timeout, fmt.Sprintf("longest conversion (env %s)", env))
+	return nil
+}
+
+func envName(flagName string) string {
+	b := []byte("CONVERTER_LIMIT_" + flagName)
+	for i, c := range b {
+		switch {
+		case c == '-':
+			b[i] = '_'
+		case c >= 'a' && c <= 'z':
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
+}
