@@ -4,11 +4,16 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/ptsafe/converter/internal/convert"
 )
 
 func main() {
@@ -24,17 +29,46 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		fmt.Fprintln(stderr, usage)
 		return 2
 	}
-	switch args[0] {
-	case "serve":
-		if err := runServe(ctx, args[1:], getenv, stdout, stderr); err != nil {
-			fmt.Fprintf(stderr, "converter serve: %v\n", err)
-			return 1
-		}
+	cmds := map[string]func(context.Context, []string, func(string) string, io.Writer, io.Writer) error{
+		"convert": runConvert,
+		"scan":    runScan,
+		"verify":  runVerify,
+		"serve":   runServe,
+	}
+	name := args[0]
+	switch name {
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "converter %s\n", convert.Version)
 		return 0
-	default:
-		fmt.Fprintf(stderr, "converter: unknown command %q\n%s\n", args[0], usage)
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return 0
+	}
+	cmd, ok := cmds[name]
+	if !ok {
+		fmt.Fprintf(stderr, "converter: unknown command %q\n%s\n", name, usage)
 		return 2
 	}
+	err := cmd(ctx, args[1:], getenv, stdout, stderr)
+	code := exitCode(err)
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case code == 2:
+		if msg := strings.TrimPrefix(err.Error(), errUsage.Error()); msg != "" {
+			fmt.Fprintf(stderr, "converter %s%s\n", name, msg)
+		}
+		fmt.Fprintln(stderr, usage)
+	default:
+		fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
+	}
+	return code
+}
+
+// oneLine keeps an error message to a single line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }
 
 const usage = `usage:

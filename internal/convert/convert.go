@@ -8,9 +8,16 @@
 package convert
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
 
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 )
 
@@ -27,15 +34,158 @@ type Options struct {
 	SourceName string
 }
 
+func newManifest(src string, opts Options) *Manifest {
+	name := src
+	if opts.SourceName != "" {
+		name = opts.SourceName
+	}
+	return &Manifest{
+		ConverterVersion: Version,
+		Source:           Source{Path: name},
+		Globals:          []GlobalRef{},
+		Tensors:          []Tensor{},
+		Aliases:          map[string]string{},
+		Dropped:          []Dropped{},
+	}
+}
+
 // File converts the checkpoint at src into a safetensors file at dst and returns its manifest.
 // On any error no file exists at dst. Errors on bad input are *fault.Error values.
 func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error) {
-	return nil, errors.New("not implemented")
+	m := newManifest(src, opts)
+	lim := opts.Limits.OrDefault()
+	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
+	defer cancel()
+
+	f, p, err := open(src, opts, m)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// The whole-file digest is a sequential pass of its own, overlapping the conversion.
+	srcSum := make(chan result, 1)
+	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(f, 0, m.Source.Size)) }()
+
+	dir := filepath.Dir(dst)
+	p.scratchDir = dir
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp")
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "create output")
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	sums, err := p.write(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	out, err := p.verify(ctx, tmp, sums)
+	if err != nil {
+		return nil, err
+	}
+	src256 := <-srcSum
+	if src256.err != nil {
+		return nil, src256.err
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "close output")
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "rename output")
+	}
+	committed = true
+	syncDir(dir)
+
+	m.Source.SHA256 = src256.sum
+	m.Output = &Output{Path: dst, Size: p.layout.Size, SHA256: out}
+	m.Verdict = "safe"
+	for i, lt := range p.layout.Tensors {
+		m.Tensors[i].DataOffsets = &[2]int64{lt.Begin, lt.End}
+		m.Tensors[i].SHA256 = sums[i]
+	}
+	return m, nil
+}
+
+// write streams the header and every tensor into out and syncs it; it returns the per-tensor
+// digests of the bytes written, computed from the source as they pass.
+func (p *plan) write(ctx context.Context, out *os.File) ([]string, error) {
+	bw := bufio.NewWriterSize(out, 1<<20)
+	if _, err := bw.Write(p.layout.Header); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "write output")
+	}
+	sums, err := p.pump(ctx, bw)
+	if err != nil {
+		return nil, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "write output")
+	}
+	if err := out.Sync(); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sync output")
+	}
+	return sums, nil
 }
 
 // Scan builds the same plan as File without writing anything. The manifest's Verdict and Error
 // say whether the file is safe; the returned error is set only when the scan itself could not
 // run (the file cannot be opened).
 func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
-	return nil, errors.New("not implemented")
+	m := newManifest(src, opts)
+	f, _, err := open(src, opts, m)
+	if err != nil {
+		if fault.KindOf(err) == fault.Internal {
+			return nil, err
+		}
+		m.Verdict = verdictOf(err)
+		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
+		return m, nil
+	}
+	f.Close()
+	m.Verdict = "safe"
+	return m, nil
+}
+
+// verdictOf names the scan verdict for a classified error.
+func verdictOf(err error) string {
+	if fault.KindOf(err) == fault.Unsafe {
+		return "unsafe"
+	}
+	return "malformed"
+}
+
+type result struct {
+	sum string
+	err error
+}
+
+// hashReader returns the hex SHA-256 of everything r yields.
+func hashReader(ctx context.Context, r io.Reader) result {
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return result{err: err}
+		}
+		n, err := r.Read(buf)
+		h.Write(buf[:n])
+		if errors.Is(err, io.EOF) {
+			return result{sum: hex.EncodeToString(h.Sum(nil))}
+		}
+		if err != nil {
+			return result{err: fault.Wrap(fault.Internal, "", err, "read input")}
+		}
+	}
+}
+
+// syncDir makes a rename durable; failure to sync a directory is not an error on file systems
+// that do not support it.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
 }

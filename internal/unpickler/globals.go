@@ -97,6 +97,21 @@ var allowed = func() map[string]bool {
 		"torch.Size":                                 true,
 		"torch.nn.parameter.Parameter":               true,
 		"torch.Tensor":                               true,
+		// Recognised so that the tensor they rebuild can be refused by name (exit 4), not
+		// mistaken for an attack (exit 3): torch's own weights_only allowlist admits them.
+		"torch._utils._rebuild_qtensor":                       true,
+		"torch._utils._rebuild_sparse_tensor":                 true,
+		"torch._utils._rebuild_meta_tensor_no_storage":        true,
+		"torch._utils._rebuild_wrapper_subclass":              true,
+		"torch._utils._rebuild_device_tensor_from_numpy":      true,
+		"torch._utils._rebuild_device_tensor_from_cpu_tensor": true,
+		"torch._utils._rebuild_tensor":                        true,
+		"torch.serialization._get_layout":                     true,
+		"torch.per_tensor_affine":                             true,
+		"torch.per_tensor_symmetric":                          true,
+		"torch.per_channel_affine":                            true,
+		"torch.per_channel_symmetric":                         true,
+		"torch.per_channel_affine_float_qparams":              true,
 	}
 	for _, s := range []string{"Double", "Float", "Half", "Long", "Int", "Short", "Char", "Byte",
 		"Bool", "BFloat16", "ComplexFloat", "ComplexDouble", "QInt8", "QUInt8", "QInt32",

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/limits"
+)
+
+// errUsage marks a command-line mistake (exit 2).
+var errUsage = errors.New("usage")
+
+// multiFlag collects a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// commonFlags registers the limits on fs and returns the options they fill.
+func commonFlags(fs *flag.FlagSet, getenv func(string) string) (*convert.Options, error) {
+	opts := &convert.Options{Limits: limits.Default()}
+	if err := opts.Limits.RegisterFlags(fs, getenv); err != nil {
+		return nil, err
+	}
+	return opts, nil
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func runConvert(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("convert", stderr)
+	sel := fs.String("select", "", "convert only the subtree at this dotted `PATH`")
+	manifest := fs.String("manifest", "", "write the manifest JSON to `FILE`")
+	var allow multiFlag
+	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
+	opts, err := commonFlags(fs, getenv)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		return fmt.Errorf("%w: convert needs INPUT [OUTPUT]", errUsage)
+	}
+	in := fs.Arg(0)
+	out := fs.Arg(1)
+	if out == "" {
+		out = filepath.Join(filepath.Dir(in), OutputName(filepath.Base(in)))
+	}
+	opts.Select, opts.AllowGlobals = *sel, allow
+	m, err := convert.File(ctx, in, out, *opts)
+	if err != nil {
+		return err
+	}
+	if *manifest != "" {
+		if err := writeJSONFile(*manifest, m); err != nil {
+			os.Remove(out)
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "%s: %d tensors, %d bytes, sha256 %s\n", out, len(m.Tensors), m.Output.Size, m.Output.SHA256)
+	return nil
+}
+
+func runScan(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("scan", stderr)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	var allow multiFlag
+	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
+	opts, err := commonFlags(fs, getenv)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: scan needs INPUT", errUsage)
+	}
+	opts.AllowGlobals = allow
+	m, err := convert.Scan(ctx, fs.Arg(0), *opts)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(m); err != nil {
+			return err
+		}
+	} else {
+		printScan(stdout, m)
+	}
+	if m.Error != nil {
+		return reported{kind: m.Error.Type, detail: m.Error.Detail}
+	}
+	return nil
+}
+
+// reported is a scan verdict already printed in full: the exit code follows its kind.
+type reported struct{ kind, detail string }
+
+func (r reported) Error() string { return r.detail }
+
+func printScan(w io.Writer, m *convert.Manifest) {
+	fmt.Fprintf(w, "file:      %s (%d bytes)\n", m.Source.Path, m.Source.Size)
+	fmt.Fprintf(w, "container: %s", m.Source.Container)
+	if m.Source.Prefix != "" {
+		fmt.Fprintf(w, " (folder %q)", m.Source.Prefix)
+	}
+	fmt.Fprintf(w, ", pickle protocol %d\n", m.Source.Protocol)
+	fmt.Fprintf(w, "globals:\n")
+	for _, g := range m.Globals {
+		fmt.Fprintf(w, "  %-9s %s.%s (%s@%d)\n", g.Class, g.Module, g.Name, g.Entry, g.Offset)
+	}
+	fmt.Fprintf(w, "tensors:   %d\n", len(m.Tensors))
+	for _, t := range m.Tensors {
+		fmt.Fprintf(w, "  %s %s %v %d bytes\n", t.Name, t.DType, t.Shape, t.Bytes)
+	}
+	fmt.Fprintf(w, "verdict:   %s\n", m.Verdict)
+}
+
+func runVerify(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", stderr)
+	source := fs.String("source", "", "also compare every tensor with the checkpoint `INPUT`")
+	opts, err := commonFlags(fs, getenv)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: verify needs FILE.safetensors", errUsage)
+	}
+	rep, err := convert.Verify(ctx, fs.Arg(0), *source, *opts)
+	if err != nil {
+		return err
+	}
+	what := "valid"
+	if rep.Source != nil {
+		what = "valid, every tensor equals the source"
+	}
+	fmt.Fprintf(stdout, "%s: %s (%d tensors, sha256 %s)\n", rep.Path, what, len(rep.Tensors), rep.SHA256)
+	return nil
+}
+
+// shardName matches Hugging Face shard names such as pytorch_model-00001-of-00002.bin.
+var shardName = regexp.MustCompile(`^pytorch_model(-\d+-of-\d+)\.bin$`)
+
+// OutputName applies the Hugging Face naming rule: pytorch_model.bin -> model.safetensors,
+// pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors, NAME.{bin,pt,pth,ckpt}
+// -> NAME.safetensors, anything else -> NAME.safetensors appended.
+func OutputName(base string) string {
+	if base == "pytorch_model.bin" {
+		return "model.safetensors"
+	}
+	if m := shardName.FindStringSubmatch(base); m != nil {
+		return "model" + m[1] + ".safetensors"
+	}
+	for _, ext := range []string{".bin", ".pt", ".pth", ".ckpt"} {
+		if stem, ok := strings.CutSuffix(base, ext); ok && stem != "" {
+			return stem + ".safetensors"
+		}
+	}
+	return base + ".safetensors"
+}
+
+// writeJSONFile writes v as indented JSON, atomically.
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "write manifest")
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "write manifest")
+	}
+	return nil
+}
+
+// exitCode maps a command's error to the exit code contract.
+func exitCode(err error) int {
+	var r reported
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case errors.As(err, &r):
+		switch r.kind {
+		case "unsafe":
+			return 3
+		case "malformed", "unsupported", "limit":
+			return 4
+		}
+		return 1
+	}
+	return fault.KindOf(err).ExitCode()
+}
+
+// parse parses flags; -h is not an error, anything else is a usage error.
+func parse(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return errUsage
+}

@@ -1,0 +1,267 @@
+package convert
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/ptsafe/converter/internal/dtype"
+	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/safetensors"
+	"github.com/ptsafe/converter/internal/torchzip"
+	"github.com/ptsafe/converter/internal/unpickler"
+)
+
+// plan is what convert decided to write, before any tensor byte is read.
+type plan struct {
+	container *torchzip.Container
+	lim       limits.Limits
+	// tensors are in output order; layout gives their offsets.
+	tensors []planned
+	layout  *safetensors.Layout
+	swap    bool // source data is big-endian
+	// scratchDir is where deflated records that need random access are inflated.
+	scratchDir string
+}
+
+// planned is one output tensor and where its bytes come from.
+type planned struct {
+	name   string
+	ref    *unpickler.TensorRef
+	record *torchzip.Record
+}
+
+// open reads the container, judges it and, when it is safe, builds the plan. The manifest is
+// filled as far as the file could be read, also on failure, so that scan can report it.
+func open(src string, opts Options, m *Manifest) (*os.File, *plan, error) {
+	lim := opts.Limits.OrDefault()
+	pol, err := policy(opts.AllowGlobals)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, nil, fault.Wrap(fault.Internal, "", err, "open input")
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fault.Wrap(fault.Internal, "", err, "stat input")
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fault.New(fault.Malformed, "", "input is not a regular file")
+	}
+	m.Source.Size = st.Size()
+	c, err := torchzip.Open(f, st.Size(), lim, pol)
+	if err != nil {
+		f.Close()
+		return nil, nil, fault.Wrap(fault.Internal, "", err, "read input")
+	}
+	m.Source.Container = string(c.Kind)
+	m.Source.Prefix = c.Prefix
+	m.Source.ByteOrder = c.ByteOrder
+	if c.Main != nil {
+		m.Source.Protocol = c.Main.Scan.Protocol
+	} else if len(c.Streams) > 0 {
+		m.Source.Protocol = c.Streams[0].Scan.Protocol
+	}
+	for _, g := range c.Globals() {
+		m.Globals = append(m.Globals, GlobalRef{Entry: g.Entry, Global: g.Global})
+	}
+	if err := judge(c); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	p, err := build(c, opts, lim, pol, m)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, p, nil
+}
+
+// policy builds the global policy, admitting --allow-global entries as inert records.
+func policy(extra []string) (*unpickler.Policy, error) {
+	pol := &unpickler.Policy{Extra: map[string]bool{}}
+	for _, q := range extra {
+		i := strings.LastIndexByte(q, '.')
+		if i <= 0 || i == len(q)-1 {
+			return nil, fault.New(fault.Malformed, "", "--allow-global %q: want MODULE.NAME", q)
+		}
+		if pol.Classify(q[:i], q[i+1:]) == unpickler.Dangerous {
+			return nil, fault.New(fault.Unsafe, "", "--allow-global %q: a known-dangerous global cannot be allowed", q)
+		}
+		pol.Extra[q] = true
+	}
+	return pol, nil
+}
+
+// judge returns the verdict error for a container: dangerous globals anywhere win, then the
+// refusal of TorchScript, then unknown globals and refused opcodes, then structural problems.
+func judge(c *torchzip.Container) error {
+	var dangerous, unknown []torchzip.EntryGlobal
+	for _, g := range c.Globals() {
+		switch g.Class {
+		case unpickler.Dangerous:
+			dangerous = append(dangerous, g)
+		case unpickler.Unknown:
+			unknown = append(unknown, g)
+		}
+	}
+	if len(dangerous) > 0 {
+		return globalsError("known-dangerous", dangerous)
+	}
+	if c.Kind == torchzip.TorchScript {
+		return c.Problem
+	}
+	if len(unknown) > 0 {
+		return globalsError("not allowed", unknown)
+	}
+	for _, s := range c.Streams {
+		if s.Err != nil && fault.KindOf(s.Err) == fault.Unsafe {
+			return s.Err
+		}
+	}
+	if c.Problem != nil {
+		return c.Problem
+	}
+	for _, s := range c.Streams {
+		if s.Err != nil {
+			return s.Err
+		}
+	}
+	return nil
+}
+
+func globalsError(what string, gs []torchzip.EntryGlobal) error {
+	first := gs[0]
+	e := fault.At(fault.Unsafe, first.Entry, first.Offset, "global %s is %s", first.Qualified(), what)
+	if len(gs) > 1 {
+		var more []string
+		for _, g := range gs[1:] {
+			more = append(more, fmt.Sprintf("%s@%d", g.Qualified(), g.Offset))
+		}
+		e.Msg += fmt.Sprintf(" (also: %s)", strings.Join(more, ", "))
+	}
+	return e
+}
+
+// build runs the restricted VM over the main pickle and plans the output.
+func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickler.Policy, m *Manifest) (*plan, error) {
+	pids := &unpickler.PersistentIDs{Legacy: c.Kind == torchzip.Legacy}
+	root, err := unpickler.Load(c.Main.Raw, c.Main.Entry, pol, pids, lim)
+	if err != nil {
+		return nil, err
+	}
+	if c.Kind == torchzip.Legacy {
+		if err := locateLegacy(c, pol, pids, lim); err != nil {
+			return nil, err
+		}
+	}
+	tree, err := unpickler.Flatten(root, opts.Select, c.Main.Entry, lim)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range tree.Dropped {
+		m.Dropped = append(m.Dropped, Dropped{Path: joinPath(tree.Selected, d.Path), Type: d.Type})
+	}
+	p := &plan{container: c, lim: lim, swap: c.ByteOrder == "big"}
+	type viewKey struct {
+		storage string
+		dt      dtype.DType
+		offset  int64
+		shape   string
+		stride  string
+	}
+	kept := map[viewKey]string{}
+	names := make([]unpickler.Named, len(tree.Tensors))
+	copy(names, tree.Tensors)
+	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
+	var total int64
+	entries := make([]safetensors.Entry, 0, len(names))
+	byName := map[string]planned{}
+	meta := map[string]string{"format": "pt"}
+	for _, n := range names {
+		t := n.Tensor
+		if t.Unsupported != "" {
+			return nil, fault.New(fault.Unsupported, c.Main.Entry, "tensor %q: %s", n.Name, t.Unsupported)
+		}
+		rec, err := c.Storage(t.Storage.Key)
+		if err != nil {
+			return nil, err
+		}
+		if rec.Size != t.Storage.NBytes {
+			return nil, fault.New(fault.Malformed, rec.Entry, "record holds %d bytes, the pickle declares %d for storage %q", rec.Size, t.Storage.NBytes, t.Storage.Key)
+		}
+		k := viewKey{t.Storage.Key, t.DType, t.Offset, fmt.Sprint(t.Shape), fmt.Sprint(t.Stride)}
+		if keep, ok := kept[k]; ok && n.Name != "format" {
+			m.Aliases[n.Name] = keep
+			meta[n.Name] = keep
+			continue
+		}
+		kept[k] = n.Name
+		nbytes := t.Numel() * int64(t.DType.Size())
+		if nbytes > math.MaxInt64-total || total+nbytes > lim.MaxOutputBytes {
+			return nil, fault.New(fault.Limit, "", "output exceeds limit max-output-bytes %d", lim.MaxOutputBytes)
+		}
+		total += nbytes
+		entries = append(entries, safetensors.Entry{Name: n.Name, DType: t.DType, Shape: t.Shape})
+		byName[n.Name] = planned{name: n.Name, ref: t, record: rec}
+	}
+	if len(entries) == 0 {
+		return nil, fault.New(fault.Unsupported, c.Main.Entry, "checkpoint holds no tensors")
+	}
+	layout, err := safetensors.Plan(meta, entries, lim.MaxHeaderBytes)
+	if err != nil {
+		return nil, err
+	}
+	p.layout = layout
+	for _, lt := range layout.Tensors {
+		pl := byName[lt.Name]
+		p.tensors = append(p.tensors, pl)
+		m.Tensors = append(m.Tensors, Tensor{Name: lt.Name, DType: lt.DType.String(), Shape: nonNil(lt.Shape),
+			Bytes: lt.End - lt.Begin, Storage: pl.ref.Storage.Key})
+	}
+	return p, nil
+}
+
+// locateLegacy reads the sorted key list and finds every storage in the raw area.
+func locateLegacy(c *torchzip.Container, pol *unpickler.Policy, pids *unpickler.PersistentIDs, lim limits.Limits) error {
+	v, err := unpickler.Load(c.Keys.Raw, c.Keys.Entry, pol, &unpickler.PersistentIDs{}, lim)
+	if err != nil {
+		return err
+	}
+	keys, err := unpickler.StringList(v)
+	if err != nil {
+		return fault.Wrap(fault.Malformed, c.Keys.Entry, err, "storage key list")
+	}
+	storages := pids.Storages()
+	if len(keys) != len(storages) {
+		return fault.New(fault.Malformed, c.Keys.Entry, "key list names %d storages, the checkpoint references %d", len(keys), len(storages))
+	}
+	return c.LocateLegacy(keys, func(key string) (int64, int64, bool) {
+		s, ok := storages[key]
+		if !ok {
+			return 0, 0, false
+		}
+		return s.NBytes, int64(s.DType.Size()), true
+	})
+}
+
+func joinPath(prefix, p string) string {
+	if prefix == "" {
+		return p
+	}
+	return prefix + "." + p
+}
+
+func nonNil(s []int64) []int64 {
+	if s == nil {
+		return []int64{}
+	}
+	return s
+}
