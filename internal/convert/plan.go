@@ -167,7 +167,11 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		return nil, err
 	}
 	for _, d := range tree.Dropped {
-		m.Dropped = append(m.Dropped, Dropped{Path: joinPath(tree.Selected, d.Path), Type: d.Type})
+		path := d.Path
+		if d.Type != "not selected" {
+			path = joinPath(tree.Selected, d.Path)
+		}
+		m.Dropped = append(m.Dropped, Dropped{Path: path, Type: d.Type})
 	}
 	p := &plan{container: c, lim: lim, swap: c.ByteOrder == "big"}
 	type viewKey struct {

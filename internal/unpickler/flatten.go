@@ -47,14 +47,16 @@ func Flatten(root any, selectPath string, entry string, lim limits.Limits) (*Tre
 	sub := root
 	switch {
 	case selectPath != "":
-		var err error
-		if sub, err = w.lookup(root, selectPath); err != nil {
-			return nil, err
-		}
 		tree.Selected = selectPath
 	default:
-		if v, ok := dictGet(root, "state_dict"); ok {
-			sub, tree.Selected = v, "state_dict"
+		if _, ok := dictGet(root, "state_dict"); ok {
+			tree.Selected = "state_dict"
+		}
+	}
+	if tree.Selected != "" {
+		var err error
+		if sub, err = w.lookup(root, tree.Selected, tree); err != nil {
+			return nil, err
 		}
 	}
 	if t, ok := sub.(*TensorRef); ok {
@@ -218,22 +220,31 @@ func dictGet(v any, key string) (any, bool) {
 }
 
 // lookup follows a dotted path; each component is a dict key (or its integer form) or a list
-// index.
-func (w *walker) lookup(root any, path string) (any, error) {
+// index. The siblings left behind on the way are recorded in tree.Dropped, so that nothing
+// outside the selection disappears silently.
+func (w *walker) lookup(root any, path string, tree *Tree) (any, error) {
 	cur := root
+	prefix := ""
 	for _, part := range strings.Split(path, ".") {
 		var next any
 		found := false
 		_ = eachChild(cur, func(k, child any) error {
-			if s, err := keyString(k); err == nil && s == part && !found {
+			s, err := keyString(k)
+			if err == nil && s == part && !found {
 				next, found = child, true
+				return nil
 			}
+			if err != nil {
+				s = "<" + typeName(k) + " key>"
+			}
+			tree.Dropped = append(tree.Dropped, Leaf{Path: prefix + s, Type: "not selected"})
 			return nil
 		})
 		if !found {
 			return nil, fault.New(fault.Malformed, w.entry, "--select %q: no key %q", path, part)
 		}
 		cur = next
+		prefix += part + "."
 	}
 	return cur, nil
 }
