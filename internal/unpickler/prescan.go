@@ -1,7 +1,14 @@
 package unpickler
 
 import (
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
+	"math"
+	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
@@ -20,15 +27,1166 @@ type Scan struct {
 	Protocol int
 	// Globals lists every GLOBAL, STACK_GLOBAL and INST reference in stream order, classified.
 	Globals []Global
-	// Length is the number of bytes up to and including STOP.
+	// Length is the number of bytes up to and including STOP. When Prescan fails it is the
+	// number of bytes read before the failure.
 	Length int64
 }
+
+// Bounds on text-line operands that no limit field covers: they are format sanity bounds, far
+// above anything CPython writes (a float repr is at most 24 characters, a memo index 10 digits,
+// a module path a few dozen bytes).
+const (
+	maxFloatLine = 64
+	maxIndexLine = 20
+	maxNameLine  = 1024
+)
 
 // Prescan walks one pickle stream from src without building any object, and copies its bytes
 // into the returned slice for the VM. avail is the number of bytes left in the underlying input
 // (a zip entry's size, or the rest of a legacy file); entry names the stream in errors.
 //
-// Not implemented yet.
+// Prescan reads exactly one pickle: it stops right after STOP and never reads beyond it, so the
+// caller can check for trailing bytes or read the next pickle of a legacy file. On success the
+// returned slice holds exactly Scan.Length bytes.
+//
+// It exists so that no input can crash, exhaust memory or stall gopickle v0.3.0, and it fails
+// closed on every anomaly with a *fault.Error carrying the offset of the offending opcode:
+//   - only the opcodes of protocols 0-5 are known (anything else is Malformed); INST, OBJ,
+//     EXT1/2/4, text PERSID, NEXT_BUFFER and READONLY_BUFFER are refused as Unsafe;
+//   - every length field is checked against the bytes left (avail) and lim.MaxPickleBytes
+//     before anything is allocated, and payloads are read in chunks so that memory follows the
+//     bytes actually read; text-line operands have bounded lengths;
+//   - integers: LONG1/LONG4 and text INT/LONG at most lim.MaxLongBytes bytes or digits, and an
+//     empty LONG1/LONG4 is refused (gopickle panics on it);
+//   - a symbolic stack: underflow, DICT/SETITEMS with an odd item count, bytes used as a
+//     dict or set key (gopickle panics on all of these), more than lim.MaxMarks open MARKs,
+//     more than lim.MaxMemo memo entries or stack items, container nesting built on the stack
+//     beyond lim.MaxNesting, a GET of a memo key never set, and anything but exactly one item
+//     and no open MARK at STOP;
+//   - STACK_GLOBAL operands must be string literals (pushed by a string opcode, directly or
+//     through the memo); array._array_reconstructor is refused (gopickle resolves it before
+//     any allowlist and it can panic);
+//   - FRAME: a frame must fit in the input, must not start before the previous one ends, and
+//     no opcode may straddle a frame end;
+//   - PROTO at most 5; BINUNICODE, SHORT_BINUNICODE and BINUNICODE8 must be valid UTF-8.
+//
+// Dangerous or unknown globals are not errors here: every GLOBAL, STACK_GLOBAL and INST is
+// recorded in Scan.Globals, classified by pol, and the caller decides. The Scan is returned
+// even with an error, listing every global found before the failure, so that a payload placed
+// before a corruption is still reported.
+//
+// A container added directly to itself is refused (gopickle's Stringers overflow the stack on
+// it). Nesting built through memo aliasing (GET of a container modified after its PUT) and
+// longer reference cycles are not visible to a symbolic stack: walkers of the object graph must
+// bound their own depth and detect cycles.
 func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) (*Scan, []byte, error) {
-	return &Scan{}, nil, fault.New(fault.Internal, entry, "pre-scanner not implemented")
+	s := &scanner{
+		src:      src,
+		avail:    avail,
+		entry:    entry,
+		lim:      lim,
+		pol:      pol,
+		frameEnd: -1,
+		scan:     &Scan{},
+	}
+	if avail < 0 {
+		return s.scan, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
+	}
+	s.max = min(avail, lim.MaxPickleBytes)
+	s.buf = make([]byte, 0, min(s.max, initialBuf))
+	err := s.run()
+	s.scan.Length = int64(len(s.buf))
+	if err != nil {
+		return s.scan, nil, err
+	}
+	return s.scan, s.buf[:len(s.buf):len(s.buf)], nil
+}
+
+const (
+	// initialBuf is the starting capacity of the copy of the stream; it grows with the bytes
+	// actually read, never with a claimed length.
+	initialBuf = 64 << 10
+	// readChunk is the largest single allocation step when reading a long payload.
+	readChunk = 1 << 20
+)
+
+// Item kinds on the symbolic stack and in the memo. kUnset marks an empty memo slot.
+const (
+	kUnset uint8 = iota
+	kOther
+	kStr
+	kBytes
+)
+
+// String encodings, deciding how a string literal is decoded when it names a global.
+const (
+	encRaw     uint8 = iota // BINUNICODE*, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING
+	encEscape               // STRING: Python escape_decode of the quoted text
+	encRawUESC              // UNICODE: raw-unicode-escape
+)
+
+// item is one symbolic stack value: string literals remember where their bytes sit in the copy
+// of the stream (off, n); containers and objects carry an identity in off (0 for scalars) and
+// their nesting depth.
+type item struct {
+	off   int64
+	n     int64
+	depth int32
+	kind  uint8
+	enc   uint8
+}
+
+// memoTable maps memo keys to items: keys CPython writes are dense from 0, so they live in a
+// slice; sparse keys fall back to a map. The slice never grows past about twice the number of
+// entries, so a hostile key pattern cannot inflate it.
+type memoTable struct {
+	dense  []item
+	sparse map[uint64]item
+	n      int
+}
+
+func (m *memoTable) get(k uint64) (item, bool) {
+	if k < uint64(len(m.dense)) && m.dense[k].kind != kUnset {
+		return m.dense[k], true
+	}
+	if m.sparse != nil {
+		it, ok := m.sparse[k]
+		return it, ok
+	}
+	return item{}, false
+}
+
+// put stores it under k and reports false when that would exceed limit entries.
+func (m *memoTable) put(k uint64, it item, limit int) bool {
+	if _, ok := m.get(k); !ok {
+		if m.n >= limit {
+			return false
+		}
+		m.n++
+	}
+	if k >= uint64(len(m.dense)) && k < 2*uint64(m.n)+1024 {
+		need := int(k) + 1
+		if need > cap(m.dense) {
+			grown := make([]item, need, max(need, 2*cap(m.dense)))
+			copy(grown, m.dense)
+			m.dense = grown
+		} else {
+			m.dense = m.dense[:need]
+		}
+	}
+	if k < uint64(len(m.dense)) {
+		m.dense[k] = it
+		if m.sparse != nil {
+			delete(m.sparse, k)
+		}
+		return true
+	}
+	if m.sparse == nil {
+		m.sparse = make(map[uint64]item)
+	}
+	m.sparse[k] = it
+	return true
+}
+
+type scanner struct {
+	src      Source
+	buf      []byte // copy of the stream so far; len(buf) is the offset of the next byte
+	avail    int64
+	max      int64 // min(avail, MaxPickleBytes)
+	frameEnd int64 // end offset of the current frame, -1 outside frames
+	op       int64 // offset of the opcode being decoded
+	entry    string
+	lim      limits.Limits
+	pol      *Policy
+	scan     *Scan
+
+	stack     []item
+	marks     []int // stack length at each open MARK
+	memo      memoTable
+	ids       int64 // last container identity handed out
+	sawBinary bool  // a protocol-1+ opcode was seen (for Scan.Protocol without PROTO)
+	sawProto  bool
+}
+
+// Opcode bytes (pickletools names).
+const (
+	opMark           = '('
+	opStop           = '.'
+	opPop            = '0'
+	opPopMark        = '1'
+	opDup            = '2'
+	opFloat          = 'F'
+	opInt            = 'I'
+	opBinInt         = 'J'
+	opBinInt1        = 'K'
+	opLong           = 'L'
+	opBinInt2        = 'M'
+	opNone           = 'N'
+	opPersID         = 'P'
+	opBinPersID      = 'Q'
+	opReduce         = 'R'
+	opString         = 'S'
+	opBinString      = 'T'
+	opShortBinString = 'U'
+	opUnicode        = 'V'
+	opBinUnicode     = 'X'
+	opAppend         = 'a'
+	opBuild          = 'b'
+	opGlobal         = 'c'
+	opDict           = 'd'
+	opEmptyDict      = '}'
+	opAppends        = 'e'
+	opGet            = 'g'
+	opBinGet         = 'h'
+	opInst           = 'i'
+	opLongBinGet     = 'j'
+	opList           = 'l'
+	opEmptyList      = ']'
+	opObj            = 'o'
+	opPut            = 'p'
+	opBinPut         = 'q'
+	opLongBinPut     = 'r'
+	opSetItem        = 's'
+	opTuple          = 't'
+	opEmptyTuple     = ')'
+	opSetItems       = 'u'
+	opBinFloat       = 'G'
+
+	opProto    = 0x80
+	opNewObj   = 0x81
+	opExt1     = 0x82
+	opExt2     = 0x83
+	opExt4     = 0x84
+	opTuple1   = 0x85
+	opTuple2   = 0x86
+	opTuple3   = 0x87
+	opNewTrue  = 0x88
+	opNewFalse = 0x89
+	opLong1    = 0x8a
+	opLong4    = 0x8b
+
+	opBinBytes      = 'B'
+	opShortBinBytes = 'C'
+
+	opShortBinUnicode = 0x8c
+	opBinUnicode8     = 0x8d
+	opBinBytes8       = 0x8e
+	opEmptySet        = 0x8f
+	opAddItems        = 0x90
+	opFrozenSet       = 0x91
+	opNewObjEx        = 0x92
+	opStackGlobal     = 0x93
+	opMemoize         = 0x94
+	opFrame           = 0x95
+
+	opByteArray8     = 0x96
+	opNextBuffer     = 0x97
+	opReadOnlyBuffer = 0x98
+)
+
+// binaryOps are the opcodes introduced after protocol 0; seeing one in a stream without PROTO
+// makes it protocol 1.
+var binaryOps = func() (t [256]bool) {
+	for _, c := range []byte{opPopMark, opBinFloat, opBinInt, opBinInt1, opBinInt2, opBinPersID,
+		opBinString, opShortBinString, opBinUnicode, opEmptyDict, opAppends, opBinGet,
+		opLongBinGet, opEmptyList, opObj, opBinPut, opLongBinPut, opEmptyTuple, opSetItems,
+		opBinBytes, opShortBinBytes} {
+		t[c] = true
+	}
+	for c := opProto; c <= opReadOnlyBuffer; c++ {
+		t[c] = true
+	}
+	return t
+}()
+
+func (s *scanner) pos() int64 { return int64(len(s.buf)) }
+
+func (s *scanner) fail(kind fault.Kind, format string, args ...any) error {
+	return fault.At(kind, s.entry, s.op, format, args...)
+}
+
+func (s *scanner) opName(op byte) string {
+	if op >= 0x20 && op < 0x7f {
+		return fmt.Sprintf("opcode %q", rune(op))
+	}
+	return fmt.Sprintf("opcode 0x%02x", op)
+}
+
+// room checks that n more bytes may be read, before anything is allocated for them.
+func (s *scanner) room(n int64, what string) error {
+	p := s.pos()
+	switch {
+	case n < 0:
+		return s.fail(fault.Malformed, "%s: negative length %d", what, n)
+	case n > s.avail-p:
+		return s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, n, s.avail-p)
+	case n > s.lim.MaxPickleBytes-p:
+		return s.fail(fault.Limit, "%s: length %d takes the pickle past the %d-byte limit (MaxPickleBytes)", what, n, s.lim.MaxPickleBytes)
+	case s.frameEnd >= 0 && n > s.frameEnd-p:
+		return s.fail(fault.Malformed, "%s straddles the end of its frame at offset %d", what, s.frameEnd)
+	}
+	return nil
+}
+
+func (s *scanner) readErr(err error, what string) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return s.fail(fault.Malformed, "%s: input ends at offset %d, before the %d bytes it was said to hold", what, s.pos(), s.avail)
+	}
+	return &fault.Error{Kind: fault.Internal, Entry: s.entry, Offset: s.op, Msg: "reading " + what, Err: err}
+}
+
+// read appends n bytes of the stream to buf and returns the offset where they start.
+func (s *scanner) read(n int64, what string) (int64, error) {
+	if err := s.room(n, what); err != nil {
+		return 0, err
+	}
+	start := s.pos()
+	for n > 0 {
+		step := min(n, readChunk)
+		s.buf = slices.Grow(s.buf, int(step))
+		p := len(s.buf)
+		s.buf = s.buf[:p+int(step)]
+		if step <= 8 {
+			for i := range int(step) {
+				b, err := s.src.ReadByte()
+				if err != nil {
+					s.buf = s.buf[:p+i]
+					return 0, s.readErr(err, what)
+				}
+				s.buf[p+i] = b
+			}
+		} else if m, err := io.ReadFull(s.src, s.buf[p:]); err != nil {
+			s.buf = s.buf[:p+m]
+			return 0, s.readErr(err, what)
+		}
+		n -= step
+	}
+	return start, nil
+}
+
+func (s *scanner) readByte(what string) (byte, error) {
+	if p := int64(len(s.buf)); p < s.max && (s.frameEnd < 0 || p < s.frameEnd) {
+		c, err := s.src.ReadByte()
+		if err != nil {
+			return 0, s.readErr(err, what)
+		}
+		s.buf = append(s.buf, c)
+		return c, nil
+	}
+	off, err := s.read(1, what)
+	if err != nil {
+		return 0, err
+	}
+	return s.buf[off], nil
+}
+
+func (s *scanner) readUint(n int64, what string) (uint64, error) {
+	off, err := s.read(n, what)
+	if err != nil {
+		return 0, err
+	}
+	b := s.buf[off : off+n]
+	switch n {
+	case 1:
+		return uint64(b[0]), nil
+	case 2:
+		return uint64(binary.LittleEndian.Uint16(b)), nil
+	case 4:
+		return uint64(binary.LittleEndian.Uint32(b)), nil
+	default:
+		return binary.LittleEndian.Uint64(b), nil
+	}
+}
+
+// readLine reads a newline-terminated operand of at most maxLen bytes (0: no bound beyond the
+// input and MaxPickleBytes) and returns the offsets of its text, without the newline.
+func (s *scanner) readLine(maxLen int64, what string) (int64, int64, error) {
+	start := s.pos()
+	for {
+		b, err := s.readByte(what)
+		if err != nil {
+			return 0, 0, err
+		}
+		if b == '\n' {
+			return start, s.pos() - 1, nil
+		}
+		if maxLen > 0 && s.pos()-start > maxLen {
+			return 0, 0, s.fail(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
+		}
+	}
+}
+
+func (s *scanner) push(it item) error {
+	if len(s.stack) >= s.lim.MaxMemo {
+		return s.fail(fault.Limit, "more than %d items on the pickle stack (MaxMemo)", s.lim.MaxMemo)
+	}
+	s.stack = append(s.stack, it)
+	return nil
+}
+
+func (s *scanner) base() int {
+	if len(s.marks) == 0 {
+		return 0
+	}
+	return s.marks[len(s.marks)-1]
+}
+
+func (s *scanner) pop(what string) (item, error) {
+	if len(s.stack) <= s.base() {
+		return item{}, s.fail(fault.Malformed, "%s: stack underflow", what)
+	}
+	it := s.stack[len(s.stack)-1]
+	s.stack = s.stack[:len(s.stack)-1]
+	return it, nil
+}
+
+// top returns a pointer to the item on top of the stack (above the current MARK).
+func (s *scanner) top(what string) (*item, error) {
+	if len(s.stack) <= s.base() {
+		return nil, s.fail(fault.Malformed, "%s: stack underflow", what)
+	}
+	return &s.stack[len(s.stack)-1], nil
+}
+
+// popMark removes the items above the topmost MARK and the MARK itself, returning the items;
+// the slice stays valid until the next push.
+func (s *scanner) popMark(what string) ([]item, error) {
+	if len(s.marks) == 0 {
+		return nil, s.fail(fault.Malformed, "%s without a MARK", what)
+	}
+	b := s.marks[len(s.marks)-1]
+	s.marks = s.marks[:len(s.marks)-1]
+	items := s.stack[b:]
+	s.stack = s.stack[:b]
+	return items, nil
+}
+
+// nest returns the depth of a container holding items, checked against MaxNesting.
+func (s *scanner) nest(d int32) (int32, error) {
+	if int(d)+1 > s.lim.MaxNesting {
+		return 0, s.fail(fault.Limit, "containers nested deeper than %d (MaxNesting)", s.lim.MaxNesting)
+	}
+	return d + 1, nil
+}
+
+func maxDepth(items []item) int32 {
+	var d int32
+	for _, it := range items {
+		d = max(d, it.depth)
+	}
+	return d
+}
+
+// object pushes a new container or object of nesting depth d with a fresh identity.
+func (s *scanner) object(d int32) error {
+	s.ids++
+	return s.push(item{kind: kOther, off: s.ids, depth: d})
+}
+
+// container pushes a container built from items.
+func (s *scanner) container(items []item) error {
+	d, err := s.nest(maxDepth(items))
+	if err != nil {
+		return err
+	}
+	return s.object(d)
+}
+
+// fill records that the container on top of the stack received values of depth d. It refuses
+// a container added to itself (a list appended to itself, a dict holding itself): the cycles a
+// symbolic stack can see. Longer cycles are left to the graph walker.
+func (s *scanner) fill(what string, d int32, values ...item) error {
+	t, err := s.top(what)
+	if err != nil {
+		return err
+	}
+	if t.kind == kOther && t.off != 0 {
+		for _, v := range values {
+			if v.kind == kOther && v.off == t.off {
+				return s.fail(fault.Malformed, "%s adds a container to itself (reference cycle)", what)
+			}
+		}
+	}
+	nd, err := s.nest(d)
+	if err != nil {
+		return err
+	}
+	t.kind = kOther
+	t.depth = max(t.depth, nd)
+	return nil
+}
+
+func (s *scanner) noBytesKeys(items []item, step int, what string) error {
+	for i := 0; i < len(items); i += step {
+		if items[i].kind == kBytes {
+			return s.fail(fault.Malformed, "%s: bytes used as a key", what)
+		}
+	}
+	return nil
+}
+
+// literal pushes a string or bytes literal whose bytes are buf[off:off+n].
+func (s *scanner) literal(kind, enc uint8, off, n int64) error {
+	return s.push(item{kind: kind, enc: enc, off: off, n: n})
+}
+
+// counted reads a length-prefixed payload: lenBytes of little-endian length, then the data.
+func (s *scanner) counted(lenBytes int64, signed bool, what string) (int64, int64, error) {
+	u, err := s.readUint(lenBytes, what)
+	if err != nil {
+		return 0, 0, err
+	}
+	var n int64
+	switch {
+	case signed:
+		n = int64(int32(uint32(u)))
+	case u > math.MaxInt64:
+		return 0, 0, s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, u, s.avail-s.pos())
+	default:
+		n = int64(u)
+	}
+	off, err := s.read(n, what)
+	return off, n, err
+}
+
+func (s *scanner) unicode(lenBytes int64, what string) error {
+	off, n, err := s.counted(lenBytes, false, what)
+	if err != nil {
+		return err
+	}
+	if !utf8.Valid(s.buf[off : off+n]) {
+		return s.fail(fault.Malformed, "%s: invalid UTF-8", what)
+	}
+	return s.literal(kStr, encRaw, off, n)
+}
+
+func (s *scanner) long(lenBytes int64, what string) error {
+	_, n, err := s.counted(lenBytes, lenBytes == 4, what)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		// Python reads an empty LONG1/LONG4 as 0, but gopickle v0.3.0 indexes bytes[len-1]
+		// and panics; torch never writes one (the pickler emits 0 as BININT1).
+		return s.fail(fault.Malformed, "%s with zero length (valid Python, but crashes gopickle; never written by torch)", what)
+	}
+	if n > int64(s.lim.MaxLongBytes) {
+		return s.fail(fault.Limit, "%s of %d bytes exceeds %d (MaxLongBytes)", what, n, s.lim.MaxLongBytes)
+	}
+	return s.push(item{kind: kOther})
+}
+
+// textInt checks a text INT or LONG operand: an optional sign, at most MaxLongBytes digits,
+// and for LONG an optional trailing 'L'.
+func (s *scanner) textInt(long bool, what string) error {
+	a, b, err := s.readLine(int64(s.lim.MaxLongBytes)+2, what)
+	if err != nil {
+		return err
+	}
+	t := s.buf[a:b]
+	if long && len(t) > 0 && t[len(t)-1] == 'L' {
+		t = t[:len(t)-1]
+	}
+	if len(t) > 0 && (t[0] == '-' || t[0] == '+') {
+		t = t[1:]
+	}
+	if len(t) == 0 {
+		return s.fail(fault.Malformed, "%s: no digits", what)
+	}
+	if len(t) > s.lim.MaxLongBytes {
+		return s.fail(fault.Limit, "%s of %d digits exceeds %d (MaxLongBytes)", what, len(t), s.lim.MaxLongBytes)
+	}
+	for _, c := range t {
+		if c < '0' || c > '9' {
+			return s.fail(fault.Malformed, "%s: %q is not a decimal integer", what, s.buf[a:b])
+		}
+	}
+	return s.push(item{kind: kOther})
+}
+
+// memoKey reads a text memo index.
+func (s *scanner) memoKey(what string) (uint64, error) {
+	a, b, err := s.readLine(maxIndexLine, what)
+	if err != nil {
+		return 0, err
+	}
+	t := s.buf[a:b]
+	if len(t) == 0 {
+		return 0, s.fail(fault.Malformed, "%s: empty memo index", what)
+	}
+	var k uint64
+	for _, c := range t {
+		if c < '0' || c > '9' || k > (math.MaxInt64-9)/10 {
+			return 0, s.fail(fault.Malformed, "%s: bad memo index %q", what, t)
+		}
+		k = k*10 + uint64(c-'0')
+	}
+	return k, nil
+}
+
+func (s *scanner) get(k uint64, what string) error {
+	it, ok := s.memo.get(k)
+	if !ok {
+		return s.fail(fault.Malformed, "%s of memo key %d, which was never set", what, k)
+	}
+	return s.push(it)
+}
+
+func (s *scanner) put(k uint64, what string) error {
+	t, err := s.top(what)
+	if err != nil {
+		return err
+	}
+	if !s.memo.put(k, *t, s.lim.MaxMemo) {
+		return s.fail(fault.Limit, "more than %d memo entries (MaxMemo)", s.lim.MaxMemo)
+	}
+	return nil
+}
+
+// name reads one newline-terminated GLOBAL/INST operand; CPython decodes it as UTF-8.
+func (s *scanner) name(what string) (string, error) {
+	a, b, err := s.readLine(maxNameLine, what)
+	if err != nil {
+		return "", err
+	}
+	if !utf8.Valid(s.buf[a:b]) {
+		return "", s.fail(fault.Malformed, "%s: invalid UTF-8 in name", what)
+	}
+	return string(s.buf[a:b]), nil
+}
+
+// record adds a global to the scan and refuses array._array_reconstructor, which gopickle
+// resolves before any FindClass hook and which panics on a bad type code.
+func (s *scanner) record(module, name string) error {
+	s.scan.Globals = append(s.scan.Globals, Global{
+		Module: module, Name: name, Offset: s.op, Class: s.pol.Classify(module, name),
+	})
+	if nm, nn := Normalize(module, name); nm == "array" && nn == "_array_reconstructor" {
+		return s.fail(fault.Unsafe, "global array._array_reconstructor is resolved by gopickle before any allowlist")
+	}
+	return nil
+}
+
+// literalText returns the value CPython gives a string literal, and whether gopickle (which
+// does not decode escapes) would see the same text.
+func (s *scanner) literalText(it item) (string, bool, error) {
+	raw := s.buf[it.off : it.off+it.n]
+	switch it.enc {
+	case encEscape:
+		v, err := escapeDecode(raw)
+		return v, v == string(raw), err
+	case encRawUESC:
+		v, err := rawUnicodeEscapeDecode(raw)
+		return v, v == string(raw), err
+	default:
+		return string(raw), true, nil
+	}
+}
+
+func (s *scanner) stackGlobal() error {
+	const what = "STACK_GLOBAL"
+	nameIt, err := s.pop(what)
+	if err != nil {
+		return err
+	}
+	modIt, err := s.pop(what)
+	if err != nil {
+		return err
+	}
+	if nameIt.kind != kStr || modIt.kind != kStr {
+		return s.fail(fault.Unsafe, "STACK_GLOBAL with non-literal operands")
+	}
+	module, sameM, err := s.literalText(modIt)
+	if err != nil {
+		return s.fail(fault.Malformed, "STACK_GLOBAL module: %v", err)
+	}
+	name, sameN, err := s.literalText(nameIt)
+	if err != nil {
+		return s.fail(fault.Malformed, "STACK_GLOBAL name: %v", err)
+	}
+	if err := s.record(module, name); err != nil {
+		return err
+	}
+	if !sameM || !sameN {
+		return s.fail(fault.Unsafe, "STACK_GLOBAL operand uses escapes (Python and gopickle would read different names)")
+	}
+	return s.push(item{kind: kOther})
+}
+
+func (s *scanner) run() error {
+	for {
+		if s.frameEnd >= 0 && s.pos() == s.frameEnd {
+			s.frameEnd = -1
+		}
+		s.op = s.pos()
+		op, err := s.readByte("opcode")
+		if err != nil {
+			return err
+		}
+		if binaryOps[op] {
+			s.sawBinary = true
+		}
+		done, err := s.step(op)
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// step decodes one opcode; it reports true after STOP.
+func (s *scanner) step(op byte) (bool, error) {
+	var err error
+	switch op {
+	case opMark:
+		if len(s.marks) >= s.lim.MaxMarks {
+			return false, s.fail(fault.Limit, "more than %d open MARKs (MaxMarks)", s.lim.MaxMarks)
+		}
+		s.marks = append(s.marks, len(s.stack))
+	case opStop:
+		if _, err = s.pop("STOP"); err != nil {
+			return false, err
+		}
+		if len(s.stack) != 0 || len(s.marks) != 0 {
+			return false, s.fail(fault.Malformed, "STOP leaves %d more stack items and %d open MARKs (want none)", len(s.stack), len(s.marks))
+		}
+		if s.frameEnd >= 0 && s.frameEnd != s.pos() {
+			return false, s.fail(fault.Malformed, "STOP inside a frame that extends %d bytes further", s.frameEnd-s.pos())
+		}
+		if !s.sawProto && s.sawBinary {
+			s.scan.Protocol = 1
+		}
+		return true, nil
+	case opPop:
+		if len(s.stack) > s.base() {
+			s.stack = s.stack[:len(s.stack)-1]
+		} else if len(s.marks) > 0 {
+			// CPython: POP on an empty frame discards the MARK.
+			s.marks = s.marks[:len(s.marks)-1]
+		} else {
+			err = s.fail(fault.Malformed, "POP: stack underflow")
+		}
+	case opPopMark:
+		_, err = s.popMark("POP_MARK")
+	case opDup:
+		var t *item
+		if t, err = s.top("DUP"); err == nil {
+			err = s.push(*t)
+		}
+
+	case opNone, opNewTrue, opNewFalse:
+		err = s.push(item{kind: kOther})
+	case opBinInt1:
+		if _, err = s.read(1, "BININT1"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+	case opBinInt2:
+		if _, err = s.read(2, "BININT2"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+	case opBinInt:
+		if _, err = s.read(4, "BININT"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+	case opBinFloat:
+		if _, err = s.read(8, "BINFLOAT"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+	case opInt:
+		err = s.textInt(false, "INT")
+	case opLong:
+		err = s.textInt(true, "LONG")
+	case opFloat:
+		if _, _, err = s.readLine(maxFloatLine, "FLOAT"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+	case opLong1:
+		err = s.long(1, "LONG1")
+	case opLong4:
+		err = s.long(4, "LONG4")
+
+	case opString:
+		var a, b int64
+		if a, b, err = s.readLine(0, "STRING"); err != nil {
+			return false, err
+		}
+		t := s.buf[a:b]
+		if len(t) < 2 || t[0] != t[len(t)-1] || (t[0] != '\'' && t[0] != '"') {
+			return false, s.fail(fault.Malformed, "STRING operand is not quoted")
+		}
+		err = s.literal(kStr, encEscape, a+1, b-a-2)
+	case opBinString:
+		var off, n int64
+		if off, n, err = s.counted(4, true, "BINSTRING"); err == nil {
+			err = s.literal(kStr, encRaw, off, n)
+		}
+	case opShortBinString:
+		var off, n int64
+		if off, n, err = s.counted(1, false, "SHORT_BINSTRING"); err == nil {
+			err = s.literal(kStr, encRaw, off, n)
+		}
+	case opUnicode:
+		var a, b int64
+		if a, b, err = s.readLine(0, "UNICODE"); err == nil {
+			err = s.literal(kStr, encRawUESC, a, b-a)
+		}
+	case opBinUnicode:
+		err = s.unicode(4, "BINUNICODE")
+	case opShortBinUnicode:
+		err = s.unicode(1, "SHORT_BINUNICODE")
+	case opBinUnicode8:
+		err = s.unicode(8, "BINUNICODE8")
+	case opBinBytes, opShortBinBytes, opBinBytes8:
+		lb, what := int64(4), "BINBYTES"
+		if op == opShortBinBytes {
+			lb, what = 1, "SHORT_BINBYTES"
+		} else if op == opBinBytes8 {
+			lb, what = 8, "BINBYTES8"
+		}
+		var off, n int64
+		if off, n, err = s.counted(lb, false, what); err == nil {
+			err = s.literal(kBytes, encRaw, off, n)
+		}
+	case opByteArray8:
+		if _, _, err = s.counted(8, false, "BYTEARRAY8"); err == nil {
+			err = s.push(item{kind: kOther})
+		}
+
+	case opEmptyList, opEmptyDict, opEmptyTuple, opEmptySet:
+		err = s.object(1)
+	case opList, opTuple:
+		what := "LIST"
+		if op == opTuple {
+			what = "TUPLE"
+		}
+		var items []item
+		if items, err = s.popMark(what); err == nil {
+			err = s.container(items)
+		}
+	case opTuple1, opTuple2, opTuple3:
+		n := int(op-opTuple1) + 1
+		if len(s.stack)-s.base() < n {
+			return false, s.fail(fault.Malformed, "TUPLE%d: stack underflow", n)
+		}
+		items := s.stack[len(s.stack)-n:]
+		s.stack = s.stack[:len(s.stack)-n]
+		err = s.container(items)
+	case opDict:
+		var items []item
+		if items, err = s.popMark("DICT"); err != nil {
+			return false, err
+		}
+		if len(items)%2 != 0 {
+			return false, s.fail(fault.Malformed, "DICT with an odd number (%d) of items", len(items))
+		}
+		err = s.container(items)
+	case opFrozenSet:
+		var items []item
+		if items, err = s.popMark("FROZENSET"); err != nil {
+			return false, err
+		}
+		if err = s.noBytesKeys(items, 1, "FROZENSET"); err == nil {
+			err = s.container(items)
+		}
+	case opAppend:
+		var v item
+		if v, err = s.pop("APPEND"); err == nil {
+			err = s.fill("APPEND", v.depth, v)
+		}
+	case opAppends:
+		var items []item
+		if items, err = s.popMark("APPENDS"); err == nil {
+			err = s.fill("APPENDS", maxDepth(items), items...)
+		}
+	case opSetItem:
+		var k, v item
+		if v, err = s.pop("SETITEM"); err != nil {
+			return false, err
+		}
+		if k, err = s.pop("SETITEM"); err != nil {
+			return false, err
+		}
+		if k.kind == kBytes {
+			return false, s.fail(fault.Malformed, "SETITEM: bytes used as a key")
+		}
+		err = s.fill("SETITEM", max(k.depth, v.depth), k, v)
+	case opSetItems:
+		var items []item
+		if items, err = s.popMark("SETITEMS"); err != nil {
+			return false, err
+		}
+		if len(items)%2 != 0 {
+			return false, s.fail(fault.Malformed, "SETITEMS with an odd number (%d) of items", len(items))
+		}
+		if err = s.noBytesKeys(items, 2, "SETITEMS"); err == nil {
+			err = s.fill("SETITEMS", maxDepth(items), items...)
+		}
+	case opAddItems:
+		var items []item
+		if items, err = s.popMark("ADDITEMS"); err != nil {
+			return false, err
+		}
+		if err = s.noBytesKeys(items, 1, "ADDITEMS"); err == nil {
+			err = s.fill("ADDITEMS", maxDepth(items), items...)
+		}
+	case opBuild:
+		var st item
+		if st, err = s.pop("BUILD"); err == nil {
+			err = s.fill("BUILD", st.depth, st)
+		}
+
+	case opGet:
+		var k uint64
+		if k, err = s.memoKey("GET"); err == nil {
+			err = s.get(k, "GET")
+		}
+	case opBinGet, opLongBinGet:
+		lb, what := int64(1), "BINGET"
+		if op == opLongBinGet {
+			lb, what = 4, "LONG_BINGET"
+		}
+		var k uint64
+		if k, err = s.readUint(lb, what); err == nil {
+			err = s.get(k, what)
+		}
+	case opPut:
+		var k uint64
+		if k, err = s.memoKey("PUT"); err == nil {
+			err = s.put(k, "PUT")
+		}
+	case opBinPut, opLongBinPut:
+		lb, what := int64(1), "BINPUT"
+		if op == opLongBinPut {
+			lb, what = 4, "LONG_BINPUT"
+		}
+		var k uint64
+		if k, err = s.readUint(lb, what); err == nil {
+			err = s.put(k, what)
+		}
+	case opMemoize:
+		err = s.put(uint64(s.memo.n), "MEMOIZE")
+
+	case opGlobal, opInst:
+		what := "GLOBAL"
+		if op == opInst {
+			what = "INST"
+		}
+		var module, name string
+		if module, err = s.name(what); err != nil {
+			return false, err
+		}
+		if name, err = s.name(what); err != nil {
+			return false, err
+		}
+		if err = s.record(module, name); err != nil {
+			return false, err
+		}
+		if op == opInst {
+			return false, s.fail(fault.Unsafe, "opcode INST (%s.%s) is outside the allowlist", module, name)
+		}
+		err = s.push(item{kind: kOther})
+	case opStackGlobal:
+		err = s.stackGlobal()
+	case opReduce, opNewObj:
+		what := "REDUCE"
+		if op == opNewObj {
+			what = "NEWOBJ"
+		}
+		var a, f item
+		if a, err = s.pop(what); err != nil {
+			return false, err
+		}
+		if f, err = s.pop(what); err != nil {
+			return false, err
+		}
+		err = s.object(max(a.depth, f.depth))
+	case opNewObjEx:
+		var kw, a, c item
+		if kw, err = s.pop("NEWOBJ_EX"); err != nil {
+			return false, err
+		}
+		if a, err = s.pop("NEWOBJ_EX"); err != nil {
+			return false, err
+		}
+		if c, err = s.pop("NEWOBJ_EX"); err != nil {
+			return false, err
+		}
+		err = s.object(max(kw.depth, a.depth, c.depth))
+	case opBinPersID:
+		var pid item
+		if pid, err = s.pop("BINPERSID"); err == nil {
+			err = s.push(item{kind: kOther, depth: pid.depth})
+		}
+
+	case opProto:
+		var v byte
+		if v, err = s.readByte("PROTO"); err != nil {
+			return false, err
+		}
+		if v > 5 {
+			return false, s.fail(fault.Malformed, "unsupported pickle protocol %d", v)
+		}
+		s.scan.Protocol, s.sawProto = int(v), true
+	case opFrame:
+		var u uint64
+		if u, err = s.readUint(8, "FRAME"); err != nil {
+			return false, err
+		}
+		if s.frameEnd >= 0 && s.frameEnd != s.pos() {
+			return false, s.fail(fault.Malformed, "FRAME before the end of the current frame")
+		}
+		if u > math.MaxInt64 {
+			return false, s.fail(fault.Malformed, "FRAME: length %d exceeds the %d bytes left in the input", u, s.avail-s.pos())
+		}
+		s.frameEnd = -1
+		if err = s.room(int64(u), "FRAME"); err != nil {
+			return false, err
+		}
+		s.frameEnd = s.pos() + int64(u)
+
+	case opPersID:
+		err = s.fail(fault.Unsafe, "opcode PERSID (text persistent id) is outside the allowlist")
+	case opObj:
+		err = s.fail(fault.Unsafe, "opcode OBJ is outside the allowlist")
+	case opExt1, opExt2, opExt4:
+		err = s.fail(fault.Unsafe, "opcode EXT%d (copyreg extension registry) is outside the allowlist", [...]int{1, 2, 4}[op-opExt1])
+	case opNextBuffer:
+		err = s.fail(fault.Unsafe, "opcode NEXT_BUFFER (out-of-band data) is outside the allowlist")
+	case opReadOnlyBuffer:
+		err = s.fail(fault.Unsafe, "opcode READONLY_BUFFER (out-of-band data) is outside the allowlist")
+	default:
+		err = s.fail(fault.Malformed, "unknown %s", s.opName(op))
+	}
+	return false, err
+}
+
+// escapeDecode mirrors Python's codecs.escape_decode, which CPython applies to the quoted text
+// of a STRING operand.
+func escapeDecode(b []byte) (string, error) {
+	if !strings.ContainsRune(string(b), '\\') {
+		return string(b), nil
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		i++
+		if i == len(b) {
+			return "", errors.New(`trailing \ in string`)
+		}
+		switch c = b[i]; c {
+		case '\n':
+		case '\\', '\'', '"':
+			out = append(out, c)
+		case 'a':
+			out = append(out, '\a')
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'v':
+			out = append(out, '\v')
+		case '0', '1', '2', '3', '4', '5', '6', '7':
+			v := int(c - '0')
+			for k := 0; k < 2 && i+1 < len(b) && b[i+1] >= '0' && b[i+1] <= '7'; k++ {
+				i++
+				v = v*8 + int(b[i]-'0')
+			}
+			out = append(out, byte(v))
+		case 'x':
+			if i+2 >= len(b) {
+				return "", errors.New(`truncated \x escape`)
+			}
+			hi, ok1 := unhex(b[i+1])
+			lo, ok2 := unhex(b[i+2])
+			if !ok1 || !ok2 {
+				return "", errors.New(`invalid \x escape`)
+			}
+			out = append(out, hi<<4|lo)
+			i += 2
+		default:
+			out = append(out, '\\', c)
+		}
+	}
+	return string(out), nil
+}
+
+// rawUnicodeEscapeDecode mirrors Python's raw-unicode-escape codec (UNICODE operands): only
+// \uXXXX and \UXXXXXXXX are escapes, every other byte is a Latin-1 code point.
+func rawUnicodeEscapeDecode(b []byte) (string, error) {
+	ascii := true
+	for _, c := range b {
+		if c == '\\' || c >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return string(b), nil
+	}
+	var sb strings.Builder
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c != '\\' {
+			sb.WriteRune(rune(c))
+			i++
+			continue
+		}
+		// A run of backslashes is literal, except that an odd run followed by u or U makes
+		// its last backslash start an escape (CPython counts the run the same way).
+		run := 0
+		for i < len(b) && b[i] == '\\' {
+			run++
+			i++
+		}
+		if run%2 == 0 || i == len(b) || (b[i] != 'u' && b[i] != 'U') {
+			sb.WriteString(strings.Repeat("\\", run))
+			continue
+		}
+		sb.WriteString(strings.Repeat("\\", run-1))
+		n := 4
+		if b[i] == 'U' {
+			n = 8
+		}
+		if i+1+n > len(b) {
+			return "", errors.New(`truncated \u escape`)
+		}
+		var r rune
+		for _, h := range b[i+1 : i+1+n] {
+			v, ok := unhex(h)
+			if !ok {
+				return "", errors.New(`invalid \u escape`)
+			}
+			r = r<<4 | rune(v)
+		}
+		if r > utf8.MaxRune {
+			return "", errors.New(`\U escape out of range`)
+		}
+		sb.WriteRune(r)
+		i += 1 + n
+	}
+	return sb.String(), nil
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
