@@ -143,7 +143,11 @@ func globalsError(what string, gs []torchzip.EntryGlobal) error {
 	if len(gs) > 1 {
 		var more []string
 		for _, g := range gs[1:] {
-			more = append(more, fmt.Sprintf("%s@%d", g.Qualified(), g.Offset))
+			where := fmt.Sprintf("@%d", g.Offset)
+			if g.Entry != first.Entry {
+				where = " in " + g.Entry + where
+			}
+			more = append(more, g.Qualified()+where)
 		}
 		e.Msg += fmt.Sprintf(" (also: %s)", strings.Join(more, ", "))
 	}
