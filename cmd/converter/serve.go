@@ -3,10 +3,214 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	apispec "github.com/ptsafe/converter/api"
+	"github.com/ptsafe/converter/internal/api"
+	"github.com/ptsafe/converter/internal/jobs"
 )
 
-// runServe starts the HTTP job service (issue 4). Placeholder until the service lands.
+// serveConfig is the validated configuration of `converter serve`.
+type serveConfig struct {
+	addr           string
+	dataDir        string
+	workers        int
+	retention      time.Duration
+	maxUploadBytes int64
+	tokensFile     string
+	drainTimeout   time.Duration
+}
+
+// parseServeFlags reads flags, taking each default from its CONVERTER_* environment variable
+// when set.
+func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
+	fs := flag.NewFlagSet("converter serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		c    serveConfig
+		errs []error
+	)
+	str := func(p *string, name, env, def, usage string) {
+		if v := getenv(env); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, usage+" (env "+env+")")
+	}
+	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) {
+		if v := getenv(env); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+			def = d
+		}
+		fs.DurationVar(p, name, def, usage+" (env "+env+")")
+	}
+	num := func(p *int64, name, env string, def int64, usage string) {
+		if v := getenv(env); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+			def = n
+		}
+		fs.Int64Var(p, name, def, usage+" (env "+env+")")
+	}
+	var workers int64
+	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
+	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
+	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
+	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
+	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
+	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
+	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service. Every flag falls back to the environment variable named with it.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if len(errs) > 0 {
+		return c, errors.Join(errs...)
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if workers < 1 || workers > 1024 {
+		return c, fmt.Errorf("--workers must be 1..1024, got %d", workers)
+	}
+	c.workers = int(workers)
+	if c.retention <= 0 {
+		return c, fmt.Errorf("--retention must be positive, got %s", c.retention)
+	}
+	if c.maxUploadBytes <= 0 {
+		return c, fmt.Errorf("--max-upload-bytes must be positive, got %d", c.maxUploadBytes)
+	}
+	return c, nil
+}
+
+// runServe starts the HTTP job service and runs until ctx is canceled, then shuts down
+// gracefully: readiness turns false, the listener closes, in-flight requests get the drain
+// timeout to finish, running conversions get the same, and whatever is still running is put
+// back in the queue for the next start.
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return errors.New("serve: not implemented")
+	cfg, err := parseServeFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+
+	var tokens *api.Tokens
+	if cfg.tokensFile != "" {
+		f, err := os.Open(cfg.tokensFile)
+		if err != nil {
+			return fmt.Errorf("open tokens file: %w", err)
+		}
+		tokens, err = api.ParseTokens(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", cfg.tokensFile, err)
+		}
+	} else if err := requireLoopback(cfg.addr); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	svc, err := jobs.Open(ctx, jobs.Config{
+		Dir:        cfg.dataDir,
+		Workers:    cfg.workers,
+		Retention:  cfg.retention,
+		Logger:     logger,
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler: api.NewServer(api.Deps{
+			Jobs: svc, Tokens: tokens, Registry: reg, Logger: logger,
+			MaxUploadBytes: cfg.maxUploadBytes, Spec: apispec.OpenAPI,
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	if err := svc.Start(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	mode := "tokens"
+	if tokens == nil {
+		mode = "open (loopback only)"
+	}
+	logger.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("data", cfg.dataDir),
+		slog.Int("workers", cfg.workers), slog.String("auth", mode))
+	fmt.Fprintf(stdout, "converter serve: listening on http://%s\n", ln.Addr())
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
+		defer cancel()
+		return errors.Join(fmt.Errorf("serve: %w", err), svc.Stop(stopCtx))
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", slog.Duration("drain_timeout", cfg.drainTimeout))
+	// First let in-flight requests finish (an upload being received still gets its 202), then
+	// stop claiming jobs and give running conversions the same budget.
+	httpCtx, cancelHTTP := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
+	defer cancelHTTP()
+	var shutdownErr error
+	if err := srv.Shutdown(httpCtx); err != nil {
+		shutdownErr = fmt.Errorf("shut down http server: %w", err)
+	}
+	jobsCtx, cancelJobs := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
+	defer cancelJobs()
+	err = errors.Join(shutdownErr, svc.Stop(jobsCtx))
+	if err == nil {
+		logger.Info("stopped")
+	}
+	return err
+}
+
+// requireLoopback refuses an address that is not on a loopback interface: a server without
+// tokens lets anyone who can reach it convert files.
+func requireLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--addr %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("refusing to listen on %q without --tokens: an open server is for local use only; "+
+		"listen on 127.0.0.1 or ::1, or pass --tokens FILE", addr)
 }

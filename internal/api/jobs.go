@@ -1,0 +1,501 @@
+package api
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/ptsafe/converter/internal/jobs"
+)
+
+// jobJSON is a job as the API shows it (schema Job in api/openapi.yaml).
+type jobJSON struct {
+	ID         string      `json:"id"`
+	State      jobs.State  `json:"state"`
+	CreatedAt  time.Time   `json:"created_at"`
+	UpdatedAt  time.Time   `json:"updated_at"`
+	StartedAt  *time.Time  `json:"started_at,omitempty"`
+	FinishedAt *time.Time  `json:"finished_at,omitempty"`
+	ExpiresAt  *time.Time  `json:"expires_at,omitempty"`
+	Attempts   int         `json:"attempts"`
+	Select     string      `json:"select,omitempty"`
+	Input      inputJSON   `json:"input"`
+	Output     *outputJSON `json:"output,omitempty"`
+	Error      *errorJSON  `json:"error,omitempty"`
+}
+
+type inputJSON struct {
+	Filename string `json:"filename"`
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+}
+
+type outputJSON struct {
+	Filename string `json:"filename"`
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+}
+
+type errorJSON struct {
+	Type   jobs.ErrorType `json:"type"`
+	Detail string         `json:"detail"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func toJSON(j jobs.Job) jobJSON {
+	out := jobJSON{
+		ID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt,
+		StartedAt: timePtr(j.StartedAt), FinishedAt: timePtr(j.FinishedAt), ExpiresAt: timePtr(j.ExpiresAt),
+		Attempts: j.Attempts, Select: j.Select,
+		Input: inputJSON{Filename: j.Filename, Size: j.InputSize, SHA256: j.InputSHA256},
+	}
+	if j.State == jobs.StateSucceeded {
+		out.Output = &outputJSON{Filename: OutputName(j.Filename), Size: j.OutputSize, SHA256: j.OutputSHA256}
+	}
+	if j.Error != nil {
+		out.Error = &errorJSON{Type: j.Error.Type, Detail: j.Error.Detail}
+	}
+	return out
+}
+
+// jobError answers an error from the job service.
+func jobError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, jobs.ErrNotFound):
+		problem(w, r, http.StatusNotFound, probNotFound, "no such job")
+	case errors.Is(err, jobs.ErrConflict):
+		problem(w, r, http.StatusConflict, probConflict, err.Error())
+	case errors.Is(err, jobs.ErrStopping):
+		w.Header().Set("Retry-After", "5")
+		problem(w, r, http.StatusServiceUnavailable, probUnavailable, "the server is shutting down")
+	default:
+		problem(w, r, http.StatusInternalServerError, probInternal, "internal error")
+	}
+}
+
+// jobID returns the {id} path parameter if it can name a job; anything else is answered 404
+// exactly like a missing job.
+func jobID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := chi.URLParam(r, "id")
+	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+		problem(w, r, http.StatusNotFound, probNotFound, "no such job")
+		return "", false
+	}
+	return strings.ToLower(id), true
+}
+
+const (
+	maxFilenameBytes = 255
+	maxKeyBytes      = 255
+	defaultFilename  = "checkpoint.pt"
+)
+
+// cleanFilename keeps the last path element of a client-supplied name, or reports it unusable.
+func cleanFilename(name string) (string, error) {
+	if name == "" {
+		return defaultFilename, nil
+	}
+	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if name == "." || name == "/" || name == ".." || len(name) > maxFilenameBytes {
+		return "", fmt.Errorf("filename %q is not usable", name)
+	}
+	for _, c := range name {
+		if c < 0x20 || c == 0x7f || c == '"' {
+			return "", errors.New("filename contains control characters or quotes")
+		}
+	}
+	return name, nil
+}
+
+// parseReprDigest returns the sha-256 member of an RFC 9530 Repr-Digest header ("" when absent).
+func parseReprDigest(h string) ([]byte, error) {
+	if h == "" {
+		return nil, nil
+	}
+	for _, member := range strings.Split(h, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(member), "=")
+		if !ok || strings.TrimSpace(k) != "sha-256" {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if len(v) < 2 || v[0] != ':' || v[len(v)-1] != ':' {
+			return nil, errors.New("Repr-Digest sha-256 value must be a byte sequence :BASE64:")
+		}
+		b, err := base64.StdEncoding.DecodeString(v[1 : len(v)-1])
+		if err != nil || len(b) != 32 {
+			return nil, errors.New("Repr-Digest sha-256 value is not 32 base64-encoded bytes")
+		}
+		return b, nil
+	}
+	return nil, errors.New("Repr-Digest has no sha-256 member")
+}
+
+func reprDigest(hexSHA string) string {
+	b, _ := hex.DecodeString(hexSHA)
+	return "sha-256=:" + base64.StdEncoding.EncodeToString(b) + ":"
+}
+
+// handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
+// streaming it to storage while hashing it, and creates a job for it.
+func handleSubmit(svc JobService, maxBytes int64, m *metrics) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tenant := tenantOf(r.Context())
+		if r.ContentLength > maxBytes {
+			m.reject("too_large")
+			problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
+			return
+		}
+		want, err := parseReprDigest(r.Header.Get("Repr-Digest"))
+		if err != nil {
+			m.reject("bad_request")
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
+		key := r.Header.Get("Idempotency-Key")
+		if len(key) > maxKeyBytes {
+			m.reject("bad_request")
+			problem(w, r, http.StatusBadRequest, probBadRequest, "Idempotency-Key is longer than 255 bytes")
+			return
+		}
+		q := r.URL.Query()
+		sel := q.Get("select")
+
+		body := http.MaxBytesReader(w, r.Body, maxBytes)
+		var (
+			src      io.Reader = body
+			filename           = q.Get("filename")
+		)
+		mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		switch mediaType {
+		case "", "application/octet-stream":
+		case "multipart/form-data":
+			part, err := filePart(multipart.NewReader(body, params["boundary"]))
+			if err != nil {
+				if rejectBodyError(w, r, err, maxBytes, m) {
+					return
+				}
+				m.reject("bad_request")
+				problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+				return
+			}
+			src = part
+			if filename == "" {
+				filename = part.FileName()
+			}
+		default:
+			m.reject("unsupported_media_type")
+			problem(w, r, http.StatusUnsupportedMediaType, probUnsupportedMedia,
+				"send the checkpoint as application/octet-stream or as the \"file\" part of multipart/form-data")
+			return
+		}
+		filename, err = cleanFilename(filename)
+		if err != nil {
+			m.reject("bad_request")
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
+
+		up, err := svc.Stage(r.Context(), src)
+		if err != nil {
+			if rejectBodyError(w, r, err, maxBytes, m) {
+				return
+			}
+			m.reject("upload_failed")
+			problem(w, r, http.StatusBadRequest, probBadRequest, "the upload could not be received")
+			return
+		}
+		m.uploaded.Add(float64(up.Size))
+		if up.Size == 0 {
+			_ = up.Discard()
+			m.reject("bad_request")
+			problem(w, r, http.StatusBadRequest, probBadRequest, "the upload is empty")
+			return
+		}
+		if want != nil {
+			got, _ := hex.DecodeString(up.SHA256)
+			if !bytes.Equal(got, want) {
+				_ = up.Discard()
+				m.reject("digest_mismatch")
+				problem(w, r, http.StatusBadRequest, probDigestMismatch,
+					"the received bytes have sha-256 "+up.SHA256+", not the one in Repr-Digest")
+				return
+			}
+		}
+		job, created, err := svc.Submit(r.Context(), jobs.SubmitParams{
+			Tenant: tenant, Filename: filename, Select: sel, IdempotencyKey: key, Upload: up,
+		})
+		if errors.Is(err, jobs.ErrIdempotencyMismatch) {
+			m.reject("idempotency_mismatch")
+			problem(w, r, http.StatusUnprocessableEntity, probIdempotencyMismatch, err.Error())
+			return
+		}
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		if !created {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.Header().Set("Location", "/v1/jobs/"+job.ID)
+		w.Header().Set("Retry-After", "1")
+		encode(w, http.StatusAccepted, toJSON(job))
+	}
+}
+
+// filePart advances a multipart body to its "file" part.
+func filePart(mr *multipart.Reader) (*multipart.Part, error) {
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return nil, errors.New(`multipart body has no "file" part`)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read multipart body: %w", err)
+		}
+		if p.FormName() == "file" {
+			return p, nil
+		}
+	}
+}
+
+// rejectBodyError answers 413 when err says the body exceeded the upload limit.
+func rejectBodyError(w http.ResponseWriter, r *http.Request, err error, maxBytes int64, m *metrics) bool {
+	var tooBig *http.MaxBytesError
+	if !errors.As(err, &tooBig) {
+		return false
+	}
+	m.reject("too_large")
+	problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
+	return true
+}
+
+func handleGet(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
+		if !ok {
+			return
+		}
+		j, err := svc.Get(r.Context(), tenantOf(r.Context()), id)
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		if !j.State.Terminal() {
+			w.Header().Set("Retry-After", "1")
+		}
+		encode(w, http.StatusOK, toJSON(j))
+	}
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+)
+
+var pageTokenRE = regexp.MustCompile(`^[0-9a-f-]{36}$`)
+
+func handleList(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		p := jobs.ListParams{Tenant: tenantOf(r.Context()), PageSize: defaultPageSize}
+		if s := q.Get("page_size"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > maxPageSize {
+				problem(w, r, http.StatusBadRequest, probBadRequest, fmt.Sprintf("page_size must be 1..%d", maxPageSize))
+				return
+			}
+			p.PageSize = n
+		}
+		if s := q.Get("state"); s != "" {
+			if !jobs.State(s).Valid() {
+				problem(w, r, http.StatusBadRequest, probBadRequest, "state must be queued, running, succeeded, failed or canceled")
+				return
+			}
+			p.State = jobs.State(s)
+		}
+		if s := q.Get("page_token"); s != "" {
+			b, err := base64.RawURLEncoding.DecodeString(s)
+			if err != nil || !pageTokenRE.Match(b) {
+				problem(w, r, http.StatusBadRequest, probBadRequest, "page_token is not one this server issued")
+				return
+			}
+			p.After = string(b)
+		}
+		list, more, err := svc.List(r.Context(), p)
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		resp := struct {
+			Jobs          []jobJSON `json:"jobs"`
+			NextPageToken string    `json:"next_page_token,omitempty"`
+		}{Jobs: make([]jobJSON, 0, len(list))}
+		for _, j := range list {
+			resp.Jobs = append(resp.Jobs, toJSON(j))
+		}
+		if more {
+			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(list[len(list)-1].ID))
+		}
+		encode(w, http.StatusOK, resp)
+	}
+}
+
+func handleCancel(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
+		if !ok {
+			return
+		}
+		j, err := svc.Cancel(r.Context(), tenantOf(r.Context()), id)
+		if errors.Is(err, jobs.ErrConflict) {
+			problem(w, r, http.StatusConflict, probConflict, "the job already "+string(j.State))
+			return
+		}
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		encode(w, http.StatusOK, toJSON(j))
+	}
+}
+
+func handleDelete(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
+		if !ok {
+			return
+		}
+		if err := svc.Delete(r.Context(), tenantOf(r.Context()), id); err != nil {
+			jobError(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// handleOutput streams the verified safetensors file with its digest as a strong ETag and as
+// Repr-Digest; http.ServeContent answers Range, If-Range, If-Match and If-None-Match.
+func handleOutput(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
+		if !ok {
+			return
+		}
+		j, p, err := svc.Output(r.Context(), tenantOf(r.Context()), id)
+		if errors.Is(err, jobs.ErrConflict) {
+			problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has an output")
+			return
+		}
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			jobError(w, r, fmt.Errorf("open output: %w", err))
+			return
+		}
+		defer f.Close()
+		name := OutputName(j.Filename)
+		h := w.Header()
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("ETag", `"sha256:`+j.OutputSHA256+`"`)
+		h.Set("Repr-Digest", reprDigest(j.OutputSHA256))
+		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": name}))
+		h.Set("Cache-Control", "private, immutable")
+		http.ServeContent(w, r, name, j.FinishedAt, f)
+	}
+}
+
+func handleManifest(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
+		if !ok {
+			return
+		}
+		j, p, err := svc.Manifest(r.Context(), tenantOf(r.Context()), id)
+		if errors.Is(err, jobs.ErrConflict) {
+			problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has a manifest")
+			return
+		}
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			jobError(w, r, fmt.Errorf("open manifest: %w", err))
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "private")
+		_, _ = io.Copy(w, f)
+	}
+}
+
+func handleHealthz() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		encode(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+}
+
+func handleReadyz(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := svc.Ready(r.Context()); err != nil {
+			w.Header().Set("Retry-After", "5")
+			problem(w, r, http.StatusServiceUnavailable, probUnavailable, "not ready: "+err.Error())
+			return
+		}
+		encode(w, http.StatusOK, map[string]string{"status": "ready"})
+	}
+}
+
+func handleSpec(spec []byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(spec)
+	}
+}
+
+var shardedBinRE = regexp.MustCompile(`^pytorch_model(-\d+-of-\d+)?\.bin$`)
+
+// OutputName is the Hugging Face name of the safetensors file converted from filename:
+// pytorch_model.bin -> model.safetensors, pytorch_model-00001-of-00002.bin ->
+// model-00001-of-00002.safetensors, NAME.{bin,pt,pth,ckpt} -> NAME.safetensors, and any other
+// NAME -> NAME.safetensors.
+func OutputName(filename string) string {
+	if m := shardedBinRE.FindStringSubmatch(filename); m != nil {
+		return "model" + m[1] + ".safetensors"
+	}
+	ext := path.Ext(filename)
+	switch strings.ToLower(ext) {
+	case ".bin", ".pt", ".pth", ".ckpt":
+		filename = strings.TrimSuffix(filename, ext)
+	}
+	if filename == "" {
+		filename = "model"
+	}
+	return filename + ".safetensors"
+}

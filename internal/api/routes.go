@@ -1,0 +1,38 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// routes is the whole URL space of the service; api/openapi.yaml documents exactly these.
+func routes(d Deps, m *metrics) *chi.Mux {
+	r := chi.NewRouter()
+	r.Use(m.instrument, middleware.Recoverer)
+
+	r.Get("/healthz", handleHealthz())
+	r.Get("/readyz", handleReadyz(d.Jobs))
+	r.Method("GET", "/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{}))
+	r.Get("/openapi.yaml", handleSpec(d.Spec))
+
+	r.Group(func(r chi.Router) {
+		r.Use(authenticate(d.Tokens, m))
+		r.Post("/v1/jobs", handleSubmit(d.Jobs, d.MaxUploadBytes, m))
+		r.Get("/v1/jobs", handleList(d.Jobs))
+		r.Get("/v1/jobs/{id}", handleGet(d.Jobs))
+		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))
+		r.Post("/v1/jobs/{id}/cancel", handleCancel(d.Jobs))
+		r.Get("/v1/jobs/{id}/output", handleOutput(d.Jobs))
+		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		problem(w, r, http.StatusNotFound, probNotFound, "no such resource")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		problem(w, r, http.StatusMethodNotAllowed, probMethodNotAllowed, r.Method+" is not allowed here")
+	})
+	return r
+}

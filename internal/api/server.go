@@ -1,0 +1,65 @@
+// Package api is the HTTP face of the job service: routes, bearer-token auth, streaming uploads
+// and downloads, RFC 9457 problem responses and request metrics. The contract is
+// api/openapi.yaml; tests check every response against it.
+//
+// It never parses checkpoints and never holds an upload or an output in memory: bodies stream
+// to and from files owned by the jobs package.
+package api
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ptsafe/converter/internal/jobs"
+)
+
+// JobService is what the handlers need from the job lifecycle (*jobs.Service provides it).
+type JobService interface {
+	Stage(ctx context.Context, body io.Reader) (*jobs.Upload, error)
+	Submit(ctx context.Context, p jobs.SubmitParams) (jobs.Job, bool, error)
+	Get(ctx context.Context, tenant, id string) (jobs.Job, error)
+	List(ctx context.Context, p jobs.ListParams) ([]jobs.Job, bool, error)
+	Cancel(ctx context.Context, tenant, id string) (jobs.Job, error)
+	Delete(ctx context.Context, tenant, id string) error
+	Output(ctx context.Context, tenant, id string) (jobs.Job, string, error)
+	Manifest(ctx context.Context, tenant, id string) (jobs.Job, string, error)
+	Ready(ctx context.Context) error
+}
+
+var _ JobService = (*jobs.Service)(nil)
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Jobs JobService
+	// Tokens authenticates requests; nil runs the server open, as tenant "local" (the caller
+	// must make sure it listens on loopback only).
+	Tokens *Tokens
+	// Registry receives the HTTP metrics and is served at /metrics.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+	// MaxUploadBytes bounds a request body; larger uploads get 413 and nothing is kept.
+	MaxUploadBytes int64
+	// Spec is the OpenAPI document served at /openapi.yaml.
+	Spec []byte
+}
+
+// DefaultMaxUploadBytes bounds uploads when Deps.MaxUploadBytes is zero.
+const DefaultMaxUploadBytes = 64 << 30
+
+// NewServer returns the service's HTTP handler.
+func NewServer(d Deps) http.Handler {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+	}
+	if d.MaxUploadBytes <= 0 {
+		d.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	return routes(d, newMetrics(d.Registry))
+}

@@ -1,0 +1,140 @@
+package jobs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// blobs lays out the service's files under one data directory:
+//
+//	DIR/jobs.db                        the SQLite file (our jobs table and River's queue)
+//	DIR/tmp/                           uploads being received; emptied at startup
+//	DIR/jobs/ID/input                  the uploaded checkpoint, until the job finishes
+//	DIR/jobs/ID/output.safetensors     the verified output (renamed into place by the converter)
+//	DIR/jobs/ID/manifest.json          the conversion manifest (renamed into place)
+//
+// A job's directory is removed with the job.
+type blobs struct{ dir string }
+
+func (b blobs) dbPath() string              { return filepath.Join(b.dir, "jobs.db") }
+func (b blobs) tmpDir() string              { return filepath.Join(b.dir, "tmp") }
+func (b blobs) jobsDir() string             { return filepath.Join(b.dir, "jobs") }
+func (b blobs) jobDir(id string) string     { return filepath.Join(b.jobsDir(), id) }
+func (b blobs) input(id string) string      { return filepath.Join(b.jobDir(id), "input") }
+func (b blobs) output(id string) string     { return filepath.Join(b.jobDir(id), "output.safetensors") }
+func (b blobs) manifest(id string) string   { return filepath.Join(b.jobDir(id), "manifest.json") }
+func (b blobs) lockPath() string            { return filepath.Join(b.dir, "lock") }
+func (b blobs) removeJob(id string) error   { return os.RemoveAll(b.jobDir(id)) }
+func (b blobs) removeInput(id string) error { return ignoreNotExist(os.Remove(b.input(id))) }
+
+func (b blobs) init() error {
+	for _, d := range []string{b.dir, b.tmpDir(), b.jobsDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// Upload is a request body received into staging storage, not yet owned by a job.
+type Upload struct {
+	path   string
+	Size   int64
+	SHA256 string // lower-case hex
+}
+
+// Discard removes a staged upload that will not become a job.
+func (u *Upload) Discard() error {
+	if u == nil || u.path == "" {
+		return nil
+	}
+	err := ignoreNotExist(os.Remove(u.path))
+	u.path = ""
+	return err
+}
+
+// stage streams r into a new temporary file while hashing it; the bytes are never held in
+// memory. The file is synced before stage returns. On error nothing is kept, and the error
+// wraps the reader's error (an *http.MaxBytesError stays reachable through errors.As).
+func (b blobs) stage(r io.Reader) (*Upload, error) {
+	f, err := os.CreateTemp(b.tmpDir(), "upload-*")
+	if err != nil {
+		return nil, fmt.Errorf("create upload file: %w", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("receive upload: %w", err)
+	}
+	return &Upload{path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// adopt moves a staged upload into a new job's directory, durably.
+func (b blobs) adopt(u *Upload, id string) error {
+	if err := os.MkdirAll(b.jobDir(id), 0o750); err != nil {
+		return fmt.Errorf("create job directory: %w", err)
+	}
+	if err := os.Rename(u.path, b.input(id)); err != nil {
+		return fmt.Errorf("store upload: %w", err)
+	}
+	u.path = ""
+	if err := syncDir(b.jobDir(id)); err != nil {
+		return err
+	}
+	return syncDir(b.jobsDir())
+}
+
+// writeFileAtomic writes data to path through a synced temporary file and a rename, so a reader
+// sees either nothing or all of it.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func ignoreNotExist(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

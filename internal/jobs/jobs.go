@@ -1,0 +1,113 @@
+// Package jobs is the durable lifecycle of conversion jobs: it stores uploaded checkpoints on
+// local disk, records each job in SQLite, runs conversions through River (riversqlite on the
+// same SQLite file), retries only internal failures, recovers jobs a crashed process left
+// running, and expires finished jobs after a retention period.
+//
+// It never parses a checkpoint itself (that is the Converter's job), never exposes an output
+// before the converter has written and verified it, and never knows about HTTP.
+package jobs
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/ptsafe/converter/internal/convert"
+)
+
+// State is where a job is in its lifecycle. The zero value is invalid.
+type State string
+
+// Job states, as they appear in the API.
+const (
+	StateQueued    State = "queued"
+	StateRunning   State = "running"
+	StateSucceeded State = "succeeded"
+	StateFailed    State = "failed"
+	StateCanceled  State = "canceled"
+)
+
+// Terminal reports whether a job in state s will never change state again.
+func (s State) Terminal() bool {
+	return s == StateSucceeded || s == StateFailed || s == StateCanceled
+}
+
+// Valid reports whether s is one of the known states.
+func (s State) Valid() bool {
+	switch s {
+	case StateQueued, StateRunning, StateSucceeded, StateFailed, StateCanceled:
+		return true
+	}
+	return false
+}
+
+// ErrorType classifies why a job failed; it is the API's stable error vocabulary.
+type ErrorType string
+
+// Error types of failed and canceled jobs.
+const (
+	ErrorUnsafe    ErrorType = "unsafe"
+	ErrorMalformed ErrorType = "malformed"
+	ErrorLimit     ErrorType = "limit"
+	ErrorInternal  ErrorType = "internal"
+	ErrorCanceled  ErrorType = "canceled"
+)
+
+// JobError is the classified failure of a job.
+type JobError struct {
+	Type   ErrorType
+	Detail string
+}
+
+// Job is one conversion request and its outcome.
+type Job struct {
+	ID             string
+	Tenant         string
+	State          State
+	Filename       string
+	Select         string
+	InputSize      int64
+	InputSHA256    string
+	OutputSize     int64  // set once succeeded
+	OutputSHA256   string // set once succeeded
+	Error          *JobError
+	IdempotencyKey string
+	Attempts       int
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	StartedAt      time.Time // zero until the first attempt starts
+	FinishedAt     time.Time // zero until terminal
+	ExpiresAt      time.Time // zero until terminal; files and record are removed then
+}
+
+// Converter converts one checkpoint file into a verified safetensors file. convert.File is the
+// in-process implementation; a sandboxed child-process runner satisfies the same interface.
+// On error no file may exist at dst, and errors on bad input must be classifiable with
+// fault.KindOf.
+type Converter interface {
+	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+}
+
+// ConverterFunc adapts a function to the Converter interface.
+type ConverterFunc func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+
+// Convert calls f.
+func (f ConverterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	return f(ctx, src, dst, opts)
+}
+
+// InProcess returns the default Converter: convert.File in this process.
+func InProcess() Converter { return ConverterFunc(convert.File) }
+
+// Errors callers classify with errors.Is.
+var (
+	// ErrNotFound means no job with that id exists for that tenant.
+	ErrNotFound = errors.New("job not found")
+	// ErrConflict means the job's state does not allow the operation (canceling a finished job,
+	// downloading the output of an unfinished one).
+	ErrConflict = errors.New("job state conflict")
+	// ErrIdempotencyMismatch means an idempotency key was reused with a different request.
+	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
+	// ErrStopping means the service is shutting down and accepts no new work.
+	ErrStopping = errors.New("job service is stopping")
+)

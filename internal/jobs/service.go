@@ -1,0 +1,621 @@
+package jobs
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/ptsafe/converter/internal/limits"
+)
+
+// Config configures a Service. Zero fields take the documented defaults.
+type Config struct {
+	// Dir is the data directory holding the SQLite file and the blobs. Required.
+	Dir string
+	// Workers bounds concurrent conversions (default 1).
+	Workers int
+	// Retention is how long finished jobs and their files are kept (default 168h).
+	Retention time.Duration
+	// MaxAttempts bounds the attempts of a job that fails with internal errors or is interrupted
+	// by crashes (default 3). Unsafe, malformed and over-limit inputs fail at the first attempt.
+	MaxAttempts int
+	// Converter runs conversions (default InProcess()).
+	Converter Converter
+	// Limits bound each conversion; Limits.Timeout is also the job's run timeout.
+	Limits limits.Limits
+	// Logger receives lifecycle events (default: discard).
+	Logger *slog.Logger
+	// Registerer receives the job metrics when set.
+	Registerer prometheus.Registerer
+}
+
+// DefaultRetention is how long finished jobs are kept unless configured.
+const DefaultRetention = 7 * 24 * time.Hour
+
+const (
+	kindConvert = "convert"
+	kindExpire  = "expire"
+	// rescueAfter is how long River waits before finalizing a running job that was marked for
+	// cancellation but whose worker never answered (a job left by a dead process). The worker's
+	// own Timeout (Limits.Timeout) still bounds a live conversion.
+	rescueAfter = 10 * time.Second
+)
+
+// Service owns the job store, the blob directory and the River client that runs conversions.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	blobs   blobs
+	lock    *os.File
+	db      *sql.DB
+	river   *river.Client[*sql.Tx]
+	metrics *metrics
+
+	stopping atomic.Bool
+	mu       sync.Mutex
+	running  map[string]context.CancelCauseFunc // job id -> cancel of its conversion in this process
+}
+
+// errCanceledByRequest is the cancel cause of a conversion whose job was canceled or deleted.
+var errCanceledByRequest = errors.New("job canceled by request")
+
+// Open opens (creating if needed) the data directory, migrates the job and queue schemas, and
+// recovers jobs a previous process left unfinished: a job that was running is queued again at
+// once. Jobs do not run until Start.
+func Open(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("jobs: data directory is required")
+	}
+	cfg.Workers = max(cfg.Workers, 1)
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.Converter == nil {
+		cfg.Converter = InProcess()
+	}
+	cfg.Limits = cfg.Limits.OrDefault()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		blobs:   blobs{dir: cfg.Dir},
+		metrics: newMetrics(),
+		running: map[string]context.CancelCauseFunc{},
+	}
+	if err := s.blobs.init(); err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(s.blobs.lockPath())
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	if err := s.open(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if cfg.Registerer != nil {
+		for _, c := range append(s.metrics.collectors(), newStateCollector(s)) {
+			if err := cfg.Registerer.Register(c); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("register job metrics: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+func (s *Service) open(ctx context.Context) error {
+	db, err := openDB(s.blobs.dbPath())
+	if err != nil {
+		return err
+	}
+	s.db = db
+	if err := migrateSchema(ctx, db); err != nil {
+		return err
+	}
+	driver := riversqlite.New(db)
+	migrator, err := rivermigrate.New(driver, &rivermigrate.Config{Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("queue migrations: %w", err)
+	}
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("migrate queue schema: %w", err)
+	}
+
+	workers := river.NewWorkers()
+	if err := river.AddWorkerSafely(workers, &convertWorker{s: s}); err != nil {
+		return fmt.Errorf("register convert worker: %w", err)
+	}
+	if err := river.AddWorkerSafely(workers, &expireWorker{s: s}); err != nil {
+		return fmt.Errorf("register expire worker: %w", err)
+	}
+	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
+	client, err := river.NewClient(driver, &river.Config{
+		Logger:  s.log,
+		Workers: workers,
+		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: s.cfg.Workers}},
+		// Conversions set their own timeout (convertWorker.Timeout); this one bounds the
+		// short expiry job and lets RescueStuckJobsAfter be seconds rather than an hour.
+		JobTimeout:           rescueAfter,
+		RescueStuckJobsAfter: rescueAfter,
+		// Our job table decides when to stop retrying (Config.MaxAttempts); River's bound only
+		// backs it up.
+		MaxAttempts: s.cfg.MaxAttempts + 2,
+		RetryPolicy: retryPolicy{},
+		PeriodicJobs: []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(expireEvery),
+			func() (river.JobArgs, *river.InsertOpts) { return expireArgs{}, nil },
+			&river.PeriodicJobOpts{RunOnStart: true})},
+	})
+	if err != nil {
+		return fmt.Errorf("create queue client: %w", err)
+	}
+	s.river = client
+	return s.recover(ctx)
+}
+
+// retryPolicy retries internal failures after 1s, 2s, 4s, ... up to a minute: River's default
+// (attempt⁴ seconds) is tuned for flaky remote calls, not for a local conversion.
+type retryPolicy struct{}
+
+func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
+	d := time.Second << min(max(job.Attempt-1, 0), 6)
+	return time.Now().Add(d)
+}
+
+// recover re-queues what a previous process left unfinished. The data directory lock means no
+// other process is working on these jobs, so a River job still marked running is an orphan.
+// River's stuck-job rescuer would only retry it after the worker's timeout (hours for a big
+// conversion), so the orphan is canceled (River finalizes it within RescueStuckJobsAfter) and a
+// fresh queue entry is inserted in the same transaction. The attempt counts, so an input that
+// crashes the process does not loop forever. Jobs waiting for a retry are made available now.
+func (s *Service) recover(ctx context.Context) error {
+	orphans, err := s.riverJobs(ctx, rivertype.JobStateRunning)
+	if err != nil {
+		return err
+	}
+	for _, rj := range orphans {
+		if err := s.requeueOrphan(ctx, rj); err != nil {
+			return err
+		}
+	}
+	waiting, err := s.riverJobs(ctx, rivertype.JobStateRetryable)
+	if err != nil {
+		return err
+	}
+	for _, rj := range waiting {
+		if _, err := s.river.JobRetry(ctx, rj.ID); err != nil {
+			return fmt.Errorf("reschedule queue entry %d: %w", rj.ID, err)
+		}
+	}
+	return s.removeStrays(ctx)
+}
+
+func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState) ([]*rivertype.JobRow, error) {
+	var out []*rivertype.JobRow
+	params := river.NewJobListParams().Kinds(kindConvert).States(state).First(1000)
+	for {
+		res, err := s.river.JobList(ctx, params)
+		if err != nil {
+			return nil, fmt.Errorf("list %s queue entries: %w", state, err)
+		}
+		out = append(out, res.Jobs...)
+		if len(res.Jobs) < 1000 {
+			return out, nil
+		}
+		params = params.After(res.LastCursor)
+	}
+}
+
+func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error {
+	var args convertArgs
+	if err := unmarshalArgs(rj, &args); err != nil {
+		return err
+	}
+	now := time.Now()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("recover job: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := s.river.JobCancelTx(ctx, tx, rj.ID); err != nil && !errors.Is(err, river.ErrNotFound) {
+		return fmt.Errorf("cancel orphaned queue entry %d: %w", rj.ID, err)
+	}
+	j, err := getJob(ctx, tx, "", args.JobID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return tx.Commit() // the job was deleted; nothing to run
+	case err != nil:
+		return err
+	}
+	if j.State.Terminal() || j.riverJobID != rj.ID {
+		return tx.Commit()
+	}
+	action := "requeued"
+	if j.Attempts >= s.cfg.MaxAttempts {
+		action = "failed"
+		je := JobError{Type: ErrorInternal, Detail: fmt.Sprintf("conversion interrupted %d times (the server stopped while converting)", j.Attempts)}
+		if _, err := markFinished(ctx, tx, j.ID, StateFailed, je, now, StateQueued, StateRunning); err != nil {
+			return err
+		}
+	} else {
+		res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
+		if err != nil {
+			return fmt.Errorf("requeue job %s: %w", j.ID, err)
+		}
+		if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
+			return err
+		}
+		if err := markQueued(ctx, tx, j.ID, false, now); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("recover job %s: %w", j.ID, err)
+	}
+	if action == "failed" {
+		s.metrics.finished.WithLabelValues(string(ErrorInternal)).Inc()
+		_ = s.blobs.removeInput(j.ID)
+	}
+	s.metrics.recovered.WithLabelValues(action).Inc()
+	s.log.Info("recovered interrupted job", slog.String("job_id", j.ID), slog.String("action", action))
+	return nil
+}
+
+// removeStrays deletes partial uploads and job directories that no job row owns (a crash
+// between storing an upload and committing its job).
+func (s *Service) removeStrays(ctx context.Context) error {
+	tmp, err := os.ReadDir(s.blobs.tmpDir())
+	if err != nil {
+		return fmt.Errorf("read upload directory: %w", err)
+	}
+	for _, e := range tmp {
+		_ = os.RemoveAll(s.blobs.tmpDir() + string(os.PathSeparator) + e.Name())
+	}
+	ids, err := allJobIDs(ctx, s.db)
+	if err != nil {
+		return err
+	}
+	dirs, err := os.ReadDir(s.blobs.jobsDir())
+	if err != nil {
+		return fmt.Errorf("read job directory: %w", err)
+	}
+	for _, e := range dirs {
+		if !ids[e.Name()] {
+			_ = s.blobs.removeJob(e.Name())
+		}
+	}
+	return nil
+}
+
+// Start starts running queued jobs.
+func (s *Service) Start(ctx context.Context) error {
+	if err := s.river.Start(ctx); err != nil {
+		return fmt.Errorf("start job queue: %w", err)
+	}
+	return nil
+}
+
+// Stop stops claiming jobs and waits for running conversions until ctx is done; conversions
+// still running then are canceled and put back in the queue, to run again on the next start.
+// Submit refuses new jobs from the moment Stop is called.
+func (s *Service) Stop(ctx context.Context) error {
+	s.stopping.Store(true)
+	if err := s.river.Stop(ctx); err == nil {
+		return nil
+	}
+	hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.river.StopAndCancel(hard); err != nil {
+		return fmt.Errorf("stop job queue: %w", err)
+	}
+	return nil
+}
+
+// Close releases the database and the data directory lock. Call it after Stop.
+func (s *Service) Close() error {
+	var err error
+	if s.db != nil {
+		err = s.db.Close()
+	}
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	return err
+}
+
+// Ready reports whether the service accepts work.
+func (s *Service) Ready(ctx context.Context) error {
+	if s.stopping.Load() {
+		return ErrStopping
+	}
+	return s.db.PingContext(ctx)
+}
+
+// Stage receives an upload body into staging storage while computing its SHA-256. The caller
+// turns it into a job with Submit or drops it with Upload.Discard.
+func (s *Service) Stage(ctx context.Context, body io.Reader) (*Upload, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.blobs.stage(body)
+}
+
+// SubmitParams describe a new job.
+type SubmitParams struct {
+	Tenant         string
+	Filename       string
+	Select         string
+	IdempotencyKey string
+	Upload         *Upload // consumed: adopted by the job or discarded
+}
+
+// Submit creates a job for a staged upload and queues it durably: when Submit returns, the job
+// survives a crash. With an idempotency key already used by this tenant, it returns the existing
+// job (created false) if the request matches it, and ErrIdempotencyMismatch if not.
+func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created bool, err error) {
+	defer p.Upload.Discard()
+	if s.stopping.Load() {
+		return Job{}, false, ErrStopping
+	}
+	if p.IdempotencyKey != "" {
+		j, err := s.replay(ctx, p)
+		if !errors.Is(err, ErrNotFound) {
+			return j, false, err
+		}
+	}
+	now := time.Now().UTC()
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Job{}, false, fmt.Errorf("new job id: %w", err)
+	}
+	j := Job{
+		ID: id.String(), Tenant: p.Tenant, State: StateQueued, Filename: p.Filename, Select: p.Select,
+		InputSize: p.Upload.Size, InputSHA256: p.Upload.SHA256, IdempotencyKey: p.IdempotencyKey,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := s.blobs.adopt(p.Upload, j.ID); err != nil {
+		_ = s.blobs.removeJob(j.ID)
+		return Job{}, false, err
+	}
+	if err := s.insert(ctx, &j); err != nil {
+		_ = s.blobs.removeJob(j.ID)
+		if p.IdempotencyKey != "" && isUniqueViolation(err) {
+			// A concurrent request with the same key won the race.
+			j, err := s.replay(ctx, p)
+			return j, false, err
+		}
+		return Job{}, false, err
+	}
+	return j, true, nil
+}
+
+func (s *Service) insert(ctx context.Context, j *Job) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("submit job: %w", err)
+	}
+	defer tx.Rollback()
+	if err := insertJob(ctx, tx, j); err != nil {
+		return err
+	}
+	res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
+	if err != nil {
+		return fmt.Errorf("queue job %s: %w", j.ID, err)
+	}
+	if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("submit job %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+// replay returns the job an idempotency key already names, if the request is the same one.
+func (s *Service) replay(ctx context.Context, p SubmitParams) (Job, error) {
+	prev, err := getByIdempotencyKey(ctx, s.db, p.Tenant, p.IdempotencyKey)
+	if err != nil {
+		return Job{}, err
+	}
+	if prev.InputSHA256 != p.Upload.SHA256 || prev.InputSize != p.Upload.Size ||
+		prev.Filename != p.Filename || prev.Select != p.Select {
+		return Job{}, ErrIdempotencyMismatch
+	}
+	return s.withExpiry(prev.Job), nil
+}
+
+func isUniqueViolation(err error) bool {
+	// modernc reports SQLITE_CONSTRAINT_UNIQUE (2067) in its error text; its typed error lives
+	// in an internal-looking package, so the code is matched on the message.
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+func (s *Service) withExpiry(j Job) Job {
+	if !j.FinishedAt.IsZero() {
+		j.ExpiresAt = j.FinishedAt.Add(s.cfg.Retention)
+	}
+	return j
+}
+
+// Get returns a tenant's job, or ErrNotFound (also for another tenant's job).
+func (s *Service) Get(ctx context.Context, tenant, id string) (Job, error) {
+	r, err := getJob(ctx, s.db, tenant, id)
+	if err != nil {
+		return Job{}, err
+	}
+	return s.withExpiry(r.Job), nil
+}
+
+// ListParams select a page of a tenant's jobs.
+type ListParams struct {
+	Tenant   string
+	State    State // empty for all
+	PageSize int
+	// After is the last id of the previous page ("" for the first page).
+	After string
+}
+
+// List returns a page of the tenant's jobs, newest first, and whether more follow.
+func (s *Service) List(ctx context.Context, p ListParams) ([]Job, bool, error) {
+	jobs, err := listJobs(ctx, s.db, p.Tenant, p.State, p.After, p.PageSize+1)
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(jobs) > p.PageSize
+	if more {
+		jobs = jobs[:p.PageSize]
+	}
+	for i := range jobs {
+		jobs[i] = s.withExpiry(jobs[i])
+	}
+	return jobs, more, nil
+}
+
+// Cancel cancels a queued or running job and returns it. Canceling a canceled job returns it
+// unchanged; canceling a succeeded or failed job is ErrConflict.
+func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
+	now := time.Now()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Job{}, fmt.Errorf("cancel job: %w", err)
+	}
+	defer tx.Rollback()
+	r, err := getJob(ctx, tx, tenant, id)
+	if err != nil {
+		return Job{}, err
+	}
+	switch r.State {
+	case StateCanceled:
+		return s.withExpiry(r.Job), nil
+	case StateSucceeded, StateFailed:
+		return s.withExpiry(r.Job), ErrConflict
+	}
+	je := JobError{Type: ErrorCanceled, Detail: "canceled by request"}
+	if _, err := markFinished(ctx, tx, id, StateCanceled, je, now, StateQueued, StateRunning); err != nil {
+		return Job{}, err
+	}
+	if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
+		return Job{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return Job{}, fmt.Errorf("cancel job %s: %w", id, err)
+	}
+	s.stopConversion(id)
+	_ = s.blobs.removeInput(id)
+	s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
+	return s.Get(ctx, tenant, id)
+}
+
+func (s *Service) cancelRiverJob(ctx context.Context, tx *sql.Tx, riverID int64) error {
+	if riverID == 0 {
+		return nil
+	}
+	if _, err := s.river.JobCancelTx(ctx, tx, riverID); err != nil && !errors.Is(err, river.ErrNotFound) {
+		return fmt.Errorf("cancel queue entry %d: %w", riverID, err)
+	}
+	return nil
+}
+
+func (s *Service) stopConversion(id string) {
+	s.mu.Lock()
+	cancel := s.running[id]
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel(errCanceledByRequest)
+	}
+}
+
+// Delete removes a tenant's job and its files, canceling it first if it has not finished.
+func (s *Service) Delete(ctx context.Context, tenant, id string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("delete job: %w", err)
+	}
+	defer tx.Rollback()
+	r, err := getJob(ctx, tx, tenant, id)
+	if err != nil {
+		return err
+	}
+	if !r.State.Terminal() {
+		if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
+			return err
+		}
+		s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
+	}
+	if err := deleteJob(ctx, tx, id); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("delete job %s: %w", id, err)
+	}
+	s.stopConversion(id)
+	if err := s.blobs.removeJob(id); err != nil {
+		return fmt.Errorf("remove files of job %s: %w", id, err)
+	}
+	return nil
+}
+
+// Output returns a succeeded job and the path of its verified safetensors file; ErrConflict if
+// the job has not succeeded.
+func (s *Service) Output(ctx context.Context, tenant, id string) (Job, string, error) {
+	return s.artifact(ctx, tenant, id, s.blobs.output(id))
+}
+
+// Manifest returns a succeeded job and the path of its manifest JSON; ErrConflict if the job
+// has not succeeded.
+func (s *Service) Manifest(ctx context.Context, tenant, id string) (Job, string, error) {
+	return s.artifact(ctx, tenant, id, s.blobs.manifest(id))
+}
+
+func (s *Service) artifact(ctx context.Context, tenant, id, path string) (Job, string, error) {
+	j, err := s.Get(ctx, tenant, id)
+	if err != nil {
+		return Job{}, "", err
+	}
+	if j.State != StateSucceeded {
+		return j, "", ErrConflict
+	}
+	return j, path, nil
+}
+
+// expire removes jobs that finished more than Retention ago, with their files.
+func (s *Service) expire(ctx context.Context) error {
+	for {
+		ids, err := expiredJobs(ctx, s.db, time.Now().Add(-s.cfg.Retention), 500)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if err := deleteJob(ctx, s.db, id); err != nil {
+				return err
+			}
+			if err := s.blobs.removeJob(id); err != nil {
+				s.log.Warn("remove expired job files", slog.String("job_id", id), slog.String("error", err.Error()))
+			}
+		}
+		if len(ids) < 500 {
+			return nil
+		}
+	}
+}

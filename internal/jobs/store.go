@@ -1,0 +1,330 @@
+package jobs
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver (pure Go, no cgo)
+)
+
+// openDB opens the SQLite file at path the way River's SQLite driver and our own writers need
+// it: WAL, fsync on every commit, a busy timeout, write transactions that take the lock when they
+// begin, and a single connection so that River's concurrent internal operations never meet
+// SQLITE_BUSY.
+func openDB(path string) (*sql.DB, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(FULL)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open job database %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+// schema is our own job metadata; River keeps its queue in its own river_* tables of the same
+// file. Times are Unix milliseconds.
+const schema = `
+CREATE TABLE IF NOT EXISTS converter_job (
+	id              TEXT PRIMARY KEY,
+	tenant          TEXT NOT NULL,
+	state           TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','canceled')),
+	filename        TEXT NOT NULL,
+	select_path     TEXT NOT NULL DEFAULT '',
+	input_size      INTEGER NOT NULL,
+	input_sha256    TEXT NOT NULL,
+	output_size     INTEGER,
+	output_sha256   TEXT,
+	error_type      TEXT,
+	error_detail    TEXT,
+	idempotency_key TEXT,
+	river_job_id    INTEGER,
+	attempts        INTEGER NOT NULL DEFAULT 0,
+	created_at      INTEGER NOT NULL,
+	updated_at      INTEGER NOT NULL,
+	started_at      INTEGER,
+	finished_at     INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS converter_job_idempotency
+	ON converter_job (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS converter_job_tenant ON converter_job (tenant, id);
+CREATE INDEX IF NOT EXISTS converter_job_finished ON converter_job (finished_at) WHERE finished_at IS NOT NULL;
+`
+
+func migrateSchema(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		return fmt.Errorf("create job schema: %w", err)
+	}
+	return nil
+}
+
+// querier is what both *sql.DB and *sql.Tx provide.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+const jobColumns = `id, tenant, state, filename, select_path, input_size, input_sha256, output_size,
+	output_sha256, error_type, error_detail, idempotency_key, river_job_id, attempts, created_at,
+	updated_at, started_at, finished_at`
+
+// row is a job as stored, with the River job id the API never sees.
+type row struct {
+	Job
+	riverJobID int64
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanJob(s scanner) (row, error) {
+	var (
+		r                              row
+		state                          string
+		outSize, riverID, started, fin sql.NullInt64
+		outSHA, errType, errDetail, ik sql.NullString
+		created, updated               int64
+	)
+	err := s.Scan(&r.ID, &r.Tenant, &state, &r.Filename, &r.Select, &r.InputSize, &r.InputSHA256,
+		&outSize, &outSHA, &errType, &errDetail, &ik, &riverID, &r.Attempts, &created, &updated,
+		&started, &fin)
+	if err != nil {
+		return row{}, err
+	}
+	r.State = State(state)
+	r.OutputSize = outSize.Int64
+	r.OutputSHA256 = outSHA.String
+	if errType.Valid {
+		r.Error = &JobError{Type: ErrorType(errType.String), Detail: errDetail.String}
+	}
+	r.IdempotencyKey = ik.String
+	r.riverJobID = riverID.Int64
+	r.CreatedAt = fromMillis(created)
+	r.UpdatedAt = fromMillis(updated)
+	if started.Valid {
+		r.StartedAt = fromMillis(started.Int64)
+	}
+	if fin.Valid {
+		r.FinishedAt = fromMillis(fin.Int64)
+	}
+	return r, nil
+}
+
+func millis(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+func insertJob(ctx context.Context, q querier, j *Job) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO converter_job
+		(id, tenant, state, filename, select_path, input_size, input_sha256, idempotency_key,
+		 attempts, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+		j.ID, j.Tenant, string(j.State), j.Filename, j.Select, j.InputSize, j.InputSHA256,
+		nullString(j.IdempotencyKey), millis(j.CreatedAt), millis(j.UpdatedAt))
+	if err != nil {
+		return fmt.Errorf("insert job %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+func setRiverJobID(ctx context.Context, q querier, id string, riverID int64) error {
+	_, err := q.ExecContext(ctx, `UPDATE converter_job SET river_job_id = ? WHERE id = ?`, riverID, id)
+	if err != nil {
+		return fmt.Errorf("record queue entry of job %s: %w", id, err)
+	}
+	return nil
+}
+
+// getJob returns the job with id; an empty tenant matches any tenant (internal callers).
+func getJob(ctx context.Context, q querier, tenant, id string) (row, error) {
+	r, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) || err == nil && tenant != "" && r.Tenant != tenant {
+		return row{}, ErrNotFound
+	}
+	if err != nil {
+		return row{}, fmt.Errorf("read job %s: %w", id, err)
+	}
+	return r, nil
+}
+
+func getByIdempotencyKey(ctx context.Context, q querier, tenant, key string) (row, error) {
+	r, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM converter_job
+		WHERE tenant = ? AND idempotency_key = ?`, tenant, key))
+	if errors.Is(err, sql.ErrNoRows) {
+		return row{}, ErrNotFound
+	}
+	if err != nil {
+		return row{}, fmt.Errorf("look up idempotency key: %w", err)
+	}
+	return r, nil
+}
+
+// listJobs returns up to limit jobs of tenant older than beforeID (all when empty), newest
+// first. UUIDv7 ids sort by creation time.
+func listJobs(ctx context.Context, q querier, tenant string, state State, beforeID string, limit int) ([]Job, error) {
+	var (
+		where = []string{"tenant = ?"}
+		args  = []any{tenant}
+	)
+	if state != "" {
+		where = append(where, "state = ?")
+		args = append(args, string(state))
+	}
+	if beforeID != "" {
+		where = append(where, "id < ?")
+		args = append(args, beforeID)
+	}
+	args = append(args, limit)
+	rows, err := q.QueryContext(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE `+
+		strings.Join(where, " AND ")+` ORDER BY id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []Job
+	for rows.Next() {
+		r, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list jobs: %w", err)
+		}
+		out = append(out, r.Job)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return out, nil
+}
+
+// markRunning starts an attempt of a queued (or interrupted running) job and reports whether it
+// did; a job that was canceled or deleted meanwhile is left alone.
+func markRunning(ctx context.Context, q querier, id string, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'running', attempts = attempts + 1,
+		started_at = coalesce(started_at, ?), updated_at = ?
+		WHERE id = ? AND state IN ('queued', 'running')`, millis(now), millis(now), id)
+	if err != nil {
+		return false, fmt.Errorf("start job %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// markQueued puts a running job back in the queue (a retry, a shutdown, a crash); uncount
+// takes back the attempt when the interruption was not the job's fault.
+func markQueued(ctx context.Context, q querier, id string, uncount bool, now time.Time) error {
+	dec := 0
+	if uncount {
+		dec = 1
+	}
+	_, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'queued', attempts = max(attempts - ?, 0),
+		updated_at = ? WHERE id = ? AND state = 'running'`, dec, millis(now), id)
+	if err != nil {
+		return fmt.Errorf("requeue job %s: %w", id, err)
+	}
+	return nil
+}
+
+// markSucceeded records the verified output of a running job and reports whether the job was
+// still running (not canceled or deleted meanwhile).
+func markSucceeded(ctx context.Context, q querier, id string, size int64, sha string, now time.Time) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'succeeded', output_size = ?,
+		output_sha256 = ?, error_type = NULL, error_detail = NULL, updated_at = ?, finished_at = ?
+		WHERE id = ? AND state = 'running'`, size, sha, millis(now), millis(now), id)
+	if err != nil {
+		return false, fmt.Errorf("record success of job %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// markFinished moves a job that is in one of the from states to a terminal failed or canceled
+// state with its error, and reports whether it did.
+func markFinished(ctx context.Context, q querier, id string, state State, je JobError, now time.Time, from ...State) (bool, error) {
+	args := []any{string(state), string(je.Type), je.Detail, millis(now), millis(now), id}
+	marks := make([]string, len(from))
+	for i, s := range from {
+		marks[i] = "?"
+		args = append(args, string(s))
+	}
+	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = ?, error_type = ?, error_detail = ?,
+		updated_at = ?, finished_at = ? WHERE id = ? AND state IN (`+strings.Join(marks, ",")+`)`, args...)
+	if err != nil {
+		return false, fmt.Errorf("finish job %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+func deleteJob(ctx context.Context, q querier, id string) error {
+	if _, err := q.ExecContext(ctx, `DELETE FROM converter_job WHERE id = ?`, id); err != nil {
+		return fmt.Errorf("delete job %s: %w", id, err)
+	}
+	return nil
+}
+
+// expiredJobs returns the ids of jobs finished before horizon.
+func expiredJobs(ctx context.Context, q querier, horizon time.Time, limit int) ([]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id FROM converter_job WHERE finished_at IS NOT NULL
+		AND finished_at < ? ORDER BY finished_at LIMIT ?`, millis(horizon), limit)
+	if err != nil {
+		return nil, fmt.Errorf("find expired jobs: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("find expired jobs: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// countByState returns the number of jobs in each state, for the queue gauges.
+func countByState(ctx context.Context, q querier) (map[State]int, error) {
+	rows, err := q.QueryContext(ctx, `SELECT state, count(*) FROM converter_job GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	defer rows.Close()
+	out := map[State]int{}
+	for rows.Next() {
+		var (
+			s string
+			n int
+		)
+		if err := rows.Scan(&s, &n); err != nil {
+			return nil, fmt.Errorf("count jobs: %w", err)
+		}
+		out[State(s)] = n
+	}
+	return out, rows.Err()
+}
+
+// allJobIDs returns every job id, for removing blob directories no job owns.
+func allJobIDs(ctx context.Context, q querier) (map[string]bool, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id FROM converter_job`)
+	if err != nil {
+		return nil, fmt.Errorf("list job ids: %w", err)
+	}
+	defer rows.Close()
+	ids := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list job ids: %w", err)
+		}
+		ids[id] = true
+	}
+	return ids, rows.Err()
+}
