@@ -7,14 +7,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/sandbox"
 )
 
 // errUsage marks a command-line mistake (exit 2).
@@ -35,6 +38,26 @@ func commonFlags(fs *flag.FlagSet, getenv func(string) string) (*convert.Options
 	return opts, nil
 }
 
+// sandboxFlag registers --sandbox (default true, or CONVERTER_SANDBOX when set): whether the
+// input is parsed and converted in a confined child process or in this one.
+func sandboxFlag(fs *flag.FlagSet, getenv func(string) string) (*bool, error) {
+	def := true
+	if v := getenv("CONVERTER_SANDBOX"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("CONVERTER_SANDBOX=%q: want true or false", v)
+		}
+		def = b
+	}
+	return fs.Bool("sandbox", def, "parse and convert in a confined child process (env CONVERTER_SANDBOX)"), nil
+}
+
+// newRunner returns the sandbox runner for one command; degraded confinement is logged to
+// stderr.
+func newRunner(stderr io.Writer) *sandbox.Runner {
+	return &sandbox.Runner{Config: sandbox.Config{Logger: slog.New(slog.NewTextHandler(stderr, nil))}}
+}
+
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -47,6 +70,10 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	manifest := fs.String("manifest", "", "write the manifest JSON to `FILE`")
 	var allow multiFlag
 	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
+	sandboxed, err := sandboxFlag(fs, getenv)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	opts, err := commonFlags(fs, getenv)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -63,7 +90,11 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 		out = filepath.Join(filepath.Dir(in), OutputName(filepath.Base(in)))
 	}
 	opts.Select, opts.AllowGlobals = *sel, allow
-	m, err := convert.File(ctx, in, out, *opts)
+	convertFile := convert.File
+	if *sandboxed {
+		convertFile = newRunner(stderr).Convert
+	}
+	m, err := convertFile(ctx, in, out, *opts)
 	if err != nil {
 		return err
 	}
@@ -82,6 +113,10 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	var allow multiFlag
 	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
+	sandboxed, err := sandboxFlag(fs, getenv)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	opts, err := commonFlags(fs, getenv)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -93,7 +128,11 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("%w: scan needs INPUT", errUsage)
 	}
 	opts.AllowGlobals = allow
-	m, err := convert.Scan(ctx, fs.Arg(0), *opts)
+	scan := convert.Scan
+	if *sandboxed {
+		scan = newRunner(stderr).Scan
+	}
+	m, err := scan(ctx, fs.Arg(0), *opts)
 	if err != nil {
 		return err
 	}

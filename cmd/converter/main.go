@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/sandbox"
 )
 
 func main() {
@@ -28,6 +29,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return 2
+	}
+	if args[0] == sandbox.ChildCommand {
+		// This process is a sandbox child: it serves one request and nothing else.
+		return sandbox.RunChild(stdin, stdout, stderr)
 	}
 	cmds := map[string]func(context.Context, []string, func(string) string, io.Writer, io.Writer) error{
 		"convert": runConvert,
@@ -72,8 +77,8 @@ func oneLine(s string) string {
 }
 
 const usage = `usage:
-  converter convert [--select PATH] [--manifest FILE] [--allow-global MODULE.NAME]... INPUT [OUTPUT]
-  converter scan    [--json] INPUT
+  converter convert [--sandbox=BOOL] [--select PATH] [--manifest FILE] [--allow-global MODULE.NAME]... INPUT [OUTPUT]
+  converter scan    [--sandbox=BOOL] [--json] INPUT
   converter verify  [--source INPUT] FILE.safetensors
   converter serve   [flags]
   converter version`

@@ -1,0 +1,351 @@
+// Package sandbox runs the parsing and conversion of an untrusted checkpoint in a child process
+// of the same binary, so that a file which found a bug in the parser can at worst end its own
+// child: the child runs with a clean environment, no descriptors but stdin, stdout and stderr,
+// resource limits (address space, CPU time, open files, output file size, no core dumps) and a
+// seccomp filter that denies process creation, tracing and network system calls.
+//
+// The parent sends the request as JSON on the child's stdin and reads the manifest or the
+// classified error as JSON from its stdout, rebuilt so that fault.KindOf and the error text are
+// what an in-process call would have given. A child that crashes, runs out of memory or CPU
+// time, or outlives its time becomes a *fault.Error (Limit for a limit, Internal for a crash),
+// never a panic in the parent, and leaves no output file behind.
+//
+// The package must never run a child operation in the calling process, and never relax the
+// confinement because a child failed.
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
+)
+
+// Defaults for Config.
+const (
+	DefaultAddressSpace = 4 << 30
+	DefaultOpenFiles    = 64
+)
+
+// Config sets the confinement of each child. The zero value uses the running binary and the
+// defaults.
+type Config struct {
+	// Exe is the converter binary started as the child; empty means os.Executable(). It must
+	// dispatch ChildCommand to RunChild.
+	Exe string
+	// AddressSpace is the child's RLIMIT_AS in bytes (default 4 GiB). The Go runtime's soft
+	// memory limit is set to three quarters of it.
+	AddressSpace int64
+	// OpenFiles is the child's RLIMIT_NOFILE (default 64).
+	OpenFiles int
+	// CPUTime is the child's RLIMIT_CPU (default twice Limits.Timeout: a conversion hashes the
+	// source and copies tensors at the same time).
+	CPUTime time.Duration
+	// Logger receives the warning when a child runs with degraded confinement (no seccomp);
+	// nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Runner runs conversions and scans in sandbox children. It satisfies the job runner's
+// Convert interface, and warns about degraded confinement once in its lifetime. Use it by
+// pointer; the zero value is ready to use.
+type Runner struct {
+	Config Config
+
+	warn sync.Once
+}
+
+// Convert converts src into dst in a sandbox child; see convert.File for the contract.
+func Convert(ctx context.Context, src, dst string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
+	return (&Runner{Config: cfg}).Convert(ctx, src, dst, opts)
+}
+
+// Scan scans src in a sandbox child; see convert.Scan for the contract.
+func Scan(ctx context.Context, src string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
+	return (&Runner{Config: cfg}).Scan(ctx, src, opts)
+}
+
+// Convert converts src into dst in a sandbox child; see convert.File for the contract. On any
+// error no file exists at dst and no temporary file the child made is left in dst's folder.
+func (r *Runner) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	resp, err := r.run(ctx, &request{Op: opConvert, Src: src, Dst: dst, Options: opts})
+	if err != nil {
+		return nil, err
+	}
+	return resp.result()
+}
+
+// Scan scans src in a sandbox child; see convert.Scan for the contract.
+func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	resp, err := r.run(ctx, &request{Op: opScan, Src: src, Options: opts})
+	if err != nil {
+		return nil, err
+	}
+	return resp.result()
+}
+
+// Probe starts a child that confines itself and does nothing else, and returns how well it was
+// confined. A service calls it at startup to learn (and log) what this kernel supports.
+func (r *Runner) Probe(ctx context.Context) (Status, error) {
+	resp, err := r.run(ctx, &request{Op: opProbe})
+	if err != nil {
+		return Status{}, err
+	}
+	if resp.Error != nil {
+		return resp.Status, resp.Error.decode()
+	}
+	return resp.Status, nil
+}
+
+func (resp *response) result() (*convert.Manifest, error) {
+	m, err := resp.Manifest.manifest()
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: decode child manifest")
+	}
+	if resp.Error != nil {
+		return m, resp.Error.decode()
+	}
+	if m == nil {
+		return nil, fault.New(fault.Internal, "", "sandbox: child returned neither a manifest nor an error")
+	}
+	return m, nil
+}
+
+// maxWallGrace bounds the time the parent allows beyond Limits.Timeout before it kills the
+// child, so that the child's own timeout error (classified as in-process) normally comes first.
+const maxWallGrace = 30 * time.Second
+
+// maxStderr bounds the child's stderr the parent keeps: the first line of a crash report is
+// what names the crash.
+const maxStderr = 8 << 10
+
+// run starts one child, sends it req, and returns its response, or a classified error when it
+// gave none.
+func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
+	cfg := r.Config
+	exe := cfg.Exe
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fault.Wrap(fault.Internal, "", err, "sandbox: find own executable")
+		}
+	}
+	lim := req.Options.Limits.OrDefault()
+	req.Rlimits = childLimits(cfg, lim.Timeout, lim.MaxOutputBytes, lim.MaxHeaderBytes)
+	req.MemLimit = int64(req.Rlimits.AddressSpace / 4 * 3)
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: encode request")
+	}
+
+	wall := lim.Timeout + min(lim.Timeout/10, maxWallGrace)
+	runCtx, cancel := context.WithTimeout(ctx, wall)
+	defer cancel()
+	cmd := exec.CommandContext(runCtx, exe, ChildCommand)
+	cmd.Env = []string{} // a clean environment: nothing from ours reaches the child
+	cmd.Stdin = bytes.NewReader(body)
+	stderr := &headBuffer{max: maxStderr}
+	cmd.Stderr = stderr
+	cmd.WaitDelay = 5 * time.Second
+	configure(cmd)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: stdout pipe")
+	}
+
+	var before map[string]os.FileInfo
+	if req.Op == opConvert {
+		before = leftovers(req.Dst)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
+	}
+	var resp response
+	decErr := json.NewDecoder(stdout).Decode(&resp)
+	io.Copy(io.Discard, stdout)
+	waitErr := cmd.Wait()
+	if decErr == nil && waitErr == nil {
+		r.checkStatus(resp.Status)
+		return &resp, nil
+	}
+	if req.Op == opConvert {
+		removeLeftovers(req.Dst, before)
+	}
+	return nil, classify(ctx, runCtx, cmd.ProcessState, stderr.String(), req.Rlimits, wall, errors.Join(decErr, waitErr))
+}
+
+// childLimits turns the configuration and the conversion's limits into the child's rlimits.
+func childLimits(cfg Config, timeout time.Duration, maxOut, maxHeader int64) rlimits {
+	as := cfg.AddressSpace
+	if as <= 0 {
+		as = DefaultAddressSpace
+	}
+	nofile := cfg.OpenFiles
+	if nofile <= 0 {
+		nofile = DefaultOpenFiles
+	}
+	cpu := cfg.CPUTime
+	if cpu <= 0 {
+		cpu = 2 * timeout
+	}
+	// The output is an 8-byte length, the header and the tensor bytes; a margin covers the
+	// header's padding.
+	const margin = 1 << 20
+	fsize := uint64(maxOut)
+	for _, add := range []uint64{uint64(maxHeader), 8, margin} {
+		if fsize+add < fsize {
+			fsize = ^uint64(0) >> 1 // saturate: effectively unlimited
+			break
+		}
+		fsize += add
+	}
+	return rlimits{
+		AddressSpace: uint64(as),
+		CPUSeconds:   uint64((cpu + time.Second - 1) / time.Second),
+		OpenFiles:    uint64(nofile),
+		FileSize:     fsize,
+	}
+}
+
+// checkStatus logs, once per Runner, a child that ran with degraded confinement.
+func (r *Runner) checkStatus(st Status) {
+	why, degraded := st.Degraded()
+	if !degraded {
+		return
+	}
+	r.warn.Do(func() {
+		log := r.Config.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("sandbox confinement degraded: untrusted input is parsed with resource limits only", "reason", why)
+	})
+}
+
+// classify names the failure of a child that gave no response.
+func classify(ctx, runCtx context.Context, ps *os.ProcessState, stderr string, lim rlimits, wall time.Duration, cause error) error {
+	if err := ctx.Err(); err != nil {
+		return fault.Wrap(fault.Canceled, "", err, "sandbox child stopped")
+	}
+	if runCtx.Err() != nil {
+		return fault.New(fault.Limit, "", "wall-clock limit (%s) exceeded: sandbox child killed", wall)
+	}
+	if ps == nil {
+		return fault.Wrap(fault.Internal, "", cause, "sandbox child did not run")
+	}
+	if err := signalFault(ps, lim, firstLine(stderr)); err != nil {
+		return err
+	}
+	first := firstLine(stderr)
+	if isOutOfMemory(stderr) {
+		return fault.New(fault.Limit, "", "address-space limit (RLIMIT_AS %d bytes) exceeded: %s", lim.AddressSpace, first)
+	}
+	if first != "" {
+		return fault.New(fault.Internal, "", "sandbox child crashed (exit status %d): %s", ps.ExitCode(), first)
+	}
+	return fault.Wrap(fault.Internal, "", cause, "sandbox child exited with status %d without a result", ps.ExitCode())
+}
+
+// isOutOfMemory recognises the Go runtime's reports of a failed allocation or thread start,
+// which under RLIMIT_AS is the address-space limit at work.
+func isOutOfMemory(stderr string) bool {
+	for _, s := range []string{"out of memory", "cannot allocate memory", "failed to create new OS thread"} {
+		if strings.Contains(stderr, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// firstLine returns the first non-empty line of s, shortened.
+func firstLine(s string) string {
+	for line := range strings.Lines(s) {
+		if line = strings.TrimSpace(line); line != "" {
+			if len(line) > 200 {
+				line = line[:200] + "..."
+			}
+			return line
+		}
+	}
+	return ""
+}
+
+// leftovers lists the files in dst's folder that a killed child could have left: convert's
+// output temporaries (.BASE.*.tmp), its inflate scratch files (.inflate-*), and dst itself.
+func leftovers(dst string) map[string]os.FileInfo {
+	dir, base := filepath.Split(dst)
+	if dir == "" {
+		dir = "."
+	}
+	found := map[string]os.FileInfo{}
+	for _, pat := range []string{"." + base + ".*.tmp", ".inflate-*"} {
+		names, _ := filepath.Glob(filepath.Join(dir, escapeGlob(pat)))
+		for _, n := range names {
+			if fi, err := os.Lstat(n); err == nil {
+				found[n] = fi
+			}
+		}
+	}
+	if fi, err := os.Lstat(dst); err == nil {
+		found[dst] = fi
+	}
+	return found
+}
+
+// escapeGlob escapes the glob metacharacters in pat other than its own '*'.
+func escapeGlob(pat string) string {
+	var b strings.Builder
+	for _, c := range pat {
+		switch c {
+		case '?', '[', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// removeLeftovers removes every leftover that was not there, as the same file, before the
+// child started. A dst the child renamed into place before it died goes too: a failed
+// conversion leaves no output.
+func removeLeftovers(dst string, before map[string]os.FileInfo) {
+	for name, fi := range leftovers(dst) {
+		if old, ok := before[name]; ok && os.SameFile(old, fi) {
+			continue
+		}
+		os.Remove(name)
+	}
+}
+
+// headBuffer keeps the first max bytes written to it.
+type headBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf bytes.Buffer
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if room := h.max - h.buf.Len(); room > 0 {
+		h.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (h *headBuffer) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.buf.String()
+}
