@@ -113,7 +113,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 // write streams the header and every tensor into out and syncs it; it returns the per-tensor
 // digests of the bytes written, computed from the source as they pass.
 func (p *plan) write(ctx context.Context, out *os.File) ([]string, error) {
-	bw := bufio.NewWriterSize(out, 1<<20)
+	bw := bufio.NewWriterSize(&writeback{f: out}, 1<<20)
 	if _, err := bw.Write(p.layout.Header); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "write output")
 	}
@@ -188,4 +188,23 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
+}
+
+// writebackEvery is how much output accumulates before its disk writeback is started.
+const writebackEvery = 64 << 20
+
+// writeback writes to f and starts the disk writeback of every writebackEvery bytes as it goes.
+type writeback struct {
+	f             *os.File
+	written, sent int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.written-w.sent >= writebackEvery {
+		startWriteback(w.f, w.sent, w.written-w.sent)
+		w.sent = w.written
+	}
+	return n, err
 }
