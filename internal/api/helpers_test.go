@@ -192,9 +192,9 @@ type invalidRequest struct{}
 
 // jobResp is the Job schema as a test reads it.
 type jobResp struct {
-	ID     string `json:"id"`
-	State  string `json:"state"`
-	Input  struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Input struct {
 		Filename string `json:"filename"`
 		Size     int64  `json:"size"`
 		SHA256   string `json:"sha256"`

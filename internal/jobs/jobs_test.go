@@ -1,0 +1,236 @@
+package jobs_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/jobs"
+)
+
+// fakeOutput writes a small output file the way a converter would and describes it.
+func fakeOutput(dst string) (*convert.Manifest, error) {
+	data := []byte("converted")
+	if err := os.WriteFile(dst, data, 0o600); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	return &convert.Manifest{Output: &convert.Output{Path: dst, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
+}
+
+func open(t *testing.T, dir string, conv jobs.Converter, retention time.Duration) *jobs.Service {
+	t.Helper()
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: conv, Retention: retention})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Stop(ctx)
+		s.Close()
+	})
+	return s
+}
+
+func submit(t *testing.T, s *jobs.Service, body string) jobs.Job {
+	t.Helper()
+	up, err := s.Stage(t.Context(), strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("Stage: %v", err)
+	}
+	j, created, err := s.Submit(t.Context(), jobs.SubmitParams{Tenant: "t", Filename: "m.pt", Upload: up})
+	if err != nil || !created {
+		t.Fatalf("Submit = %v, created %v", err, created)
+	}
+	return j
+}
+
+// waitFor polls a job a bounded number of times until cond holds.
+func waitFor(t *testing.T, s *jobs.Service, id string, what string, cond func(jobs.Job, error) bool) jobs.Job {
+	t.Helper()
+	for range 800 {
+		j, err := s.Get(t.Context(), "t", id)
+		if cond(j, err) {
+			return j
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("job %s: never %s", id, what)
+	return jobs.Job{}
+}
+
+func terminal(j jobs.Job, err error) bool { return err == nil && j.State.Terminal() }
+
+// Faults about the input fail the job at its first attempt; only internal errors are retried.
+func TestFailureClassification(t *testing.T) {
+	cases := []struct {
+		name     string
+		err      error
+		wantType jobs.ErrorType
+		detail   string
+	}{
+		{"unsafe global", fault.New(fault.Unsafe, "archive/data.pkl", "global os.system is known-dangerous"), jobs.ErrorUnsafe, "os.system"},
+		{"malformed", fault.At(fault.Malformed, "archive/data.pkl", 12, "truncated"), jobs.ErrorMalformed, "truncated"},
+		{"unsupported is malformed", fault.New(fault.Unsupported, "", "TorchScript archives"), jobs.ErrorMalformed, "unsupported"},
+		{"limit", fault.New(fault.Limit, "", "more than 5 tensors"), jobs.ErrorLimit, "5 tensors"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var calls atomic.Int32
+			s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+				calls.Add(1)
+				return nil, c.err
+			}), 0)
+			j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
+			if j.State != jobs.StateFailed || j.Error == nil || j.Error.Type != c.wantType || !strings.Contains(j.Error.Detail, c.detail) {
+				t.Errorf("job = %+v %+v, want failed %s mentioning %q", j, j.Error, c.wantType, c.detail)
+			}
+			if n := calls.Load(); n != 1 || j.Attempts != 1 {
+				t.Errorf("converter called %d times, attempts %d; want 1", n, j.Attempts)
+			}
+		})
+	}
+}
+
+func TestInternalErrorIsRetried(t *testing.T) {
+	var calls atomic.Int32
+	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+		if calls.Add(1) == 1 {
+			return nil, errors.New("disk hiccup")
+		}
+		return fakeOutput(dst)
+	}), 0)
+	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
+	if j.State != jobs.StateSucceeded || j.Attempts != 2 {
+		t.Errorf("job = %s after %d attempts, want succeeded after 2", j.State, j.Attempts)
+	}
+}
+
+func TestInternalErrorGivesUp(t *testing.T) {
+	var calls atomic.Int32
+	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+		calls.Add(1)
+		return nil, errors.New("disk broken at " + src)
+	}), 0)
+	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
+	if j.State != jobs.StateFailed || j.Error.Type != jobs.ErrorInternal || calls.Load() != 3 {
+		t.Errorf("job = %s %+v after %d calls, want failed internal after 3", j.State, j.Error, calls.Load())
+	}
+	if strings.Contains(j.Error.Detail, "/input") {
+		t.Errorf("detail reveals server paths: %q", j.Error.Detail)
+	}
+}
+
+func TestRetentionExpiresFinishedJobs(t *testing.T) {
+	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+		return fakeOutput(dst)
+	}), time.Second)
+	id := submit(t, s, "x").ID
+	j := waitFor(t, s, id, "finished", terminal)
+	if j.ExpiresAt.IsZero() || !j.ExpiresAt.After(j.FinishedAt) {
+		t.Errorf("expires_at = %v, finished_at %v", j.ExpiresAt, j.FinishedAt)
+	}
+	waitFor(t, s, id, "expired", func(_ jobs.Job, err error) bool { return errors.Is(err, jobs.ErrNotFound) })
+}
+
+func TestDataDirIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	open(t, dir, nil, 0)
+	if _, err := jobs.Open(t.Context(), jobs.Config{Dir: dir}); err == nil {
+		t.Fatal("second Open of the same data directory succeeded")
+	}
+}
+
+// The helper process runs a service whose conversions never end, reports when one started,
+// and waits to be killed.
+func TestHelperProcess(t *testing.T) {
+	dir := os.Getenv("JOBS_TEST_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper process for TestSIGKILLMidJob")
+	}
+	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+			fmt.Println("CONVERTING")
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	up, _ := s.Stage(context.Background(), strings.NewReader("checkpoint"))
+	j, _, err := s.Submit(context.Background(), jobs.SubmitParams{Tenant: "t", Filename: "m.pt", Upload: up})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	fmt.Println("JOB", j.ID)
+	select {}
+}
+
+// A process killed with SIGKILL while converting loses nothing: on restart the running job is
+// queued again at once (not after River's stuck-job timeout) and completes.
+func TestSIGKILLMidJob(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		if after, ok := strings.CutPrefix(line, "JOB "); ok {
+			id = after
+		}
+		if strings.HasPrefix(line, "ERROR") {
+			t.Fatal(line)
+		}
+		if line == "CONVERTING" && id != "" {
+			break
+		}
+	}
+	if id == "" {
+		t.Fatal("helper never reported a running job")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	s := open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+		return fakeOutput(dst)
+	}), 0)
+	j := waitFor(t, s, id, "finished", terminal)
+	if j.State != jobs.StateSucceeded {
+		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)
+	}
+	if j.Attempts != 2 {
+		t.Errorf("attempts = %d, want 2 (the killed one counts)", j.Attempts)
+	}
+}
