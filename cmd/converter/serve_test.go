@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestServeFlagsFromEnvironment(t *testing.T) {
+	env := map[string]string{
+		"CONVERTER_ADDR":             "127.0.0.1:9999",
+		"CONVERTER_WORKERS":          "4",
+		"CONVERTER_RETENTION":        "2h",
+		"CONVERTER_MAX_UPLOAD_BYTES": "1024",
+	}
+	c, err := parseServeFlags([]string{"--workers", "3"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" {
+		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
+	}
+	if _, err := parseServeFlags(nil, func(k string) string {
+		return map[string]string{"CONVERTER_RETENTION": "a week"}[k]
+	}, io.Discard); err == nil {
+		t.Error("a bad CONVERTER_RETENTION was accepted")
+	}
+}
+
+func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
+	var out bytes.Buffer
+	if err := runServe(t.Context(), []string{"-h"}, func(string) string { return "" }, &out, &out); err != nil {
+		t.Fatalf("serve -h: %v", err)
+	}
+	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
+		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("serve -h does not mention %s", want)
+		}
+	}
+}
+
+func TestServeOpenModeIsLoopbackOnly(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:0"} {
+		err := runServe(t.Context(), []string{"--addr", addr, "--data", t.TempDir()}, func(string) string { return "" }, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "without --tokens") {
+			t.Errorf("serve --addr %s without tokens: err = %v, want a refusal", addr, err)
+		}
+	}
+}
+
+// server is one `converter serve` process.
+type server struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func startServer(t *testing.T, bin, data string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--data", data)
+	cmd.Stderr = io.Discard
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("server printed no address: %v", err)
+	}
+	_, url, ok := strings.Cut(strings.TrimSpace(line), "listening on ")
+	if !ok {
+		t.Fatalf("unexpected first line %q", line)
+	}
+	return &server{cmd: cmd, url: url}
+}
+
+type jobState struct {
+	ID     string `json:"id"`
+	State  string `json:"state"`
+	Output *struct {
+		SHA256 string `json:"sha256"`
+	} `json:"output"`
+	Error *struct{ Type, Detail string } `json:"error"`
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+// A server killed with SIGKILL right after answering 202 loses nothing: restarted on the same
+// data directory it runs the job to completion.
+func TestServeSIGKILLRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "converter")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	data := filepath.Join(tmp, "data")
+	fixture, err := os.ReadFile(filepath.Join("..", "..", "testdata", "torch", "mymodel.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv := startServer(t, bin, data)
+	resp, err := http.Post(srv.url+"/v1/jobs?filename=pytorch_model.bin", "application/octet-stream", bytes.NewReader(fixture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job jobState
+	json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || job.ID == "" {
+		t.Fatalf("POST = %d %+v, want 202", resp.StatusCode, job)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	srv.cmd.Wait()
+
+	srv = startServer(t, bin, data)
+	for range 600 {
+		getJSON(t, srv.url+"/v1/jobs/"+job.ID, &job)
+		if job.State == "succeeded" || job.State == "failed" || job.State == "canceled" {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if job.State != "succeeded" || job.Output == nil {
+		t.Fatalf("after restart job = %+v, want succeeded", job)
+	}
+
+	// Graceful shutdown on SIGTERM exits cleanly.
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.cmd.Wait() }()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			t.Errorf("serve exited with %v after SIGTERM, want 0", err)
+		}
+	case <-ctx.Done():
+		t.Error("serve did not stop after SIGTERM")
+	}
+}
