@@ -234,3 +234,43 @@ func TestSIGKILLMidJob(t *testing.T) {
 		t.Errorf("attempts = %d, want 2 (the killed one counts)", j.Attempts)
 	}
 }
+
+// Stop puts a conversion still running at the drain deadline back in the queue without
+// counting the attempt; the next start runs it.
+func TestStopRequeuesRunningJob(t *testing.T) {
+	dir := t.TempDir()
+	started := make(chan struct{}, 1)
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+			started <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	id := submit(t, s, "x").ID
+	<-started
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if j, err := s.Get(t.Context(), "t", id); err != nil || j.State != jobs.StateQueued || j.Attempts != 0 {
+		t.Errorf("after Stop job = %s attempts %d (err %v), want queued with 0 attempts", j.State, j.Attempts, err)
+	}
+	if _, _, err := s.Submit(t.Context(), jobs.SubmitParams{Tenant: "t"}); !errors.Is(err, jobs.ErrStopping) {
+		t.Errorf("Submit after Stop = %v, want ErrStopping", err)
+	}
+	s.Close()
+
+	s = open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+		return fakeOutput(dst)
+	}), 0)
+	if j := waitFor(t, s, id, "finished", terminal); j.State != jobs.StateSucceeded || j.Attempts != 1 {
+		t.Errorf("after restart job = %s after %d attempts, want succeeded after 1", j.State, j.Attempts)
+	}
+}
