@@ -48,6 +48,8 @@ func (c *Container) openZip() error {
 	}
 	seen := map[string]string{}
 	var ranges []span
+	// recs holds every entry whose local header could be read.
+	recs := make(map[*zip.File]*Record, len(zr.File))
 	for i, f := range zr.File {
 		name := f.Name
 		if err := checkEntryName(name); err != nil {
@@ -64,14 +66,14 @@ func (c *Container) openZip() error {
 		if f.Method != zip.Store && f.Method != zip.Deflate {
 			setProblem(fault.New(fault.Unsupported, name, "compression method %d refused (only stored and deflate)", f.Method))
 		}
-		off, err := f.DataOffset()
+		off, err := checkLocalHeader(c.ra, cd[i], f)
 		if err != nil {
-			setProblem(fault.Wrap(fault.Malformed, name, err, "local header"))
-			continue
-		}
-		if err := checkLocalHeader(c.ra, cd[i], f); err != nil {
 			setProblem(err)
 		}
+		if off <= 0 {
+			continue
+		}
+		recs[f] = c.newRecord(f, off)
 		end := off + int64(f.CompressedSize64)
 		if end < off || end > c.size {
 			setProblem(fault.New(fault.Malformed, name, "entry data [%d, +%d) runs past the end of the file", off, f.CompressedSize64))
@@ -105,14 +107,14 @@ func (c *Container) openZip() error {
 	// Scan data.pkl first, then every other entry that holds a pickle.
 	main := byName[prefix+"/data.pkl"]
 	if main != nil && perr == nil {
-		c.Main = c.scanEntry(main)
+		c.Main = c.scanEntry(main, recs[main])
 	}
 	for _, f := range zr.File {
 		if f == main || strings.HasPrefix(f.Name, prefix+"/data/") && perr == nil && !torchScript {
 			continue
 		}
 		if isPickleEntry(c.ra, f) {
-			s := c.scanEntry(f)
+			s := c.scanEntry(f, recs[f])
 			if !torchScript && perr == nil && problem == nil {
 				setProblem(fault.New(fault.Unsupported, s.Entry, "unexpected second pickle stream in a torch archive"))
 			}
@@ -134,7 +136,7 @@ func (c *Container) openZip() error {
 		return nil
 	}
 	if f := byName[prefix+"/byteorder"]; f != nil {
-		b, err := readSmall(c.ra, f, 16)
+		b, err := readSmall(recs[f], 16)
 		if err != nil {
 			c.Problem = err
 			return nil
@@ -148,35 +150,36 @@ func (c *Container) openZip() error {
 		}
 	}
 	for _, f := range zr.File {
-		key, ok := strings.CutPrefix(f.Name, prefix+"/data/")
-		if !ok {
-			continue
+		if key, ok := strings.CutPrefix(f.Name, prefix+"/data/"); ok {
+			c.records[key] = recs[f]
 		}
-		off, _ := f.DataOffset()
-		c.records[key] = &Record{Entry: f.Name, Size: int64(f.UncompressedSize64), ra: c.ra, off: off,
-			csize: int64(f.CompressedSize64), deflated: f.Method == zip.Deflate, crc: f.CRC32, hasCRC: true}
 	}
 	return nil
 }
 
-// scanEntry pre-scans one zip entry as a pickle stream, verifying its CRC.
-func (c *Container) scanEntry(f *zip.File) *Stream {
-	if int64(f.UncompressedSize64) > c.lim.MaxPickleBytes {
-		s := &Stream{Entry: f.Name, Offset: -1, Scan: &unpickler.Scan{},
-			Err: fault.New(fault.Limit, f.Name, "pickle of %d bytes exceeds limit max-pickle-bytes %d", f.UncompressedSize64, c.lim.MaxPickleBytes)}
-		c.Streams = append(c.Streams, s)
-		return s
-	}
-	off, err := f.DataOffset()
-	if err != nil {
-		s := &Stream{Entry: f.Name, Offset: -1, Scan: &unpickler.Scan{}, Err: fault.Wrap(fault.Malformed, f.Name, err, "local header")}
-		c.Streams = append(c.Streams, s)
-		return s
-	}
-	rec := &Record{Entry: f.Name, Size: int64(f.UncompressedSize64), ra: c.ra, off: off,
+// newRecord describes an entry whose data starts at file offset off.
+func (c *Container) newRecord(f *zip.File, off int64) *Record {
+	return &Record{Entry: f.Name, Size: int64(f.UncompressedSize64), ra: c.ra, off: off,
 		csize: int64(f.CompressedSize64), deflated: f.Method == zip.Deflate, crc: f.CRC32, hasCRC: true}
+}
+
+// scanEntry pre-scans one zip entry as a pickle stream, verifying its CRC. rec is nil when the
+// entry's local header could not be read.
+func (c *Container) scanEntry(f *zip.File, rec *Record) *Stream {
+	var refusal error
+	switch {
+	case rec == nil:
+		refusal = fault.New(fault.Malformed, f.Name, "local header unreadable")
+	case rec.Size > c.lim.MaxPickleBytes:
+		refusal = fault.New(fault.Limit, f.Name, "pickle of %d bytes exceeds limit max-pickle-bytes %d", rec.Size, c.lim.MaxPickleBytes)
+	}
+	if refusal != nil {
+		s := &Stream{Entry: f.Name, Offset: -1, Scan: &unpickler.Scan{}, Err: refusal}
+		c.Streams = append(c.Streams, s)
+		return s
+	}
 	r, _ := rec.Open()
-	pos := off
+	pos := rec.off
 	if rec.deflated {
 		pos = -1
 	}
@@ -255,16 +258,10 @@ func commonPrefix(files []*zip.File) (string, error) {
 }
 
 // readSmall reads a whole small entry (version, byteorder).
-func readSmall(ra io.ReaderAt, f *zip.File, max int64) ([]byte, error) {
-	if f.UncompressedSize64 > uint64(max) {
-		return nil, fault.New(fault.Malformed, f.Name, "record of %d bytes, want at most %d", f.UncompressedSize64, max)
+func readSmall(rec *Record, max int64) ([]byte, error) {
+	if rec.Size > max {
+		return nil, fault.New(fault.Malformed, rec.Entry, "record of %d bytes, want at most %d", rec.Size, max)
 	}
-	off, err := f.DataOffset()
-	if err != nil {
-		return nil, fault.Wrap(fault.Malformed, f.Name, err, "local header")
-	}
-	rec := &Record{Entry: f.Name, Size: int64(f.UncompressedSize64), ra: ra, off: off,
-		csize: int64(f.CompressedSize64), deflated: f.Method == zip.Deflate, crc: f.CRC32, hasCRC: true}
 	r, err := rec.Open()
 	if err != nil {
 		return nil, err
@@ -290,32 +287,33 @@ func checkOverlap(ranges []span) error {
 }
 
 // checkLocalHeader compares the local file header with the central directory: the name, method
-// and flags must agree (CVE-2025-1944: scanners read one name, torch the other).
-func checkLocalHeader(ra io.ReaderAt, cd cdEntry, f *zip.File) error {
-	var h [30]byte
-	if _, err := ra.ReadAt(h[:], cd.headerOffset); err != nil {
-		return fault.Wrap(fault.Malformed, f.Name, err, "local header at %d", cd.headerOffset)
+// and flags must agree (CVE-2025-1944: scanners read one name, torch the other). It returns the
+// offset of the entry's data, read from the same header, so each entry costs one read.
+func checkLocalHeader(ra io.ReaderAt, cd cdEntry, f *zip.File) (int64, error) {
+	h := make([]byte, 30+len(f.Name))
+	if _, err := ra.ReadAt(h, cd.headerOffset); err != nil {
+		return 0, fault.Wrap(fault.Malformed, f.Name, err, "local header at %d", cd.headerOffset)
 	}
 	if binary.LittleEndian.Uint32(h[0:]) != 0x04034b50 {
-		return fault.At(fault.Malformed, f.Name, cd.headerOffset, "no local header signature")
+		return 0, fault.At(fault.Malformed, f.Name, cd.headerOffset, "no local header signature")
 	}
 	flags := binary.LittleEndian.Uint16(h[6:])
 	method := binary.LittleEndian.Uint16(h[8:])
 	nameLen := int(binary.LittleEndian.Uint16(h[26:]))
-	name := make([]byte, nameLen)
-	if _, err := ra.ReadAt(name, cd.headerOffset+30); err != nil {
-		return fault.Wrap(fault.Malformed, f.Name, err, "local header name")
-	}
-	if !bytes.Equal(name, []byte(f.Name)) {
-		return fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header names %q, central directory %q", name, f.Name)
+	extraLen := int64(binary.LittleEndian.Uint16(h[28:]))
+	// The data offset is known even when the header disagrees, so a payload in a forged archive
+	// can still be scanned and reported.
+	off := cd.headerOffset + 30 + int64(nameLen) + extraLen
+	if name := h[30:]; nameLen != len(f.Name) || !bytes.Equal(name, []byte(f.Name)) {
+		return off, fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header name differs from the central directory's %q", f.Name)
 	}
 	if method != f.Method {
-		return fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header method %d, central directory %d", method, f.Method)
+		return off, fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header method %d, central directory %d", method, f.Method)
 	}
 	if flags&^allowedFlags != f.Flags&^allowedFlags {
-		return fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header flags %#04x, central directory %#04x", flags, f.Flags)
+		return off, fault.At(fault.Malformed, f.Name, cd.headerOffset, "local header flags %#04x, central directory %#04x", flags, f.Flags)
 	}
-	return nil
+	return off, nil
 }
 
 // Record is one storage's bytes inside the container.
