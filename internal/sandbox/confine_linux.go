@@ -169,9 +169,10 @@ func threadModes() (int, []string, error) {
 	return len(tasks), bad, nil
 }
 
-// closeInherited closes descriptors above stderr that the child did not open itself. Go opens
-// every descriptor close-on-exec, but a parent that created one with a raw syscall would leak
-// it; the runtime's own epoll and eventfd descriptors are left alone.
+// closeInherited closes the descriptors above stderr that came with the exec. Go opens every
+// descriptor close-on-exec, but a parent that created one with a raw syscall would leak it. In a
+// freshly exec'd process a descriptor without FD_CLOEXEC can only have been inherited; the
+// runtime's own (epoll, eventfd, the cgroup CPU files it keeps open) all have the flag.
 func closeInherited() (int, error) {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -183,12 +184,9 @@ func closeInherited() (int, error) {
 		if err != nil || fd <= 2 {
 			continue
 		}
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err != nil {
-			continue // the descriptor ReadDir itself used, now closed
-		}
-		if strings.HasPrefix(target, "anon_inode:[eventpoll]") || strings.HasPrefix(target, "anon_inode:[eventfd]") {
-			continue
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue // gone (ReadDir's own descriptor) or the runtime's
 		}
 		if unix.Close(fd) == nil {
 			closed++

@@ -130,10 +130,18 @@ const maxWallGrace = 30 * time.Second
 // what names the crash.
 const maxStderr = 8 << 10
 
+// childEnv marks a sandbox child's environment, which is otherwise empty. A process that finds
+// it set is a child whose executable did not dispatch ChildCommand (a test binary without the
+// hook, say) and must not start children of its own: that would recurse without end.
+const childEnv = "CONVERTER_SANDBOX_CHILD=1"
+
 // run starts one child, sends it req, and returns its response, or a classified error when it
 // gave none.
 func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	cfg := r.Config
+	if k, v, _ := strings.Cut(childEnv, "="); os.Getenv(k) == v {
+		return nil, fault.New(fault.Internal, "", "sandbox: refusing to start a child from inside a sandbox child (does the executable dispatch %s?)", ChildCommand)
+	}
 	exe := cfg.Exe
 	if exe == "" {
 		var err error
@@ -153,7 +161,7 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	runCtx, cancel := context.WithTimeout(ctx, wall)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, exe, ChildCommand)
-	cmd.Env = []string{} // a clean environment: nothing from ours reaches the child
+	cmd.Env = []string{childEnv} // a clean environment: nothing from ours reaches the child
 	cmd.Stdin = bytes.NewReader(body)
 	stderr := &headBuffer{max: maxStderr}
 	cmd.Stderr = stderr
@@ -165,7 +173,7 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	}
 
 	var before map[string]os.FileInfo
-	if req.Op == opConvert {
+	if req.Dst != "" {
 		before = leftovers(req.Dst)
 	}
 	if err := cmd.Start(); err != nil {
@@ -179,7 +187,7 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 		r.checkStatus(resp.Status)
 		return &resp, nil
 	}
-	if req.Op == opConvert {
+	if req.Dst != "" {
 		removeLeftovers(req.Dst, before)
 	}
 	return nil, classify(ctx, runCtx, cmd.ProcessState, stderr.String(), req.Rlimits, wall, errors.Join(decErr, waitErr))
@@ -257,10 +265,11 @@ func classify(ctx, runCtx context.Context, ps *os.ProcessState, stderr string, l
 	return fault.Wrap(fault.Internal, "", cause, "sandbox child exited with status %d without a result", ps.ExitCode())
 }
 
-// isOutOfMemory recognises the Go runtime's reports of a failed allocation or thread start,
-// which under RLIMIT_AS is the address-space limit at work.
+// isOutOfMemory recognises the Go runtime's reports of a failed allocation or thread start
+// (in cgo builds each pthread stack takes 8 MiB of address space), which under RLIMIT_AS is the
+// address-space limit at work.
 func isOutOfMemory(stderr string) bool {
-	for _, s := range []string{"out of memory", "cannot allocate memory", "failed to create new OS thread"} {
+	for _, s := range []string{"out of memory", "cannot allocate memory", "failed to create new OS thread", "pthread_create failed"} {
 		if strings.Contains(stderr, s) {
 			return true
 		}

@@ -1,0 +1,424 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/limits"
+)
+
+// childExe is the converter binary, built with the sandboxtest tag, that the tests start as the
+// sandbox child (and as the CLI).
+var childExe string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sandbox-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	childExe = filepath.Join(dir, "converter")
+	build := exec.Command("go", "build", "-tags", "sandboxtest", "-o", childExe, "github.com/ptsafe/converter/cmd/converter")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build converter:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	fixtures  = "../../testdata/torch/"
+	malicious = "../../../shared/corpus/picklescan__malicious0.pkl"
+)
+
+func testRunner() *Runner { return &Runner{Config: Config{Exe: childExe}} }
+
+// truncated writes the first half of a good fixture to dir, a zip without its central directory.
+func truncated(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(fixtures + "dtypes.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "truncated.pt")
+	if err := os.WriteFile(p, b[:len(b)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func manifestJSON(t *testing.T, m *convert.Manifest) string {
+	t.Helper()
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestConvertMatchesInProcess(t *testing.T) {
+	for _, name := range []string{"dtypes.pt", "module_state_dict.pt", "module_state_dict_legacy_p2.pt"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := fixtures + name
+			opts := convert.Options{Limits: limits.Default()}
+			want, err := convert.File(context.Background(), src, filepath.Join(dir, "in.safetensors"), opts)
+			if err != nil {
+				t.Fatalf("in-process: %v", err)
+			}
+			got, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
+			if err != nil {
+				t.Fatalf("sandbox: %v", err)
+			}
+			wantBytes, _ := os.ReadFile(filepath.Join(dir, "in.safetensors"))
+			gotBytes, err := os.ReadFile(filepath.Join(dir, "out.safetensors"))
+			if err != nil || !bytes.Equal(gotBytes, wantBytes) {
+				t.Fatalf("sandbox output differs from in-process output (%d vs %d bytes, err %v)", len(gotBytes), len(wantBytes), err)
+			}
+			got.Output.Path = want.Output.Path
+			if g, w := manifestJSON(t, got), manifestJSON(t, want); g != w {
+				t.Errorf("manifest:\ngot  %s\nwant %s", g, w)
+			}
+			if len(got.Globals) == 0 {
+				t.Errorf("manifest lists no globals")
+			}
+		})
+	}
+}
+
+// TestErrorsMatchInProcess checks that an input's error comes back from the child with the same
+// kind, text and location as in-process, and that no output is left.
+func TestErrorsMatchInProcess(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, src string
+		kind      fault.Kind
+	}{
+		{"dangerous globals", malicious, fault.Unsafe},
+		{"truncated zip", truncated(t, dir), fault.Malformed},
+		{"missing file", filepath.Join(dir, "nope.pt"), fault.Internal},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := t.TempDir()
+			opts := convert.Options{}
+			_, wantErr := convert.File(context.Background(), c.src, filepath.Join(out, "in.safetensors"), opts)
+			_, err := testRunner().Convert(context.Background(), c.src, filepath.Join(out, "out.safetensors"), opts)
+			if err == nil {
+				t.Fatal("sandbox: no error")
+			}
+			if got := fault.KindOf(err); got != c.kind {
+				t.Errorf("kind: got %v, want %v (%v)", got, c.kind, err)
+			}
+			if wantErr == nil || err.Error() != wantErr.Error() {
+				t.Errorf("text:\ngot  %v\nwant %v", err, wantErr)
+			}
+			var got, want *fault.Error
+			if errors.As(err, &got) && errors.As(wantErr, &want) && (got.Entry != want.Entry || got.Offset != want.Offset || got.Msg != want.Msg) {
+				t.Errorf("fault: got %+v, want %+v", got, want)
+			}
+			assertEmpty(t, out)
+		})
+	}
+}
+
+func TestScanVerdicts(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, src, verdict string
+	}{
+		{"good zip", fixtures + "dtypes.pt", "safe"},
+		{"good legacy", fixtures + "module_state_dict_legacy_p2.pt", "safe"},
+		{"dangerous globals", malicious, "unsafe"},
+		{"truncated zip", truncated(t, dir), "malformed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			want, err := convert.Scan(context.Background(), c.src, convert.Options{})
+			if err != nil {
+				t.Fatalf("in-process: %v", err)
+			}
+			got, err := testRunner().Scan(context.Background(), c.src, convert.Options{})
+			if err != nil {
+				t.Fatalf("sandbox: %v", err)
+			}
+			if got.Verdict != c.verdict {
+				t.Errorf("verdict: got %q, want %q", got.Verdict, c.verdict)
+			}
+			if g, w := manifestJSON(t, got), manifestJSON(t, want); g != w {
+				t.Errorf("manifest:\ngot  %s\nwant %s", g, w)
+			}
+		})
+	}
+}
+
+// TestChildFailures drives the test-only operations into each limit and crash.
+func TestChildFailures(t *testing.T) {
+	cases := []struct {
+		name   string
+		op     string
+		arg    string
+		cfg    Config
+		lim    limits.Limits
+		kind   fault.Kind
+		substr string
+	}{
+		{"address space", "selftest-alloc", "", Config{AddressSpace: 512 << 20}, limits.Limits{}, fault.Limit, "RLIMIT_AS"},
+		{"CPU time", "selftest-spin", "", Config{CPUTime: time.Second}, limits.Limits{Timeout: time.Minute}, fault.Limit, "RLIMIT_CPU"},
+		{"wall clock", "selftest-sleep", "", Config{}, limits.Limits{Timeout: 500 * time.Millisecond}, fault.Limit, "wall-clock limit"},
+		{"SIGABRT", "selftest-signal", fmt.Sprint(int(syscall.SIGABRT)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed (exit status 2): SIGABRT"},
+		{"SIGSEGV", "selftest-signal", fmt.Sprint(int(syscall.SIGSEGV)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed"},
+		{"SIGKILL", "selftest-signal", fmt.Sprint(int(syscall.SIGKILL)), Config{}, limits.Limits{}, fault.Internal, "killed by SIGKILL"},
+		{"unknown operation", "no-such-op", "", Config{}, limits.Limits{}, fault.Internal, "unknown operation"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.cfg.Exe = childExe
+			r := &Runner{Config: c.cfg}
+			resp, err := r.run(context.Background(), &request{Op: c.op, Arg: c.arg, Options: convert.Options{Limits: c.lim}})
+			if err == nil && resp.Error != nil {
+				err = resp.Error.decode()
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := fault.KindOf(err); got != c.kind {
+				t.Errorf("kind: got %v, want %v (%v)", got, c.kind, err)
+			}
+			if !strings.Contains(err.Error(), c.substr) {
+				t.Errorf("error %q does not mention %q", err, c.substr)
+			}
+			t.Logf("%s: %v", c.name, err)
+		})
+	}
+}
+
+func TestCancelKillsChild(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	_, err := testRunner().run(ctx, &request{Op: "selftest-sleep"})
+	if got := fault.KindOf(err); got != fault.Canceled || !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v (kind %v), want a canceled error", err, got)
+	}
+}
+
+// TestNoPartialOutput kills a child after it wrote part of its temporary output file.
+func TestNoPartialOutput(t *testing.T) {
+	dir := t.TempDir()
+	keep := filepath.Join(dir, ".model.safetensors.unrelated.tmp.keep")
+	if err := os.WriteFile(keep, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := testRunner().run(context.Background(), &request{Op: "selftest-partial", Dst: filepath.Join(dir, "model.safetensors")})
+	if fault.KindOf(err) != fault.Internal {
+		t.Fatalf("got %v, want an internal error", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != filepath.Base(keep) {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("folder holds %v, want only %s", names, filepath.Base(keep))
+	}
+}
+
+func TestSeccompDeniesEscape(t *testing.T) {
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-escape"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status.Seccomp != "filter" {
+		t.Skipf("seccomp unavailable here (%s): nothing to test", resp.Status.Seccomp)
+	}
+	want := map[string]string{"exec": "EPERM", "dial": "EPERM", "fork": "EPERM", "socket": "EPERM", "threads": "ok"}
+	for k, w := range want {
+		if got := resp.Probe[k]; got != w {
+			t.Errorf("%s: got %q, want %q", k, got, w)
+		}
+	}
+	t.Logf("status %+v, probe %v", resp.Status, resp.Probe)
+}
+
+// TestNoInheritedDescriptors opens a descriptor without close-on-exec, as a careless parent
+// might, and checks that the child does not hold it when it reads input.
+func TestNoInheritedDescriptors(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(p, syscall.O_RDONLY, 0) // no O_CLOEXEC: inherited across exec
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n, target := range resp.Probe {
+		if target == p || strings.HasPrefix(target, "socket:") {
+			t.Errorf("child holds descriptor %s -> %s", n, target)
+		}
+	}
+	if resp.Status.ClosedFDs == 0 {
+		t.Errorf("child closed no inherited descriptors, want the leaked one closed")
+	}
+}
+
+func TestProbe(t *testing.T) {
+	st, err := testRunner().Probe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Rlimits {
+		t.Errorf("rlimits not applied: %+v", st)
+	}
+	t.Logf("confinement here: %+v", st)
+}
+
+func TestWireErrorRoundTrip(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+	}{
+		{"located", fault.At(fault.Unsafe, "archive/data.pkl", 48, "global %s is known-dangerous", "os.system")},
+		{"no offset", fault.New(fault.Malformed, "", "not a checkpoint")},
+		{"wrapped cause", fault.Wrap(fault.Limit, "pickle#1", errors.New("too deep"), "nesting %d", 1001)},
+		{"wrapped fault", fmt.Errorf("open: %w", fault.New(fault.Unsupported, "x", "torchscript"))},
+		{"context", fmt.Errorf("copy: %w", context.Canceled)},
+		{"plain", errors.New("disk on fire")},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := json.Marshal(encodeError(c.err))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var w wireError
+			if err := json.Unmarshal(b, &w); err != nil {
+				t.Fatal(err)
+			}
+			got := w.decode()
+			if got.Error() != c.err.Error() {
+				t.Errorf("text: got %q, want %q", got, c.err)
+			}
+			if g, w := fault.KindOf(got), fault.KindOf(c.err); g != w {
+				t.Errorf("kind: got %v, want %v", g, w)
+			}
+			if errors.Is(got, context.Canceled) != errors.Is(c.err, context.Canceled) {
+				t.Errorf("errors.Is(context.Canceled) differs")
+			}
+		})
+	}
+}
+
+// TestCLIExitCodes runs the built binary as a user would, through the sandbox (the default) and
+// in-process, and checks the exit code, the one-line error and that no output is left.
+func TestCLIExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := truncated(t, dir)
+	cases := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"convert good", []string{"convert", fixtures + "dtypes.pt"}, 0},
+		{"convert malicious", []string{"convert", malicious}, 3},
+		{"convert truncated", []string{"convert", bad}, 4},
+		{"scan good", []string{"scan", fixtures + "module_state_dict.pt"}, 0},
+		{"scan malicious", []string{"scan", malicious}, 3},
+		{"scan truncated", []string{"scan", bad}, 4},
+	}
+	for _, c := range cases {
+		for _, sandboxed := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/sandbox=%v", c.name, sandboxed), func(t *testing.T) {
+				out := t.TempDir()
+				args := append([]string{}, c.args...)
+				if c.args[0] == "convert" {
+					args = append(args, filepath.Join(out, "model.safetensors"))
+				}
+				cmd := exec.Command(childExe, args...)
+				cmd.Env = append(os.Environ(), fmt.Sprintf("CONVERTER_SANDBOX=%v", sandboxed))
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				err := cmd.Run()
+				code := 0
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					code = ee.ExitCode()
+				} else if err != nil {
+					t.Fatal(err)
+				}
+				if code != c.code {
+					t.Errorf("exit code: got %d, want %d; stderr %q", code, c.code, stderr.String())
+				}
+				if c.args[0] == "convert" {
+					if lines := strings.Count(stderr.String(), "\n"); code != 0 && lines != 1 {
+						t.Errorf("stderr has %d lines, want 1: %q", lines, stderr.String())
+					}
+					if code != 0 {
+						assertEmpty(t, out)
+					} else if _, err := os.Stat(filepath.Join(out, "model.safetensors")); err != nil {
+						t.Errorf("no output: %v", err)
+					}
+				}
+			})
+		}
+	}
+}
+
+func assertEmpty(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "in.") { // the in-process run's own output, if any
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestDegradedLoggedOnce(t *testing.T) {
+	var buf bytes.Buffer
+	r := &Runner{Config: Config{Logger: slog.New(slog.NewTextHandler(&buf, nil))}}
+	r.checkStatus(Status{Rlimits: true, Seccomp: "filter", TSync: true})
+	if buf.Len() != 0 {
+		t.Fatalf("full confinement logged: %s", buf.String())
+	}
+	for range 3 {
+		r.checkStatus(Status{Rlimits: true, Seccomp: "unsupported: the kernel has no seccomp"})
+	}
+	if got := strings.Count(buf.String(), "\n"); got != 1 || !strings.Contains(buf.String(), "no seccomp") {
+		t.Errorf("got %d log lines, want 1 naming the reason: %s", got, buf.String())
+	}
+}
+
+// TestNoRecursion runs a child whose executable does not dispatch ChildCommand and itself tries
+// to start a child: the guard must stop it.
+func TestNoRecursion(t *testing.T) {
+	t.Setenv("CONVERTER_SANDBOX_CHILD", "1")
+	_, err := testRunner().Scan(context.Background(), fixtures+"dtypes.pt", convert.Options{})
+	if err == nil || !strings.Contains(err.Error(), "inside a sandbox child") {
+		t.Fatalf("got %v, want the recursion guard", err)
+	}
+}
