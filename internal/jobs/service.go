@@ -384,7 +384,7 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 			return j, false, err
 		}
 	}
-	now := time.Now().UTC()
+	now := time.Now().UTC().Truncate(time.Millisecond) // the precision the store keeps
 	id, err := uuid.NewV7()
 	if err != nil {
 		return Job{}, false, fmt.Errorf("new job id: %w", err)
