@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -126,6 +127,10 @@ func (resp *response) result() (*convert.Manifest, error) {
 // child, so that the child's own timeout error (classified as in-process) normally comes first.
 const maxWallGrace = 30 * time.Second
 
+// maxResponseBytes bounds the response the parent reads from a child: generous for the
+// manifest of a checkpoint at every limit, but a child gone wrong cannot fill the parent's memory.
+const maxResponseBytes = 4 << 30
+
 // maxStderr bounds the child's stderr the parent keeps: the first line of a crash report is
 // what names the crash.
 const maxStderr = 8 << 10
@@ -176,11 +181,16 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	if req.Dst != "" {
 		before = leftovers(req.Dst)
 	}
+	// The child's parent-death signal fires when the OS thread that started it exits, not the
+	// process; keeping this goroutine on that thread until Wait returns stops the runtime from
+	// handing the thread to a goroutine that might end it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
 	}
 	var resp response
-	decErr := json.NewDecoder(stdout).Decode(&resp)
+	decErr := json.NewDecoder(io.LimitReader(stdout, maxResponseBytes)).Decode(&resp)
 	io.Copy(io.Discard, stdout)
 	waitErr := cmd.Wait()
 	if decErr == nil && waitErr == nil {
