@@ -67,10 +67,89 @@ func Flatten(root any, selectPath string, entry string, lim limits.Limits) (*Tre
 		tree.Tensors = append(tree.Tensors, Named{Name: name, Tensor: t})
 		return tree, nil
 	}
+	// Measure before naming anything: the walk below builds one dotted name per path, so a
+	// DAG sharing containers at every level (2^100 paths to one tensor from a 3 KB pickle)
+	// would otherwise spend its whole budget (and gigabytes of names) before failing.
+	if _, err := w.measure(sub, 0, nil, map[any]walkCost{}); err != nil {
+		return nil, err
+	}
 	if err := w.walk(sub, "", 0, tree); err != nil {
 		return nil, err
 	}
 	return tree, nil
+}
+
+// walkCost is what walking a subtree costs: nodes visited and tensors named, every path
+// counted, saturated just above the limits.
+type walkCost struct{ nodes, tensors int }
+
+// measure returns the cost of walking v without walking it: each container is measured once,
+// by identity, so a subtree shared by many paths costs its size once here however often the
+// walk would enter it. It refuses, as the walk would, cycles, nesting deeper than
+// lim.MaxNesting, more than lim.MaxWalkNodes visits and more than lim.MaxTensors tensors, and
+// it fails as soon as a partial sum passes a limit. trail holds the keys leading to v, for
+// error messages only. Its recursion depth is bounded by lim.MaxNesting.
+func (w *walker) measure(v any, depth int, trail []any, memo map[any]walkCost) (walkCost, error) {
+	if depth > w.lim.MaxNesting {
+		return walkCost{}, fault.New(fault.Limit, w.entry, "object graph nested deeper than %d at %q (limit max-nesting)", w.lim.MaxNesting, trailPath(trail))
+	}
+	switch v.(type) {
+	case *TensorRef:
+		return walkCost{nodes: 1, tensors: 1}, nil
+	case *types.Dict, *types.OrderedDict, *types.List, *types.Tuple:
+	default:
+		return walkCost{nodes: 1}, nil
+	}
+	if c, ok := memo[v]; ok {
+		return c, nil
+	}
+	if w.onPath[v] {
+		return walkCost{}, fault.New(fault.Malformed, w.entry, "object graph has a cycle at %q", trailPath(trail))
+	}
+	w.onPath[v] = true
+	defer delete(w.onPath, v)
+	total := walkCost{nodes: 1}
+	err := eachChild(v, func(key, child any) error {
+		c, err := w.measure(child, depth+1, append(trail, key), memo)
+		if err != nil {
+			return err
+		}
+		total.nodes = satAdd(total.nodes, c.nodes, w.lim.MaxWalkNodes)
+		total.tensors = satAdd(total.tensors, c.tensors, w.lim.MaxTensors)
+		switch {
+		case total.nodes > w.lim.MaxWalkNodes:
+			return fault.New(fault.Limit, w.entry, "object graph has more than %d paths (limit max-walk-nodes)", w.lim.MaxWalkNodes)
+		case total.tensors > w.lim.MaxTensors:
+			return fault.New(fault.Limit, w.entry, "more than %d tensors (limit max-tensors)", w.lim.MaxTensors)
+		}
+		return nil
+	})
+	if err != nil {
+		return walkCost{}, err
+	}
+	memo[v] = total
+	return total, nil
+}
+
+// satAdd returns a+b, or limit+1 when the sum exceeds limit (a and b are at most limit+1).
+func satAdd(a, b, limit int) int {
+	if a > limit-b {
+		return limit + 1
+	}
+	return a + b
+}
+
+// trailPath formats the keys leading to a node as the walk would name it.
+func trailPath(trail []any) string {
+	parts := make([]string, len(trail))
+	for i, k := range trail {
+		s, err := keyString(k)
+		if err != nil {
+			s = "<" + typeName(k) + " key>"
+		}
+		parts[i] = s
+	}
+	return strings.Join(parts, ".")
 }
 
 type walker struct {
