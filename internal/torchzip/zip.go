@@ -183,7 +183,14 @@ func (c *Container) scanEntry(f *zip.File, rec *Record) *Stream {
 	if rec.deflated {
 		pos = -1
 	}
-	s := c.scan(bufio.NewReaderSize(r, 64<<10), rec.Size, f.Name, pos)
+	tap := &errTap{r: r}
+	s := c.scan(bufio.NewReaderSize(tap, 64<<10), rec.Size, f.Name, pos)
+	if s.Err != nil && fault.KindOf(s.Err) == fault.Internal && tap.err != nil && fault.KindOf(tap.err) != fault.Internal {
+		// The pre-scanner reports any read failure but EOF as Internal, also when the record
+		// reader refused the bytes (a corrupt deflate stream, data shorter than declared, a
+		// CRC mismatch): keep the reader's classification so such a file exits 4, not 1.
+		s.Err = tap.err
+	}
 	if s.Err == nil {
 		if s.Scan.Length != rec.Size {
 			s.Err = fault.At(fault.Malformed, f.Name, s.Scan.Length, "%d bytes after STOP", rec.Size-s.Scan.Length)
@@ -195,6 +202,20 @@ func (c *Container) scanEntry(f *zip.File, rec *Record) *Stream {
 		}
 	}
 	return s
+}
+
+// errTap remembers the last error its reader returned other than io.EOF.
+type errTap struct {
+	r   io.Reader
+	err error
+}
+
+func (t *errTap) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF {
+		t.err = err
+	}
+	return n, err
 }
 
 // isPickleEntry reports whether an entry should be scanned as a pickle: a .pkl name, or stored
