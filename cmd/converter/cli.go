@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -87,7 +86,7 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	in := fs.Arg(0)
 	out := fs.Arg(1)
 	if out == "" {
-		out = filepath.Join(filepath.Dir(in), OutputName(filepath.Base(in)))
+		out = filepath.Join(filepath.Dir(in), convert.OutputName(filepath.Base(in)))
 	}
 	opts.Select, opts.AllowGlobals = *sel, allow
 	convertFile := convert.File
@@ -197,27 +196,6 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	fmt.Fprintf(stdout, "%s: %s (%d tensors, sha256 %s)\n", rep.Path, what, len(rep.Tensors), rep.SHA256)
 	return nil
-}
-
-// shardName matches Hugging Face shard names such as pytorch_model-00001-of-00002.bin.
-var shardName = regexp.MustCompile(`^pytorch_model(-\d+-of-\d+)\.bin$`)
-
-// OutputName applies the Hugging Face naming rule: pytorch_model.bin -> model.safetensors,
-// pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors, NAME.{bin,pt,pth,ckpt}
-// -> NAME.safetensors, anything else -> NAME.safetensors appended.
-func OutputName(base string) string {
-	if base == "pytorch_model.bin" {
-		return "model.safetensors"
-	}
-	if m := shardName.FindStringSubmatch(base); m != nil {
-		return "model" + m[1] + ".safetensors"
-	}
-	for _, ext := range []string{".bin", ".pt", ".pth", ".ckpt"} {
-		if stem, ok := strings.CutSuffix(base, ext); ok && stem != "" {
-			return stem + ".safetensors"
-		}
-	}
-	return base + ".safetensors"
 }
 
 // writeJSONFile writes v as indented JSON, atomically.

@@ -19,6 +19,7 @@ import (
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/sandbox"
 )
 
 // serveConfig is the validated configuration of `converter serve`.
@@ -30,6 +31,7 @@ type serveConfig struct {
 	maxUploadBytes int64
 	tokensFile     string
 	drainTimeout   time.Duration
+	sandbox        bool
 }
 
 // parseServeFlags reads flags, taking each default from its CONVERTER_* environment variable
@@ -75,6 +77,10 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
 	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
+	sandboxed, err := sandboxFlag(fs, getenv)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service. Every flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
@@ -85,6 +91,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if len(errs) > 0 {
 		return c, errors.Join(errs...)
 	}
+	c.sandbox = *sandboxed
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
@@ -133,12 +140,25 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	converter := jobs.InProcess()
+	if cfg.sandbox {
+		runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
+		status, err := runner.Probe(ctx)
+		if err != nil {
+			return fmt.Errorf("sandbox probe: %w", err)
+		}
+		logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync))
+		converter = runner
+	} else {
+		logger.Warn("sandbox disabled: conversions parse untrusted input inside the server process")
+	}
 	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:        cfg.dataDir,
 		Workers:    cfg.workers,
 		Retention:  cfg.retention,
 		Logger:     logger,
 		Registerer: reg,
+		Converter:  converter,
 	})
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
+	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
 )
 
@@ -71,7 +72,7 @@ func toJSON(j jobs.Job) jobJSON {
 		Input: inputJSON{Filename: j.Filename, Size: j.InputSize, SHA256: j.InputSHA256},
 	}
 	if j.State == jobs.StateSucceeded {
-		out.Output = &outputJSON{Filename: OutputName(j.Filename), Size: j.OutputSize, SHA256: j.OutputSHA256}
+		out.Output = &outputJSON{Filename: convert.OutputName(j.Filename), Size: j.OutputSize, SHA256: j.OutputSHA256}
 	}
 	if j.Error != nil {
 		out.Error = &errorJSON{Type: j.Error.Type, Detail: j.Error.Detail}
@@ -417,7 +418,7 @@ func handleOutput(svc JobService) http.HandlerFunc {
 			return
 		}
 		defer f.Close()
-		name := OutputName(j.Filename)
+		name := convert.OutputName(j.Filename)
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("ETag", `"sha256:`+j.OutputSHA256+`"`)
@@ -477,25 +478,4 @@ func handleSpec(spec []byte) http.HandlerFunc {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(spec)
 	}
-}
-
-var shardedBinRE = regexp.MustCompile(`^pytorch_model(-\d+-of-\d+)?\.bin$`)
-
-// OutputName is the Hugging Face name of the safetensors file converted from filename:
-// pytorch_model.bin -> model.safetensors, pytorch_model-00001-of-00002.bin ->
-// model-00001-of-00002.safetensors, NAME.{bin,pt,pth,ckpt} -> NAME.safetensors, and any other
-// NAME -> NAME.safetensors.
-func OutputName(filename string) string {
-	if m := shardedBinRE.FindStringSubmatch(filename); m != nil {
-		return "model" + m[1] + ".safetensors"
-	}
-	ext := path.Ext(filename)
-	switch strings.ToLower(ext) {
-	case ".bin", ".pt", ".pth", ".ckpt":
-		filename = strings.TrimSuffix(filename, ext)
-	}
-	if filename == "" {
-		filename = "model"
-	}
-	return filename + ".safetensors"
 }
