@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/sandbox"
 )
 
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		fmt.Fprintf(stderr, "converter: unknown command %q\n%s\n", name, usage)
 		return 2
 	}
-	err := cmd(ctx, args[1:], getenv, stdout, stderr)
+	err := guard(func() error { return cmd(ctx, args[1:], getenv, stdout, stderr) })
 	code := exitCode(err)
 	switch {
 	case err == nil:
@@ -69,6 +70,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
 	}
 	return code
+}
+
+// guard runs fn and turns a panic into an internal error, so that the exit code and one-line
+// message contract holds even for a bug: a stack trace is never what a user sees.
+func guard(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fault.New(fault.Internal, "", "internal error (a bug, please report it): %v", r)
+		}
+	}()
+	return fn()
 }
 
 // oneLine keeps an error message to a single line.
