@@ -57,6 +57,37 @@ func newRunner(stderr io.Writer) *sandbox.Runner {
 	return &sandbox.Runner{Config: sandbox.Config{Logger: slog.New(slog.NewTextHandler(stderr, nil))}}
 }
 
+// inputs are the flags shared by the commands that read a checkpoint: --allow-global, --sandbox
+// and the limits.
+type inputs struct {
+	allow     multiFlag
+	sandboxed *bool
+	opts      *convert.Options
+}
+
+func inputFlags(fs *flag.FlagSet, getenv func(string) string) (*inputs, error) {
+	in := &inputs{}
+	fs.Var(&in.allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
+	var err error
+	if in.sandboxed, err = sandboxFlag(fs, getenv); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if in.opts, err = commonFlags(fs, getenv); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return in, nil
+}
+
+// options returns the conversion options the parsed flags give, or a usage error.
+func (in *inputs) options() (convert.Options, error) {
+	opts := *in.opts
+	opts.AllowGlobals = in.allow
+	if err := opts.Validate(); err != nil {
+		return opts, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return opts, nil
+}
+
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -67,15 +98,9 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	fs := newFlagSet("convert", stderr)
 	sel := fs.String("select", "", "convert only the subtree at this dotted `PATH`")
 	manifest := fs.String("manifest", "", "write the manifest JSON to `FILE`")
-	var allow multiFlag
-	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
-	sandboxed, err := sandboxFlag(fs, getenv)
+	in, err := inputFlags(fs, getenv)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	opts, err := commonFlags(fs, getenv)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return err
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -83,17 +108,20 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	if fs.NArg() < 1 || fs.NArg() > 2 {
 		return fmt.Errorf("%w: convert needs INPUT [OUTPUT]", errUsage)
 	}
-	in := fs.Arg(0)
-	out := fs.Arg(1)
+	src, out := fs.Arg(0), fs.Arg(1)
 	if out == "" {
-		out = filepath.Join(filepath.Dir(in), convert.OutputName(filepath.Base(in)))
+		out = filepath.Join(filepath.Dir(src), convert.OutputName(filepath.Base(src)))
 	}
-	opts.Select, opts.AllowGlobals = *sel, allow
+	opts, err := in.options()
+	if err != nil {
+		return err
+	}
+	opts.Select = *sel
 	convertFile := convert.File
-	if *sandboxed {
+	if *in.sandboxed {
 		convertFile = newRunner(stderr).Convert
 	}
-	m, err := convertFile(ctx, in, out, *opts)
+	m, err := convertFile(ctx, src, out, opts)
 	if err != nil {
 		return err
 	}
@@ -110,15 +138,9 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 func runScan(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("scan", stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	var allow multiFlag
-	fs.Var(&allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
-	sandboxed, err := sandboxFlag(fs, getenv)
+	in, err := inputFlags(fs, getenv)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	opts, err := commonFlags(fs, getenv)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return err
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -126,12 +148,15 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: scan needs INPUT", errUsage)
 	}
-	opts.AllowGlobals = allow
+	opts, err := in.options()
+	if err != nil {
+		return err
+	}
 	scan := convert.Scan
-	if *sandboxed {
+	if *in.sandboxed {
 		scan = newRunner(stderr).Scan
 	}
-	m, err := scan(ctx, fs.Arg(0), *opts)
+	m, err := scan(ctx, fs.Arg(0), opts)
 	if err != nil {
 		return err
 	}

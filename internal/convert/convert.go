@@ -34,6 +34,13 @@ type Options struct {
 	SourceName string
 }
 
+// Validate checks options that do not depend on the input: every --allow-global entry must be
+// MODULE.NAME and not a known-dangerous global.
+func (o Options) Validate() error {
+	_, err := policy(o.AllowGlobals)
+	return err
+}
+
 func newManifest(src string, opts Options) *Manifest {
 	name := src
 	if opts.SourceName != "" {
@@ -134,6 +141,9 @@ func (p *plan) write(ctx context.Context, out *os.File) ([]string, error) {
 // say whether the file is safe; the returned error is set only when the scan itself could not
 // run (the file cannot be opened).
 func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	m := newManifest(src, opts)
 	f, _, err := open(src, opts, m)
 	if err != nil {

@@ -90,10 +90,10 @@ func policy(extra []string) (*unpickler.Policy, error) {
 	for _, q := range extra {
 		i := strings.LastIndexByte(q, '.')
 		if i <= 0 || i == len(q)-1 {
-			return nil, fault.New(fault.Malformed, "", "--allow-global %q: want MODULE.NAME", q)
+			return nil, fmt.Errorf("--allow-global %q: want MODULE.NAME", q)
 		}
 		if pol.Classify(q[:i], q[i+1:]) == unpickler.Dangerous {
-			return nil, fault.New(fault.Unsafe, "", "--allow-global %q: a known-dangerous global cannot be allowed", q)
+			return nil, fmt.Errorf("--allow-global %q: a known-dangerous global cannot be allowed", q)
 		}
 		pol.Extra[q] = true
 	}
