@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runCLI runs one command line in-process (without the sandbox child, which the sandbox
+// package's own tests cover through the built binary) and returns its exit code and output.
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := func(k string) string {
+		if k == "CONVERTER_SANDBOX" {
+			return "false"
+		}
+		return ""
+	}
+	code = run(context.Background(), args, env, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCLIContract checks the exit codes, the one-line stderr and the absence of output on
+// failure for each kind of input.
+func TestCLIContract(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "pytorch_model.bin")
+	copyFile(t, "../../testdata/torch/module_state_dict.pt", good)
+	truncated := filepath.Join(dir, "truncated.pt")
+	b, _ := os.ReadFile(good)
+	os.WriteFile(truncated, b[:len(b)/2], 0o644)
+	unsafe := filepath.Join(dir, "evil.pt")
+	// A protocol-2 pickle calling os.system: parsed statically, never run.
+	os.WriteFile(unsafe, []byte("\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03."), 0o644)
+	complex128 := filepath.Join(dir, "complex128.pt")
+	copyFile(t, "../../testdata/torch/complex128.pt", complex128)
+
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		output string // file that must exist afterwards ("" none)
+		absent string // file that must not exist afterwards
+		stderr string // substring of the single stderr line
+	}{
+		{name: "default output name", args: []string{"convert", good}, code: 0, output: filepath.Join(dir, "model.safetensors")},
+		{name: "explicit output", args: []string{"convert", good, filepath.Join(dir, "x.safetensors")}, code: 0, output: filepath.Join(dir, "x.safetensors")},
+		{name: "unsafe", args: []string{"convert", unsafe, filepath.Join(dir, "evil.safetensors")}, code: 3,
+			absent: filepath.Join(dir, "evil.safetensors"), stderr: "global os.system is known-dangerous"},
+		{name: "malformed", args: []string{"convert", truncated, filepath.Join(dir, "t.safetensors")}, code: 4,
+			absent: filepath.Join(dir, "t.safetensors"), stderr: "malformed"},
+		{name: "unsupported dtype names the tensor", args: []string{"convert", complex128, filepath.Join(dir, "c.safetensors")}, code: 4,
+			absent: filepath.Join(dir, "c.safetensors"), stderr: `tensor "c"`},
+		{name: "missing input", args: []string{"convert", filepath.Join(dir, "nope.pt"), filepath.Join(dir, "n.safetensors")}, code: 1,
+			absent: filepath.Join(dir, "n.safetensors")},
+		{name: "no arguments", args: []string{"convert"}, code: 2},
+		{name: "flag after positional is a usage error", args: []string{"convert", good, filepath.Join(dir, "y.safetensors"), "--select", "x"}, code: 2,
+			absent: filepath.Join(dir, "y.safetensors")},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2},
+		{name: "dangerous --allow-global", args: []string{"convert", "--allow-global", "os.system", good}, code: 2, stderr: "known-dangerous"},
+		{name: "bad limit env-free flag", args: []string{"convert", "--limit-max-dims", "x", good}, code: 2},
+		{name: "limit exceeded", args: []string{"convert", "--limit-max-tensors", "2", good, filepath.Join(dir, "l.safetensors")}, code: 4,
+			absent: filepath.Join(dir, "l.safetensors"), stderr: "max-tensors"},
+		{name: "scan safe", args: []string{"scan", good}, code: 0},
+		{name: "scan unsafe", args: []string{"scan", unsafe}, code: 3, stderr: "os.system"},
+		{name: "scan malformed", args: []string{"scan", truncated}, code: 4},
+		{name: "version", args: []string{"version"}, code: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, c.args...)
+			if code != c.code {
+				t.Fatalf("exit %d; want %d (stderr %q)", code, c.code, stderr)
+			}
+			if c.code != 0 && c.code != 2 {
+				if lines := strings.Count(strings.TrimSpace(stderr), "\n"); lines != 0 || stderr == "" {
+					t.Errorf("stderr %q; want exactly one line", stderr)
+				}
+			}
+			if strings.Contains(stderr, "goroutine ") || strings.Contains(stderr, "panic") {
+				t.Errorf("stderr shows a panic: %q", stderr)
+			}
+			if c.stderr != "" && !strings.Contains(stderr, c.stderr) {
+				t.Errorf("stderr %q; want it to mention %q", stderr, c.stderr)
+			}
+			if c.output != "" {
+				if _, err := os.Stat(c.output); err != nil {
+					t.Errorf("output missing: %v", err)
+				}
+			}
+			if c.absent != "" {
+				if _, err := os.Stat(c.absent); !os.IsNotExist(err) {
+					t.Errorf("%s exists after a failure", c.absent)
+				}
+			}
+			// No temporary files are left in the output directory either.
+			tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp"))
+			if len(tmps) != 0 {
+				t.Errorf("temporary files left: %v", tmps)
+			}
+		})
+	}
+}
+
+// TestCLIManifestScanVerify checks that --manifest and scan --json share one schema and that
+// verify --source accepts the output and rejects a tampered copy.
+func TestCLIManifestScanVerify(t *testing.T) {
+	dir := t.TempDir()
+	src := "../../testdata/torch/training_checkpoint.pt"
+	out := filepath.Join(dir, "out.safetensors")
+	manifest := filepath.Join(dir, "manifest.json")
+	if code, _, stderr := runCLI(t, "convert", "--manifest", manifest, src, out); code != 0 {
+		t.Fatalf("convert: exit %d: %s", code, stderr)
+	}
+	var m map[string]any
+	b, _ := os.ReadFile(manifest)
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	code, scanOut, _ := runCLI(t, "scan", "--json", src)
+	if code != 0 {
+		t.Fatalf("scan exit %d", code)
+	}
+	var s map[string]any
+	if err := json.Unmarshal([]byte(scanOut), &s); err != nil {
+		t.Fatalf("scan --json: %v", err)
+	}
+	for _, k := range []string{"converter_version", "source", "verdict", "globals", "tensors", "aliases", "dropped"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("manifest lacks %q", k)
+		}
+		if _, ok := s[k]; !ok {
+			t.Errorf("scan --json lacks %q", k)
+		}
+	}
+	if _, ok := m["output"]; !ok {
+		t.Error("manifest lacks output")
+	}
+	if code, _, stderr := runCLI(t, "verify", "--source", src, out); code != 0 {
+		t.Fatalf("verify --source: exit %d: %s", code, stderr)
+	}
+	// Flip one byte of tensor data: still a valid file, but no longer the source's bytes.
+	tampered := filepath.Join(dir, "tampered.safetensors")
+	copyFile(t, out, tampered)
+	tb, _ := os.ReadFile(tampered)
+	tb[len(tb)-1] ^= 0xff
+	os.WriteFile(tampered, tb, 0o644)
+	if code, _, _ := runCLI(t, "verify", tampered); code != 0 {
+		t.Errorf("verify of a structurally valid file: exit %d; want 0", code)
+	}
+	if code, _, stderr := runCLI(t, "verify", "--source", src, tampered); code != 4 || !strings.Contains(stderr, "differs from the source") {
+		t.Errorf("verify --source of a tampered file: exit %d %q; want 4 naming the difference", code, stderr)
+	}
+	// A truncated file fails strict validation.
+	os.WriteFile(tampered, tb[:len(tb)-3], 0o644)
+	if code, _, _ := runCLI(t, "verify", tampered); code != 4 {
+		t.Errorf("verify of a truncated file: exit %d; want 4", code)
+	}
+}
