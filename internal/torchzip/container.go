@@ -2,6 +2,7 @@ package torchzip
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 
@@ -86,6 +87,12 @@ func (c *Container) scan(src unpickler.Source, avail int64, entry string, offset
 	s.Scan, s.Raw, s.Err = unpickler.Prescan(src, avail, entry, c.lim, c.pol)
 	if s.Err != nil {
 		s.Raw = nil
+	}
+	if len(s.Raw) < 32<<10 {
+		// Prescan's copy lives in a buffer of at least 64 KiB (its cap is clipped, the array
+		// is not): keeping it for every small stream of a many-stream file would retain
+		// 64 KiB per stream, 64 GB for a 2 MB file of a million "N." pickles.
+		s.Raw = bytes.Clone(s.Raw)
 	}
 	if s.Scan == nil {
 		s.Scan = &unpickler.Scan{}

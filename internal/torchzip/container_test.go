@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
@@ -524,4 +525,23 @@ func TestLegacyStorageChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestManyStreamsRetainLittle opens a bare-pickle file of 20,000 two-byte pickles: every
+// stream is scanned (a payload may hide in any of them), and what the container keeps must be
+// proportional to the file, not 64 KiB of buffer per stream (1.3 GB here before the fix).
+func TestManyStreamsRetainLittle(t *testing.T) {
+	const n = 20_000
+	b := bytes.Repeat([]byte("N."), n)
+	c := openBytes(t, b)
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if len(c.Streams) != n || c.Kind != Pickle || fault.KindOf(c.Problem) != fault.Unsupported {
+		t.Fatalf("%d streams, kind %s, problem %v; want %d streams of a refused bare pickle", len(c.Streams), c.Kind, c.Problem, n)
+	}
+	if ms.HeapAlloc > 256<<20 {
+		t.Fatalf("%d MiB of heap live after opening a %d-byte file", ms.HeapAlloc>>20, len(b))
+	}
+	runtime.KeepAlive(c)
 }
