@@ -150,6 +150,8 @@ func TestObjectGraphBudget(t *testing.T) {
 	}{
 		{"dag-2^100-paths", dagPickle(100), []fault.Kind{fault.Limit},
 			"one tensor through 2^100 dotted names: only a walk budget stops the enumeration"},
+		{"dag-2^22-paths", dagPickle(22), []fault.Kind{fault.Limit},
+			"4M names from 700 bytes: within max-tensors, refused by the names' header size before they are built"},
 		{"list-nested-1M-deep-through-memo", deepAliasedListPickle(1_000_000), []fault.Kind{fault.Limit},
 			"aliasing hides the nesting from the pre-scanner: the walk must bound its own depth"},
 		{"list-nested-1M-deep-on-stack", deepStackListPickle(1_000_000), []fault.Kind{fault.Limit},

@@ -79,15 +79,20 @@ func Flatten(root any, selectPath string, entry string, lim limits.Limits) (*Tre
 	return tree, nil
 }
 
-// walkCost is what walking a subtree costs: nodes visited and tensors named, every path
-// counted, saturated just above the limits.
-type walkCost struct{ nodes, tensors int }
+// walkCost is what walking a subtree costs: nodes visited, tensors named and the bytes of
+// those names relative to the subtree, every path counted, saturated just above the limits.
+type walkCost struct {
+	nodes, tensors int
+	names          int64
+}
 
 // measure returns the cost of walking v without walking it: each container is measured once,
 // by identity, so a subtree shared by many paths costs its size once here however often the
 // walk would enter it. It refuses, as the walk would, cycles, nesting deeper than
 // lim.MaxNesting, more than lim.MaxWalkNodes visits and more than lim.MaxTensors tensors, and
-// it fails as soon as a partial sum passes a limit. trail holds the keys leading to v, for
+// it fails as soon as a partial sum passes a limit. Every tensor name ends up in the
+// safetensors header (an alias as metadata), so names totalling more than lim.MaxHeaderBytes
+// are refused here too, before a few hundred bytes of shared dicts make gigabytes of names. trail holds the keys leading to v, for
 // error messages only. Its recursion depth is bounded by lim.MaxNesting.
 func (w *walker) measure(v any, depth int, trail []any, memo map[any]walkCost) (walkCost, error) {
 	if depth > w.lim.MaxNesting {
@@ -116,11 +121,21 @@ func (w *walker) measure(v any, depth int, trail []any, memo map[any]walkCost) (
 		}
 		total.nodes = satAdd(total.nodes, c.nodes, w.lim.MaxWalkNodes)
 		total.tensors = satAdd(total.tensors, c.tensors, w.lim.MaxTensors)
+		// Each tensor below adds this key and a dot to its name.
+		k, _ := keyString(key)
+		over := w.lim.MaxHeaderBytes + 1
+		names := over
+		if per := int64(len(k) + 1); c.tensors == 0 || per <= (over-c.names)/int64(c.tensors) {
+			names = c.names + int64(c.tensors)*per
+		}
+		total.names = min(total.names+names, over)
 		switch {
 		case total.nodes > w.lim.MaxWalkNodes:
 			return fault.New(fault.Limit, w.entry, "object graph has more than %d paths (limit max-walk-nodes)", w.lim.MaxWalkNodes)
 		case total.tensors > w.lim.MaxTensors:
 			return fault.New(fault.Limit, w.entry, "more than %d tensors (limit max-tensors)", w.lim.MaxTensors)
+		case total.names > w.lim.MaxHeaderBytes:
+			return fault.New(fault.Limit, w.entry, "tensor names total more than %d bytes: the safetensors header would exceed limit max-header-bytes", w.lim.MaxHeaderBytes)
 		}
 		return nil
 	})

@@ -53,6 +53,7 @@ func TestFlattenBudget(t *testing.T) {
 	}{
 		{"dag-2^100-paths", sharedDAG(100), fault.Limit, "2^100 names from 100 dicts: the budget must fail before enumerating"},
 		{"dag-2^30-paths", sharedDAG(30), fault.Limit, "one billion names: over max-walk-nodes, refused before any name is built"},
+		{"dag-2^22-paths", sharedDAG(22), fault.Limit, "4M names of 44 bytes are within max-tensors but not within max-header-bytes"},
 		{"list-nested-100k-deep", deep, fault.Limit, "nesting built through the memo is invisible to the pre-scanner"},
 		{"list-contains-itself", selfList, fault.Malformed, "a cycle of one"},
 		{"dict-list-cycle-next-to-tensor", a, fault.Malformed, "a cycle reached after a real tensor"},
@@ -71,9 +72,11 @@ func TestFlattenBudget(t *testing.T) {
 
 	// The refusal must come from measuring, not from enumerating names until a limit trips:
 	// without it the 2^30 case allocates millions of names before failing.
-	root := sharedDAG(30)
-	if allocs := testing.AllocsPerRun(1, func() { Flatten(root, "", "data.pkl", lim) }); allocs > 10_000 {
-		t.Errorf("refusing 2^30 paths took %.0f allocations; want it refused before naming paths", allocs)
+	for _, levels := range []int{22, 30} {
+		root := sharedDAG(levels)
+		if allocs := testing.AllocsPerRun(1, func() { Flatten(root, "", "data.pkl", lim) }); allocs > 10_000 {
+			t.Errorf("refusing 2^%d paths took %.0f allocations; want it refused before naming paths", levels, allocs)
+		}
 	}
 
 	// Within the budget, sharing is legitimate (tied weights, {"model": sd, "ema": sd}): every
