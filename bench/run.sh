@@ -92,7 +92,7 @@ if [ "$BASELINE" = 1 ] && "$PYTHON" -c 'import torch' 2>/dev/null; then
 fi
 
 # --- measurement ---------------------------------------------------------------------------------
-# measure CMD...: runs CMD RUNS times after removing the files in CLEAN. Sets M_OK (1 or 0),
+# measure CMD...: runs CMD RUNS times after removing the files in CLEAN and syncing. Sets M_OK (1 or 0),
 # M_TIME (median wall seconds), M_TIMES (all), M_RSS (largest peak RSS in MiB), M_ERR, M_OUT
 # (stdout of the last run).
 CLEAN=()
@@ -101,6 +101,9 @@ measure() {
 	M_OK=0 M_TIME= M_RSS= M_ERR= M_OUT=
 	for ((i = 0; i < RUNS; i++)); do
 		rm -f "${CLEAN[@]}"
+		# Flush what the previous command left dirty (cp does not fsync), so that its writeback
+		# is not charged to the command measured next.
+		sync
 		t0=$(date +%s%N)
 		if ! /usr/bin/time -v -o "$W/time.txt" "$@" >"$W/out.txt" 2>"$W/err.txt"; then
 			M_ERR=$(grep -v '^\s*$' "$W/err.txt" | head -1 | cut -c1-100)

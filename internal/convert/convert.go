@@ -86,12 +86,11 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 			os.Remove(tmp.Name())
 		}
 	}()
-	sums, err := p.write(ctx, tmp)
+	sums, reread, out, err := p.write(ctx, tmp)
 	if err != nil {
 		return nil, err
 	}
-	out, err := p.verify(ctx, tmp, sums)
-	if err != nil {
+	if err := p.verify(tmp, sums, reread); err != nil {
 		return nil, err
 	}
 	src256 := <-srcSum
@@ -117,10 +116,46 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	return m, nil
 }
 
-// write streams the header and every tensor into out and syncs it; it returns the per-tensor
-// digests of the bytes written, computed from the source as they pass.
-func (p *plan) write(ctx context.Context, out *os.File) ([]string, error) {
-	bw := bufio.NewWriterSize(&writeback{f: out}, 1<<20)
+// write streams the header and every tensor into out and syncs it. It returns the per-tensor
+// digests computed from the source bytes as they pass, and those computed from the file itself:
+// a reader trails the writer, re-reading each piece from the file once it is written, so that
+// all four digests (source file, source tensors, output file, re-read tensors) are computed in
+// one overlapping pass across cores.
+func (p *plan) write(ctx context.Context, out *os.File) (sums, reread []string, outSum string, err error) {
+	written := make(chan int64, 64)
+	wb := &writeback{f: out, progress: written}
+	trail := make(chan error, 1)
+	d := newDigester(p.layout.Tensors, int64(len(p.layout.Header)))
+	go func() {
+		var pos int64
+		var rerr error
+		buf := make([]byte, chunkSize)
+		for end := range written {
+			if rerr == nil {
+				rerr = readThrough(ctx, out, pos, end, d, buf)
+			}
+			pos = end
+		}
+		trail <- rerr
+	}()
+	sums, err = p.writeAll(ctx, wb)
+	close(written)
+	if terr := <-trail; err == nil {
+		err = terr
+	}
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := out.Sync(); err != nil {
+		return nil, nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
+	}
+	outSum, reread = d.finish()
+	return sums, reread, outSum, nil
+}
+
+// writeAll writes the header and the tensors through w.
+func (p *plan) writeAll(ctx context.Context, w io.Writer) ([]string, error) {
+	bw := bufio.NewWriterSize(w, 1<<20)
 	if _, err := bw.Write(p.layout.Header); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "write output")
 	}
@@ -130,9 +165,6 @@ func (p *plan) write(ctx context.Context, out *os.File) ([]string, error) {
 	}
 	if err := bw.Flush(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "write output")
-	}
-	if err := out.Sync(); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sync output")
 	}
 	return sums, nil
 }
@@ -203,15 +235,20 @@ func syncDir(dir string) {
 // writebackEvery is how much output accumulates before its disk writeback is started.
 const writebackEvery = 64 << 20
 
-// writeback writes to f and starts the disk writeback of every writebackEvery bytes as it goes.
+// writeback writes to f, reports each new end of the written data on progress, and starts the
+// disk writeback of every writebackEvery bytes as it goes.
 type writeback struct {
 	f             *os.File
+	progress      chan<- int64
 	written, sent int64
 }
 
 func (w *writeback) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.written += int64(n)
+	if n > 0 {
+		w.progress <- w.written
+	}
 	if w.written-w.sent >= writebackEvery {
 		startWriteback(w.f, w.sent, w.written-w.sent)
 		w.sent = w.written

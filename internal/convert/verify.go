@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"io"
 	"os"
 	"slices"
@@ -12,20 +13,16 @@ import (
 	"github.com/ptsafe/converter/internal/safetensors"
 )
 
-// verify re-reads the written file with the strict reader, checks that its header is the one
-// planned, and compares every tensor's SHA-256 with the digest computed from the source. It
-// returns the SHA-256 of the whole output file, computed in the same pass.
-func (p *plan) verify(ctx context.Context, out *os.File, want []string) (string, error) {
+// verify checks the written file after it was synced: the strict reader must accept its header,
+// which must be the one planned, and every tensor's SHA-256 as re-read from the file (got, in
+// file order) must equal the digest computed from the source bytes (want).
+func (p *plan) verify(out *os.File, want, got []string) error {
 	sf, err := safetensors.Read(out, p.layout.Size, p.lim.MaxHeaderBytes)
 	if err != nil {
-		return "", fault.Wrap(fault.Internal, "", err, "verify output")
+		return fault.Wrap(fault.Internal, "", err, "verify output")
 	}
 	if sf.DataStart != int64(len(p.layout.Header)) || len(sf.Tensors) != len(p.layout.Tensors) {
-		return "", fault.New(fault.Internal, "", "verify output: header differs from the plan")
-	}
-	fileSum, got, err := digestFile(ctx, out, sf)
-	if err != nil {
-		return "", err
+		return fault.New(fault.Internal, "", "verify output: header differs from the plan")
 	}
 	byName := make(map[string]int, len(sf.Tensors))
 	for i, t := range sf.Tensors {
@@ -34,74 +31,111 @@ func (p *plan) verify(ctx context.Context, out *os.File, want []string) (string,
 	for i, planned := range p.layout.Tensors {
 		j, ok := byName[planned.Name]
 		if !ok {
-			return "", fault.New(fault.Internal, "", "verify output: tensor %q is missing", planned.Name)
+			return fault.New(fault.Internal, "", "verify output: tensor %q is missing", planned.Name)
 		}
 		t := sf.Tensors[j]
 		if t.Begin != planned.Begin || t.End != planned.End || t.DType != planned.DType || !slices.Equal(t.Shape, planned.Shape) {
-			return "", fault.New(fault.Internal, "", "verify output: tensor %q differs from the plan", t.Name)
+			return fault.New(fault.Internal, "", "verify output: tensor %q differs from the plan", t.Name)
 		}
-		if got[j] != want[i] {
-			return "", fault.New(fault.Internal, "", "verify output: tensor %q has SHA-256 %s, the source gave %s", t.Name, got[j], want[i])
+		if got[i] != want[i] {
+			return fault.New(fault.Internal, "", "verify output: tensor %q re-read with SHA-256 %s, the source gave %s", t.Name, got[i], want[i])
 		}
 	}
-	return fileSum, nil
+	return nil
+}
+
+// digester computes, over a safetensors file fed to it in order, the SHA-256 of the whole file
+// and of each tensor's bytes; the two run in parallel on each piece.
+type digester struct {
+	tensors   []safetensors.Tensor // in file order
+	dataStart int64
+	whole     hash.Hash
+	per       hash.Hash
+	sums      []string
+	ti        int
+	pos       int64 // file offset of the next byte
+	empty     string
+	done      chan struct{}
+}
+
+func newDigester(tensors []safetensors.Tensor, dataStart int64) *digester {
+	d := &digester{tensors: tensors, dataStart: dataStart, whole: sha256.New(), per: sha256.New(),
+		sums: make([]string, len(tensors)), done: make(chan struct{})}
+	d.empty = hex.EncodeToString(d.per.Sum(nil))
+	return d
+}
+
+// write consumes the next bytes of the file.
+func (d *digester) write(b []byte) {
+	go func(all []byte) {
+		d.whole.Write(all)
+		d.done <- struct{}{}
+	}(b)
+	abs := d.pos
+	d.pos += int64(len(b))
+	if abs < d.dataStart {
+		k := min(int64(len(b)), d.dataStart-abs)
+		b, abs = b[k:], abs+k
+	}
+	for len(b) > 0 {
+		d.skipEmpty()
+		if d.ti == len(d.tensors) {
+			break
+		}
+		t := d.tensors[d.ti]
+		rel := abs - d.dataStart
+		take := min(int64(len(b)), t.End-rel)
+		d.per.Write(b[:take])
+		b, abs = b[take:], abs+take
+		if rel+take == t.End {
+			d.sums[d.ti] = hex.EncodeToString(d.per.Sum(nil))
+			d.per.Reset()
+			d.ti++
+		}
+	}
+	<-d.done
+}
+
+// skipEmpty records the digests of zero-size tensors at the current position.
+func (d *digester) skipEmpty() {
+	for d.ti < len(d.tensors) && d.tensors[d.ti].Begin == d.tensors[d.ti].End {
+		d.sums[d.ti] = d.empty
+		d.ti++
+	}
+}
+
+// finish returns the whole-file digest and the per-tensor digests in file order.
+func (d *digester) finish() (string, []string) {
+	d.skipEmpty()
+	return hex.EncodeToString(d.whole.Sum(nil)), d.sums
 }
 
 // digestFile reads a safetensors file once, sequentially, and returns the SHA-256 of the whole
 // file and of each tensor (in sf.Tensors order, which Read sorted by offset and validated to
-// cover the data section exactly). The two digests are computed in parallel on each chunk.
+// cover the data section exactly).
 func digestFile(ctx context.Context, f io.ReaderAt, sf *safetensors.File) (string, []string, error) {
-	whole, per := sha256.New(), sha256.New()
-	emptySum := hex.EncodeToString(per.Sum(nil))
-	sums := make([]string, len(sf.Tensors))
-	ti := 0
-	perTensor := func(b []byte, abs int64) {
-		if abs < sf.DataStart {
-			k := min(int64(len(b)), sf.DataStart-abs)
-			b, abs = b[k:], abs+k
-		}
-		for len(b) > 0 {
-			for ti < len(sf.Tensors) && sf.Tensors[ti].Begin == sf.Tensors[ti].End {
-				sums[ti] = emptySum
-				ti++
-			}
-			if ti == len(sf.Tensors) {
-				return
-			}
-			rel := abs - sf.DataStart
-			take := min(int64(len(b)), sf.Tensors[ti].End-rel)
-			per.Write(b[:take])
-			b, abs = b[take:], abs+take
-			if rel+take == sf.Tensors[ti].End {
-				sums[ti] = hex.EncodeToString(per.Sum(nil))
-				per.Reset()
-				ti++
-			}
-		}
+	d := newDigester(sf.Tensors, sf.DataStart)
+	if err := readThrough(ctx, f, 0, sf.Size, d, make([]byte, chunkSize)); err != nil {
+		return "", nil, err
 	}
-	buf := make([]byte, chunkSize)
-	wholeDone := make(chan struct{})
-	for pos := int64(0); pos < sf.Size; {
+	whole, sums := d.finish()
+	return whole, sums, nil
+}
+
+// readThrough feeds bytes [from, to) of f to d, reading through buf.
+func readThrough(ctx context.Context, f io.ReaderAt, from, to int64, d *digester, buf []byte) error {
+	for pos := from; pos < to; {
 		if err := ctx.Err(); err != nil {
-			return "", nil, err
+			return err
 		}
-		n, err := f.ReadAt(buf[:min(int64(len(buf)), sf.Size-pos)], pos)
-		if err != nil && !(err == io.EOF && int64(n) == sf.Size-pos) {
-			return "", nil, fault.Wrap(fault.Internal, "", err, "read output")
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), to-pos)], pos)
+		if err != nil && !(err == io.EOF && int64(n) == to-pos) {
+			return fault.Wrap(fault.Internal, "", err, "re-read output")
 		}
-		b := buf[:n]
-		go func() {
-			whole.Write(b)
-			wholeDone <- struct{}{}
-		}()
-		perTensor(b, pos)
-		<-wholeDone
+		d.write(buf[:n])
 		pos += int64(n)
 	}
-	for ; ti < len(sf.Tensors); ti++ {
-		sums[ti] = emptySum // zero-size tensors at the very end
-	}
-	return hex.EncodeToString(whole.Sum(nil)), sums, nil
+	return nil
 }
 
 // Report is the result of Verify.
