@@ -105,7 +105,7 @@ func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Poli
 const (
 	// initialBuf is the starting capacity of the copy of the stream; it grows with the bytes
 	// actually read, never with a claimed length.
-	initialBuf = 64 << 10
+	initialBuf = 4 << 10
 	// readChunk is the largest single allocation step when reading a long payload.
 	readChunk = 1 << 20
 )
@@ -332,7 +332,9 @@ func (s *scanner) readErr(err error, what string) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return s.fail(fault.Malformed, "%s: input ends at offset %d, before the %d bytes it was said to hold", what, s.pos(), s.avail)
 	}
-	return &fault.Error{Kind: fault.Internal, Entry: s.entry, Offset: s.op, Msg: "reading " + what, Err: err}
+	// A reader that already classified its failure (a zip entry's CRC or deflate check) keeps
+	// that classification; only a plain I/O error is internal.
+	return &fault.Error{Kind: fault.KindOf(err), Entry: s.entry, Offset: s.op, Msg: "reading " + what, Err: err}
 }
 
 // read appends n bytes of the stream to buf and returns the offset where they start.
