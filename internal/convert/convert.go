@@ -123,7 +123,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 // one overlapping pass across cores.
 func (p *plan) write(ctx context.Context, out *os.File) (sums, reread []string, outSum string, err error) {
 	written := make(chan int64, 64)
-	wb := &writeback{f: out, progress: written}
+	pw := &progressWriter{f: out, progress: written}
 	trail := make(chan error, 1)
 	d := newDigester(p.layout.Tensors, int64(len(p.layout.Header)))
 	go func() {
@@ -138,7 +138,7 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums, reread []string, 
 		}
 		trail <- rerr
 	}()
-	sums, err = p.writeAll(ctx, wb)
+	sums, err = p.writeAll(ctx, pw)
 	close(written)
 	if terr := <-trail; err == nil {
 		err = terr
@@ -232,18 +232,19 @@ func syncDir(dir string) {
 	}
 }
 
-// writebackEvery is how much output accumulates before its disk writeback is started.
-const writebackEvery = 64 << 20
+// writebackEvery is how much output accumulates before its disk writeback is started: the
+// final fsync then finds little left to flush, and disk writes overlap the hashing.
+const writebackEvery = 256 << 20
 
-// writeback writes to f, reports each new end of the written data on progress, and starts the
-// disk writeback of every writebackEvery bytes as it goes.
-type writeback struct {
+// progressWriter writes to f, reports each new end of the written data on progress (for the
+// reader that trails the writer), and starts the disk writeback every writebackEvery bytes.
+type progressWriter struct {
 	f             *os.File
 	progress      chan<- int64
 	written, sent int64
 }
 
-func (w *writeback) Write(p []byte) (int, error) {
+func (w *progressWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.written += int64(n)
 	if n > 0 {

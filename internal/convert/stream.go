@@ -14,10 +14,10 @@ import (
 
 // chunkSize is the unit tensor bytes move in: large enough to amortise syscalls, small enough
 // that the few chunks in flight keep memory flat. A multiple of every element size.
-const chunkSize = 4 << 20
+const chunkSize = 1 << 20
 
 // chunksInFlight bounds the chunks between the reader and the hash/write stages.
-const chunksInFlight = 4
+const chunksInFlight = 8
 
 // chunk is a piece of one tensor's output bytes.
 type chunk struct {
