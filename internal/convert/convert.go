@@ -97,6 +97,11 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	if src256.err != nil {
 		return nil, src256.err
 	}
+	// CreateTemp makes the file private (0600); the converted model is as readable as any
+	// file written by a plain create.
+	if err := tmp.Chmod(0o644); err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "chmod output")
+	}
 	if err := tmp.Close(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "close output")
 	}
