@@ -8,78 +8,19 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/dtype"
 	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/testkit"
 	"github.com/ptsafe/converter/internal/torchzip"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // cvEntry is one record of a re-written torch archive.
-type cvEntry struct {
-	name    string
-	data    []byte
-	deflate bool
-	crc     *uint32 // overrides the CRC-32 when set
-}
-
-// cvFixture reads the records of a torch-written fixture, in archive order.
-func cvFixture(t testing.TB, name string) []cvEntry {
-	t.Helper()
-	zr, err := zip.OpenReader(filepath.Join("../../testdata/torch", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer zr.Close()
-	var out []cvEntry
-	for _, f := range zr.File {
-		r, err := f.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatalf("%s: %v", f.Name, err)
-		}
-		out = append(out, cvEntry{name: f.Name, data: b})
-	}
-	return out
-}
-
-// cvZip writes the records, deflating those marked so, with the CRC given or computed.
-func cvZip(t testing.TB, entries []cvEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for _, e := range entries {
-		body, method := e.data, zip.Store
-		if e.deflate {
-			var c bytes.Buffer
-			fw, _ := flate.NewWriter(&c, flate.BestCompression)
-			fw.Write(e.data)
-			fw.Close()
-			body, method = c.Bytes(), zip.Deflate
-		}
-		h := &zip.FileHeader{Name: e.name, Method: method, CRC32: crc32.ChecksumIEEE(e.data),
-			CompressedSize64: uint64(len(body)), UncompressedSize64: uint64(len(e.data))}
-		if e.crc != nil {
-			h.CRC32 = *e.crc
-		}
-		w, err := zw.CreateRaw(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(body)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+type cvEntry = testkit.ZipEntry
 
 // cvConvert converts data written to a temporary file and returns the manifest or error; a
 // failed conversion must leave no output.
@@ -106,7 +47,7 @@ func cvConvert(t *testing.T, data []byte, name string) (*Manifest, error) {
 // wantDigests reads the per-tensor SHA-256 torch recorded for a fixture.
 func wantDigests(t *testing.T, fixture string) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../../testdata/torch", fixture[:len(fixture)-len(".pt")]+".expected.json"))
+	b, err := os.ReadFile(filepath.Join(testkit.FixtureDir(), fixture[:len(fixture)-len(".pt")]+".expected.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +80,11 @@ func sameDigests(t *testing.T, m *Manifest, want map[string]string) {
 func TestDeflatedFixturesConvert(t *testing.T) {
 	for _, fixture := range []string{"dtypes.pt", "module_state_dict.pt", "views.pt", "tied.pt", "overlap.pt", "training_checkpoint.pt"} {
 		t.Run(fixture, func(t *testing.T) {
-			es := cvFixture(t, fixture)
+			es := testkit.FixtureEntries(t, fixture)
 			for i := range es {
-				es[i].deflate = true
+				es[i].Method = zip.Deflate
 			}
-			m, err := cvConvert(t, cvZip(t, es), "model.pt")
+			m, err := cvConvert(t, testkit.WriteZip(t, es), "model.pt")
 			if err != nil {
 				t.Fatalf("convert: %v", err)
 			}
@@ -158,7 +99,7 @@ func TestDeflatedFixturesConvert(t *testing.T) {
 func TestByteOrderRecord(t *testing.T) {
 	for _, fixture := range []string{"dtypes.pt", "module_state_dict.pt", "views.pt"} {
 		t.Run(fixture, func(t *testing.T) {
-			orig, err := cvConvert(t, cvZip(t, cvFixture(t, fixture)), "model.pt")
+			orig, err := cvConvert(t, testkit.WriteZip(t, testkit.FixtureEntries(t, fixture)), "model.pt")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -171,16 +112,16 @@ func TestByteOrderRecord(t *testing.T) {
 				unit[tt.Storage] = d.SwapUnit()
 			}
 			for _, order := range []string{"big", "little"} {
-				es := cvFixture(t, fixture)
+				es := testkit.FixtureEntries(t, fixture)
 				for i, e := range es {
-					key, ok := cutPrefix(e.name, "archive/data/")
+					key, ok := cutPrefix(e.Name, "archive/data/")
 					if !ok || order == "little" {
 						continue
 					}
-					swapBytes(es[i].data, unit[key])
+					swapBytes(es[i].Data, unit[key])
 				}
-				es = append(es, cvEntry{name: "archive/byteorder", data: []byte(order)})
-				m, err := cvConvert(t, cvZip(t, es), "model.pt")
+				es = append(es, cvEntry{Name: "archive/byteorder", Data: []byte(order)})
+				m, err := cvConvert(t, testkit.WriteZip(t, es), "model.pt")
 				if err != nil {
 					t.Fatalf("%s: %v", order, err)
 				}
@@ -202,19 +143,19 @@ func cutPrefix(s, p string) (string, bool) {
 // content outside a valid checkpoint is unsafe, exit 3, not malformed).
 func TestContainerRefusals(t *testing.T) {
 	u32 := func(v uint32) *uint32 { return &v }
-	legacy, err := os.ReadFile("../../testdata/torch/dtypes_legacy.pt")
+	legacy, err := os.ReadFile(filepath.Join(testkit.FixtureDir(), "dtypes_legacy.pt"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	legacyDataStart := func() int64 {
-		c, err := torchzip.Open(bytes.NewReader(legacy), int64(len(legacy)), fuzzOptions().Limits, &unpickler.Policy{})
+		c, err := torchzip.Open(bytes.NewReader(legacy), int64(len(legacy)), testkit.FuzzLimits(), &unpickler.Policy{})
 		if err != nil || c.Keys == nil {
 			t.Fatalf("legacy fixture: %v", err)
 		}
 		return c.Keys.Offset + c.Keys.Scan.Length
 	}()
 	rezip := func(fixture string, fn func(es []cvEntry) []cvEntry) []byte {
-		return cvZip(t, fn(cvFixture(t, fixture)))
+		return testkit.WriteZip(t, fn(testkit.FixtureEntries(t, fixture)))
 	}
 	cases := []struct {
 		name, file string
@@ -226,16 +167,16 @@ func TestContainerRefusals(t *testing.T) {
 		{name: "storage-crc-mismatch", file: "model.pt", want: fault.Malformed,
 			why: "a corrupted storage must fail the conversion even though Scan never reads it",
 			data: rezip("root_tensor.pt", func(es []cvEntry) []cvEntry {
-				es[1].crc = u32(crc32.ChecksumIEEE(es[1].data) ^ 1)
+				es[1].CRC = u32(crc32.ChecksumIEEE(es[1].Data) ^ 1)
 				return es
 			})},
 		{name: "deflated-storage-crc-mismatch", file: "model.pt", want: fault.Malformed,
 			why: "the CRC is checked on the inflated bytes too",
 			data: rezip("views.pt", func(es []cvEntry) []cvEntry {
 				for i := range es {
-					es[i].deflate = true
-					if es[i].name == "archive/data/0" {
-						es[i].crc = u32(crc32.ChecksumIEEE(es[i].data) ^ 1)
+					es[i].Method = zip.Deflate
+					if es[i].Name == "archive/data/0" {
+						es[i].CRC = u32(crc32.ChecksumIEEE(es[i].Data) ^ 1)
 					}
 				}
 				return es
@@ -243,13 +184,13 @@ func TestContainerRefusals(t *testing.T) {
 		{name: "record-size-not-numel-times-itemsize", file: "model.pt", want: fault.Malformed, scanToo: true,
 			why: "torch >= 2.10 checks it; reading a short record as a tensor would read past it",
 			data: rezip("root_tensor.pt", func(es []cvEntry) []cvEntry {
-				es[1].data = es[1].data[:20]
+				es[1].Data = es[1].Data[:20]
 				return es
 			})},
 		{name: "zip-bomb-storage", file: "model.pt", want: fault.Malformed,
 			why: "a record inflating past its declared size fails without being inflated",
 			data: func() []byte {
-				es := cvFixture(t, "root_tensor.pt")
+				es := testkit.FixtureEntries(t, "root_tensor.pt")
 				// Deflate 24 MiB of zeros, then declare the storage's 24 bytes.
 				var c bytes.Buffer
 				fw, _ := flate.NewWriter(&c, flate.BestSpeed)
@@ -258,10 +199,10 @@ func TestContainerRefusals(t *testing.T) {
 				var buf bytes.Buffer
 				zw := zip.NewWriter(&buf)
 				for _, e := range es {
-					h := &zip.FileHeader{Name: e.name, Method: zip.Store, CRC32: crc32.ChecksumIEEE(e.data),
-						CompressedSize64: uint64(len(e.data)), UncompressedSize64: uint64(len(e.data))}
-					body := e.data
-					if e.name == "archive/data/0" {
+					h := &zip.FileHeader{Name: e.Name, Method: zip.Store, CRC32: crc32.ChecksumIEEE(e.Data),
+						CompressedSize64: uint64(len(e.Data)), UncompressedSize64: uint64(len(e.Data))}
+					body := e.Data
+					if e.Name == "archive/data/0" {
 						h.Method, h.CompressedSize64, h.CRC32, body = zip.Deflate, uint64(c.Len()), 0, c.Bytes()
 					}
 					w, _ := zw.CreateRaw(h)

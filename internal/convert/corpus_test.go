@@ -11,17 +11,15 @@ import (
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/safetensors"
+	"github.com/ptsafe/converter/internal/testkit"
 )
-
-// corpusDir holds real third-party files; SOURCES.md there gives each file's expected verdict.
-const corpusDir = "../../../shared/corpus"
 
 // TestCorpus checks every file of the shared corpus against the verdict SOURCES.md gives it:
 // malicious files are refused as unsafe naming their first offending global, odd files are
 // refused cleanly, and benign checkpoints convert with the expected tensor count. Malicious
 // files are only ever parsed statically.
 func TestCorpus(t *testing.T) {
-	if _, err := os.Stat(corpusDir); err != nil {
+	if _, err := os.Stat(testkit.CorpusDir()); err != nil {
 		t.Skipf("corpus not present: %v", err)
 	}
 	type want struct {
@@ -103,7 +101,7 @@ func TestCorpus(t *testing.T) {
 		"torchsharp-pybridge__adam_load.pth":      ok(14),
 		"ascend-pytorch__drop_path_base_data.pth": unsafe("numpy.core.multiarray._reconstruct"),
 	}
-	entries, err := os.ReadDir(corpusDir)
+	entries, err := os.ReadDir(testkit.CorpusDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +115,7 @@ func TestCorpus(t *testing.T) {
 	}
 	for name, w := range cases {
 		t.Run(name, func(t *testing.T) {
-			src := filepath.Join(corpusDir, name)
+			src := filepath.Join(testkit.CorpusDir(), name)
 			dst := filepath.Join(t.TempDir(), "out.safetensors")
 			m, err := File(context.Background(), src, dst, Options{})
 			if w.kind == "ok" {
@@ -156,7 +154,7 @@ func TestCorpus(t *testing.T) {
 // TestCorpusValues checks values SOURCES.md gives for files where a plausible bug would keep
 // names and shapes right but corrupt data: byte order, strides and offsets.
 func TestCorpusValues(t *testing.T) {
-	if _, err := os.Stat(corpusDir); err != nil {
+	if _, err := os.Stat(testkit.CorpusDir()); err != nil {
 		t.Skipf("corpus not present: %v", err)
 	}
 	f32 := func(b []byte) float64 { return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))) }
@@ -183,7 +181,7 @@ func TestCorpusValues(t *testing.T) {
 	}
 	for _, c := range cases {
 		dst := filepath.Join(t.TempDir(), "out.safetensors")
-		if _, err := File(context.Background(), filepath.Join(corpusDir, c.file), dst, Options{}); err != nil {
+		if _, err := File(context.Background(), filepath.Join(testkit.CorpusDir(), c.file), dst, Options{}); err != nil {
 			t.Fatalf("%s: %v", c.file, err)
 		}
 		f, err := os.Open(dst)

@@ -5,63 +5,24 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"testing"
 	"time"
 
 	"github.com/ptsafe/converter/internal/fault"
-	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
-
-// fuzzCorpusDir is the shared corpus of real and hostile checkpoints, next to the repository.
-const fuzzCorpusDir = "../../../shared/corpus"
-
-// fuzzMaxSeedBytes skips the few multi-megabyte corpus files as seeds: the fuzzer mutates
-// inputs of that size too slowly to be useful.
-const fuzzMaxSeedBytes = 512 << 10
-
-func fuzzOptions() Options {
-	l := limits.Default()
-	l.MaxFileBytes = 4 << 20
-	l.MaxPickleBytes = 1 << 20
-	l.MaxTensors = 1000
-	l.MaxDims = 16
-	l.MaxOutputBytes = 16 << 20
-	l.MaxNesting = 64
-	l.MaxMemo = 1 << 12
-	l.MaxMarks = 256
-	l.MaxWalkNodes = 100_000
-	l.MaxZipEntries = 1000
-	l.Timeout = 20 * time.Second
-	return Options{Limits: l}
-}
 
 // FuzzScan runs the whole scan and convert path over arbitrary bytes written to a file. Neither
 // may panic; every refusal must be classified; File must leave nothing at the output path (nor a
 // temporary file) when it fails; a file File converts must pass Verify against its source; and
 // Scan and File must agree on the verdict.
 func FuzzScan(f *testing.F) {
-	fixtures, _ := filepath.Glob("../../testdata/torch/*.pt")
-	if len(fixtures) == 0 {
-		f.Fatal("no torch fixtures found")
+	for _, b := range testkit.FileSeeds(f, testkit.MaxSeedBytes) {
+		f.Add(b)
 	}
-	corpus, _ := filepath.Glob(filepath.Join(fuzzCorpusDir, "*")) // absent dir: no seeds
-	for _, path := range append(fixtures, corpus...) {
-		st, err := os.Stat(path)
-		if err != nil || !st.Mode().IsRegular() || st.Size() > fuzzMaxSeedBytes {
-			continue
-		}
-		if b, err := os.ReadFile(path); err == nil {
-			f.Add(b)
-		}
-	}
-	opts := fuzzOptions()
+	opts := Options{Limits: testkit.FuzzLimits()}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		timer := time.AfterFunc(30*time.Second, func() {
-			debug.SetTraceback("all")
-			panic("fuzz input ran longer than 30s")
-		})
-		defer timer.Stop()
+		defer testkit.Watchdog(30 * time.Second)()
 		ctx := context.Background()
 		srcDir, outDir := t.TempDir(), t.TempDir()
 		src := filepath.Join(srcDir, "input.pt")

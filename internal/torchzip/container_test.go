@@ -5,99 +5,30 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/binary"
-	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
 
-// tzEntry is one record of a test archive. data is the uncompressed content; raw, when set,
-// is written as the record's bytes instead of compressing data (size and CRC still describe
-// data unless usize or crc override them).
-type tzEntry struct {
-	name   string
-	data   []byte
-	method uint16
-	flags  uint16
-	crc    *uint32
-	raw    []byte
-	usize  int64 // declared uncompressed size when > 0
-}
-
-// fixtureEntries reads the records of a torch-written fixture, in archive order.
-func fixtureEntries(t testing.TB, name string) []tzEntry {
-	t.Helper()
-	zr, err := zip.OpenReader("../../testdata/torch/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer zr.Close()
-	var out []tzEntry
-	for _, f := range zr.File {
-		r, err := f.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatalf("%s: %v", f.Name, err)
-		}
-		out = append(out, tzEntry{name: f.Name, data: b})
-	}
-	return out
-}
-
-// writeZip writes entries with full control of method, flags, CRC and declared size.
-func writeZip(t testing.TB, entries []tzEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for _, e := range entries {
-		body := e.raw
-		if body == nil {
-			body = e.data
-			if e.method == zip.Deflate {
-				var c bytes.Buffer
-				fw, _ := flate.NewWriter(&c, flate.BestCompression)
-				fw.Write(e.data)
-				fw.Close()
-				body = c.Bytes()
-			}
-		}
-		h := &zip.FileHeader{Name: e.name, Method: e.method, Flags: e.flags,
-			CRC32: crc32.ChecksumIEEE(e.data), CompressedSize64: uint64(len(body)), UncompressedSize64: uint64(len(e.data))}
-		if e.crc != nil {
-			h.CRC32 = *e.crc
-		}
-		if e.usize > 0 {
-			h.UncompressedSize64 = uint64(e.usize)
-		}
-		w, err := zw.CreateRaw(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write(body)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+// tzEntry is one record of a test archive.
+type tzEntry = testkit.ZipEntry
 
 // edit returns a copy of the fixture's records changed by fn.
 func edit(t testing.TB, fixture string, fn func([]tzEntry) []tzEntry) []byte {
-	return writeZip(t, fn(fixtureEntries(t, fixture)))
+	return testkit.WriteZip(t, fn(testkit.FixtureEntries(t, fixture)))
 }
 
 func entryIndex(es []tzEntry, name string) int {
 	for i, e := range es {
-		if e.name == name {
+		if e.Name == name {
 			return i
 		}
 	}
@@ -178,7 +109,7 @@ func openBytes(t testing.TB, b []byte) *Container {
 func TestContainerChecks(t *testing.T) {
 	u32 := func(v uint32) *uint32 { return &v }
 	pkl := []byte("\x80\x02}q\x00.") // an empty dict: a harmless pickle
-	legacy, err := os.ReadFile("../../testdata/torch/dtypes_legacy.pt")
+	legacy, err := os.ReadFile(filepath.Join(testkit.FixtureDir(), "dtypes_legacy.pt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +130,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "duplicate-entry-name", why: "two records with one name: scanners read one, torch the other",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/data/0", data: make([]byte, 24)})
+					return append(e, tzEntry{Name: "archive/data/0", Data: make([]byte, 24)})
 				})
 			},
 			kind: Zip, problem: fault.Malformed,
@@ -208,7 +139,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "names-differ-only-in-case", why: "torch (miniz) looks names up case-insensitively",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/DATA.pkl", data: pkl})
+					return append(e, tzEntry{Name: "archive/DATA.pkl", Data: pkl})
 				})
 			},
 			kind: Zip, problem: fault.Malformed,
@@ -217,7 +148,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "entry-outside-inner-folder", why: "torch refuses records outside the archive prefix; a scanner may read them",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "other/data.pkl", data: pkl})
+					return append(e, tzEntry{Name: "other/data.pkl", Data: pkl})
 				})
 			},
 			kind: OtherZip, problem: fault.Malformed,
@@ -226,7 +157,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "dotdot-name", why: "path traversal on extraction (modelaudit path_traversal.zip)",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/../../etc/cron.d/x", data: []byte("x")})
+					return append(e, tzEntry{Name: "archive/../../etc/cron.d/x", Data: []byte("x")})
 				})
 			},
 			kind: Zip, problem: fault.Malformed,
@@ -235,7 +166,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "absolute-name", why: "an absolute path escapes any extraction directory",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "/archive/evil", data: []byte("x")})
+					return append(e, tzEntry{Name: "/archive/evil", Data: []byte("x")})
 				})
 			},
 			kind: OtherZip, problem: fault.Malformed,
@@ -252,7 +183,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "encrypted-flag", why: "encrypted records cannot be scanned (picklescan malicious1_0x1.zip)",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					e[entryIndex(e, "archive/data/0")].flags = 0x1
+					e[entryIndex(e, "archive/data/0")].Flags = 0x1
 					return e
 				})
 			},
@@ -262,7 +193,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "unknown-flag-bit", why: "a flag we do not understand may change how the bytes are read",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					e[entryIndex(e, "archive/data.pkl")].flags = 0x2000
+					e[entryIndex(e, "archive/data.pkl")].Flags = 0x2000
 					return e
 				})
 			},
@@ -272,7 +203,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "bzip2-method", why: "only stored and deflate are read by torch; anything else would be read differently",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					e[entryIndex(e, "archive/data/0")].method = 12
+					e[entryIndex(e, "archive/data/0")].Method = 12
 					return e
 				})
 			},
@@ -282,7 +213,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "storage-crc-mismatch", why: "a flipped storage byte must fail the conversion, not pass silently",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					e[entryIndex(e, "archive/data/0")].crc = u32(0xdeadbeef)
+					e[entryIndex(e, "archive/data/0")].CRC = u32(0xdeadbeef)
 					return e
 				})
 			},
@@ -299,7 +230,7 @@ func TestContainerChecks(t *testing.T) {
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
 					for i := range e {
-						e[i].crc = u32(0)
+						e[i].CRC = u32(0)
 					}
 					return e
 				})
@@ -320,7 +251,7 @@ func TestContainerChecks(t *testing.T) {
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
 					i := entryIndex(e, "archive/data.pkl")
-					e[i].method, e[i].usize = zip.Deflate, int64(len(e[i].data))+100
+					e[i].Method, e[i].USize = zip.Deflate, int64(len(e[i].Data))+100
 					return e
 				})
 			},
@@ -335,7 +266,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "torchscript-constants-pkl", why: "torch.jit.save archives carry executable TorchScript",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/constants.pkl", data: []byte("\x80\x02).")})
+					return append(e, tzEntry{Name: "archive/constants.pkl", Data: []byte("\x80\x02).")})
 				})
 			},
 			kind: TorchScript, problem: fault.Unsupported,
@@ -344,7 +275,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "second-pkl", why: "a pickle torch never loads is where a payload hides from a data.pkl-only scanner",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/extra.pkl", data: pkl})
+					return append(e, tzEntry{Name: "archive/extra.pkl", Data: pkl})
 				})
 			},
 			kind: Zip, problem: fault.Unsupported,
@@ -353,7 +284,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "byteorder-big", why: "big-endian saves (s390x) are converted with a byte swap",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/byteorder", data: []byte("big")})
+					return append(e, tzEntry{Name: "archive/byteorder", Data: []byte("big")})
 				})
 			},
 			kind: Zip,
@@ -367,7 +298,7 @@ func TestContainerChecks(t *testing.T) {
 			name: "byteorder-garbage", why: "an unknown byte order cannot be guessed: refusing beats emitting wrong weights",
 			file: func(t *testing.T) []byte {
 				return edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
-					return append(e, tzEntry{name: "archive/byteorder", data: []byte("middle")})
+					return append(e, tzEntry{Name: "archive/byteorder", Data: []byte("middle")})
 				})
 			},
 			kind: Zip, problem: fault.Malformed,
@@ -436,7 +367,7 @@ func TestZipBombBounded(t *testing.T) {
 	stream := bombStream(1<<30 + 1)
 	b := edit(t, "root_tensor.pt", func(e []tzEntry) []tzEntry {
 		i := entryIndex(e, "archive/data/0")
-		e[i].method, e[i].raw, e[i].usize = zip.Deflate, stream, int64(len(e[i].data))
+		e[i].Method, e[i].Raw, e[i].USize = zip.Deflate, stream, int64(len(e[i].Data))
 		return e
 	})
 	cr := &countingReaderAt{r: bytes.NewReader(b)}
@@ -464,7 +395,7 @@ func TestZipBombBounded(t *testing.T) {
 // TestLegacyStorageChecks walks the raw storage area of torch's own legacy file with the
 // element counts torch's pickle declares, then with a count and a tail that do not match.
 func TestLegacyStorageChecks(t *testing.T) {
-	good, err := os.ReadFile("../../testdata/torch/dtypes_legacy.pt")
+	good, err := os.ReadFile(filepath.Join(testkit.FixtureDir(), "dtypes_legacy.pt"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,45 +6,21 @@ import (
 	"errors"
 	"io"
 	"os"
-	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
-
-// fuzzCorpusDir is the shared corpus of real and hostile checkpoints, next to the repository.
-const fuzzCorpusDir = "../../../shared/corpus"
-
-// fuzzLimits are small enough that one fuzz input can never cost much, and large enough that
-// the real fixtures pass.
-func fuzzLimits() limits.Limits {
-	l := limits.Default()
-	l.MaxPickleBytes = 1 << 20
-	l.MaxTensors = 1000
-	l.MaxDims = 16
-	l.MaxNesting = 64
-	l.MaxMemo = 1 << 12
-	l.MaxMarks = 256
-	l.MaxLongBytes = 64
-	l.MaxWalkNodes = 100_000
-	return l
-}
 
 // fuzzPickleSeeds returns pickle streams to seed the VM fuzzer: every data.pkl of the torch
 // fixtures, and every stream of the corpus files that start like a pickle (a legacy file is
 // split into its back-to-back pickles).
 func fuzzPickleSeeds(t testing.TB) [][]byte {
 	var seeds [][]byte
-	fixtures, _ := filepath.Glob("../../testdata/torch/*.pt")
-	if len(fixtures) == 0 {
-		t.Fatal("no torch fixtures found")
-	}
-	corpus, _ := filepath.Glob(filepath.Join(fuzzCorpusDir, "*")) // absent dir: no seeds
-	for _, path := range append(fixtures, corpus...) {
+	for _, path := range testkit.SeedFiles(t) {
 		data, err := os.ReadFile(path)
 		if err != nil || len(data) == 0 {
 			continue
@@ -79,20 +55,6 @@ func fuzzPickleSeeds(t testing.TB) [][]byte {
 	return seeds
 }
 
-// checkFault fails the test unless err is a classified fault about the input.
-func checkFault(t *testing.T, step string, err error) {
-	t.Helper()
-	var fe *fault.Error
-	if !errors.As(err, &fe) {
-		t.Fatalf("%s: unclassified error %T: %v", step, err, err)
-	}
-	switch fe.Kind {
-	case fault.Unsafe, fault.Malformed, fault.Unsupported, fault.Limit:
-	default:
-		t.Fatalf("%s: error of kind %s on bad input: %v", step, fe.Kind, err)
-	}
-}
-
 // FuzzPrescanVM runs the pre-scanner over arbitrary bytes and, when it accepts them, the
 // restricted VM and the object-graph walk. None of them may panic, hang or allocate beyond the
 // limits; every refusal must be a classified fault. A panic that the VM's recover() catches is
@@ -101,9 +63,9 @@ func FuzzPrescanVM(f *testing.F) {
 	for _, s := range fuzzPickleSeeds(f) {
 		f.Add(s)
 	}
-	lim := fuzzLimits()
+	lim := testkit.FuzzLimits()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		defer fuzzWatchdog(10 * time.Second)()
+		defer testkit.Watchdog(10 * time.Second)()
 		sc, raw, err := Prescan(bytes.NewReader(data), int64(len(data)), "fuzz", lim, &Policy{})
 		if sc == nil {
 			t.Fatal("Prescan returned a nil Scan")
@@ -112,7 +74,7 @@ func FuzzPrescanVM(f *testing.F) {
 			t.Fatalf("Scan.Length %d outside [0, %d]", sc.Length, len(data))
 		}
 		if err != nil {
-			checkFault(t, "Prescan", err)
+			testkit.CheckClassified(t, "Prescan", err)
 			return
 		}
 		if !bytes.Equal(raw, data[:sc.Length]) {
@@ -125,25 +87,15 @@ func FuzzPrescanVM(f *testing.F) {
 				if errors.As(err, &fe) && fe.Err == nil && strings.HasPrefix(fe.Msg, "pickle VM: ") {
 					t.Fatalf("gopickle panicked on a pre-scanned stream: %v", err)
 				}
-				checkFault(t, "Load", err)
+				testkit.CheckClassified(t, "Load", err)
 				continue
 			}
 			if _, err := Flatten(root, "", "fuzz", lim); err != nil {
-				checkFault(t, "Flatten", err)
+				testkit.CheckClassified(t, "Flatten", err)
 			}
 			if _, err := StringList(root); err != nil && fault.KindOf(err) != fault.Internal {
 				t.Fatalf("StringList: classified error where a plain one is expected: %v", err)
 			}
 		}
 	})
-}
-
-// fuzzWatchdog crashes the fuzz worker with every goroutine's stack when one input runs longer
-// than d, so that the fuzzer records a hang as a failing input instead of stalling.
-func fuzzWatchdog(d time.Duration) (stop func()) {
-	timer := time.AfterFunc(d, func() {
-		debug.SetTraceback("all")
-		panic("fuzz input ran longer than " + d.String())
-	})
-	return func() { timer.Stop() }
 }

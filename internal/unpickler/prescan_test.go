@@ -17,6 +17,7 @@ import (
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 // pickler writes torch-like pickles the way CPython's pickler does for each protocol, so the
@@ -633,9 +634,6 @@ func TestEscapeDecoders(t *testing.T) {
 	}
 }
 
-// corpusDir holds third-party files copied from public repositories (shared/corpus/SOURCES.md).
-const corpusDir = "/work/shared/corpus"
-
 // pickleStart reports whether b can start a pickle: PROTO, or a protocol-0/1 opcode seen at
 // the start of real files. 'P' (PERSID) is left out: it is also the first byte of a zip.
 func pickleStart(b byte) bool { return strings.IndexByte("\x80(c]}LVSIN", b) >= 0 }
@@ -689,7 +687,7 @@ func firstOffending(gs []Global) (Global, bool) {
 // holding pickles), statically: nothing is executed. Malicious files must yield their first
 // offending global as listed in SOURCES.md; benign checkpoints must pass with allowed globals.
 func TestPrescanCorpus(t *testing.T) {
-	if _, err := os.Stat(corpusDir); err != nil {
+	if _, err := os.Stat(testkit.CorpusDir()); err != nil {
 		t.Skipf("corpus not available: %v", err)
 	}
 	type want struct {
@@ -736,7 +734,7 @@ func TestPrescanCorpus(t *testing.T) {
 		"burn__parameter.pt", "burn__legacy_uncloned_views.pt", "picklejl__offset-strides.bin",
 		"picklejl__linear_state.bin", "torchsharp-pybridge__adam_load.pth", "burn__batch_norm2d.pt",
 	}
-	entries, err := os.ReadDir(corpusDir)
+	entries, err := os.ReadDir(testkit.CorpusDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -747,7 +745,7 @@ func TestPrescanCorpus(t *testing.T) {
 		}
 		name := e.Name()
 		t.Run(name, func(t *testing.T) {
-			data, err := os.ReadFile(filepath.Join(corpusDir, name))
+			data, err := os.ReadFile(filepath.Join(testkit.CorpusDir(), name))
 			if err != nil {
 				t.Fatal(err)
 			}
