@@ -273,3 +273,21 @@ func TestFlattenNaming(t *testing.T) {
 		t.Errorf("selected %q dropped %+v; want state_dict and epoch dropped", tree.Selected, tree.Dropped)
 	}
 }
+
+// BenchmarkLoadFlatten runs the restricted VM and the graph walk over a protocol-2 torch-like
+// state dict of 100,000 tensors (the pre-scan is BenchmarkPrescan).
+func BenchmarkLoadFlatten(b *testing.B) {
+	data := newPickler(2).stateDict(100_000)
+	lim := limits.Default()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		root, err := Load(data, "bench.pkl", &Policy{}, &PersistentIDs{}, lim)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Flatten(root, "", "bench.pkl", lim); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,97 @@
+package convert
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ptsafe/converter/internal/dtype"
+	"github.com/ptsafe/converter/internal/synth"
+	"github.com/ptsafe/converter/internal/unpickler"
+)
+
+// benchCheckpoint writes a synthetic checkpoint of 64 MiB of fp16 in 16 tensors, once per run.
+func benchCheckpoint(b *testing.B, format synth.Format) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "model.pt")
+	spec := synth.Spec{Format: format, Tensors: 16, TotalBytes: 64 << 20, DType: dtype.F16, Seed: 1}
+	if err := synth.WriteFile(path, spec); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+// BenchmarkStreamHash measures the hot path of a conversion without the disk: reading every
+// tensor, hashing it and handing it to a writer (io.Discard).
+func BenchmarkStreamHash(b *testing.B) {
+	for _, format := range []synth.Format{synth.ZipStored, synth.ZipDeflated, synth.Legacy} {
+		b.Run(format.String(), func(b *testing.B) {
+			src := benchCheckpoint(b, format)
+			m := newManifest(src, Options{})
+			f, p, err := open(src, Options{}, m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			p.scratchDir = b.TempDir()
+			b.SetBytes(p.layout.Size)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.pump(context.Background(), io.Discard); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkConvert measures a whole conversion of a 64 MiB checkpoint: parse, stream, write,
+// re-read, verify, fsync and rename.
+func BenchmarkConvert(b *testing.B) {
+	src := benchCheckpoint(b, synth.ZipStored)
+	dst := filepath.Join(b.TempDir(), "model.safetensors")
+	st, _ := os.Stat(src)
+	b.SetBytes(st.Size())
+	for b.Loop() {
+		if _, err := File(context.Background(), src, dst, Options{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkGather measures gathering a transposed 1024x1024 float32 view (4 MiB) into row-major
+// order, from memory (the span fits maxSpanInMemory).
+func BenchmarkGather(b *testing.B) {
+	const n = 1024
+	storage := make([]byte, n*n*4)
+	for i := range storage {
+		storage[i] = byte(i)
+	}
+	ref := &unpickler.TensorRef{DType: dtype.F32, Shape: []int64{n, n}, Stride: []int64{1, n},
+		Storage: &unpickler.StorageRef{NBytes: int64(len(storage))}}
+	buf := make([]byte, chunkSize)
+	get := func() ([]byte, error) { return buf, nil }
+	emit := func([]byte, bool) error { return nil }
+	b.SetBytes(int64(len(storage)))
+	for b.Loop() {
+		if err := gather(ref, bytes.NewReader(storage), get, emit); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSwap measures converting big-endian float32 data to little-endian in place.
+func BenchmarkSwap(b *testing.B) {
+	for _, unit := range []int{2, 4, 8} {
+		b.Run(map[int]string{2: "16bit", 4: "32bit", 8: "64bit"}[unit], func(b *testing.B) {
+			data := make([]byte, chunkSize)
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				swapBytes(data, unit)
+			}
+		})
+	}
+}
