@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -395,26 +396,36 @@ func handleDelete(svc JobService) http.HandlerFunc {
 	}
 }
 
+// openArtifact looks up one file of a succeeded job (what names it in messages) and opens it. When
+// it cannot, it has answered the request itself and returns ok false.
+func openArtifact(w http.ResponseWriter, r *http.Request, what string,
+	lookup func(ctx context.Context, tenant, id string) (jobs.Job, string, error)) (f *os.File, j jobs.Job, ok bool) {
+	id, ok := jobID(w, r)
+	if !ok {
+		return nil, j, false
+	}
+	j, p, err := lookup(r.Context(), tenantOf(r.Context()), id)
+	if errors.Is(err, jobs.ErrConflict) {
+		problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has "+what)
+		return nil, j, false
+	}
+	if err != nil {
+		jobError(w, r, err)
+		return nil, j, false
+	}
+	if f, err = os.Open(p); err != nil {
+		jobError(w, r, fmt.Errorf("open %s: %w", what, err))
+		return nil, j, false
+	}
+	return f, j, true
+}
+
 // handleOutput streams the verified safetensors file with its digest as a strong ETag and as
 // Repr-Digest; http.ServeContent answers Range, If-Range, If-Match and If-None-Match.
 func handleOutput(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, ok := jobID(w, r)
+		f, j, ok := openArtifact(w, r, "an output", svc.Output)
 		if !ok {
-			return
-		}
-		j, p, err := svc.Output(r.Context(), tenantOf(r.Context()), id)
-		if errors.Is(err, jobs.ErrConflict) {
-			problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has an output")
-			return
-		}
-		if err != nil {
-			jobError(w, r, err)
-			return
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			jobError(w, r, fmt.Errorf("open output: %w", err))
 			return
 		}
 		defer f.Close()
@@ -431,22 +442,8 @@ func handleOutput(svc JobService) http.HandlerFunc {
 
 func handleManifest(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, ok := jobID(w, r)
+		f, _, ok := openArtifact(w, r, "a manifest", svc.Manifest)
 		if !ok {
-			return
-		}
-		j, p, err := svc.Manifest(r.Context(), tenantOf(r.Context()), id)
-		if errors.Is(err, jobs.ErrConflict) {
-			problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has a manifest")
-			return
-		}
-		if err != nil {
-			jobError(w, r, err)
-			return
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			jobError(w, r, fmt.Errorf("open manifest: %w", err))
 			return
 		}
 		defer f.Close()
