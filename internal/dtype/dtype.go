@@ -100,8 +100,13 @@ func (d DType) Torch() string {
 
 // Parse returns the dtype with the given safetensors name.
 func Parse(name string) (DType, bool) {
+	return find(func(i info) bool { return i.name == name })
+}
+
+// find returns the first dtype whose table row matches.
+func find(match func(info) bool) (DType, bool) {
 	for d := BOOL; int(d) < len(table); d++ {
-		if table[d].name == name {
+		if match(table[d]) {
 			return d, true
 		}
 	}
@@ -133,12 +138,7 @@ var Refused = map[string]string{
 // torch.<dtype> global). ok is false for names safetensors cannot represent or that torch does
 // not have.
 func FromTorch(name string) (DType, bool) {
-	for d := BOOL; int(d) < len(table); d++ {
-		if table[d].torch == name {
-			return d, true
-		}
-	}
-	return Invalid, false
+	return find(func(i info) bool { return i.torch == name })
 }
 
 // storageTypes maps the legacy typed storage class names (torch.FloatStorage, ...) to dtypes.
