@@ -20,7 +20,7 @@
 # "n/a" with its error, never stops the benchmark.
 #
 # Environment (defaults in brackets):
-#   RUNS [3; QUICK: 1]   FORMATS [zip legacy zip-deflated]   MANY [1]: the 100,000-tensor case
+#   RUNS [5; QUICK: 1]   FORMATS [zip legacy zip-deflated]   MANY [1]: the 100,000-tensor case
 #   BASELINE [1]         PYTHON [/usr/bin/python3]: needs torch (Debian: python3-torch)
 #   SERVICE [1]  SERVICE_N [4; QUICK: 2]  SERVICE_SIZE [256M; QUICK: 32M]  SERVICE_TIMEOUT [600]
 #   BENCH_TOKEN: sent as "Authorization: Bearer" to the service   KEEP [0]: keep the scratch dir
@@ -32,7 +32,7 @@ QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
 	DEFAULT_SIZES="16M 64M"; RUNS=${RUNS:-1}; SERVICE_N=${SERVICE_N:-2}; SERVICE_SIZE=${SERVICE_SIZE:-32M}
 else
-	DEFAULT_SIZES="1G 4G"; RUNS=${RUNS:-3}; SERVICE_N=${SERVICE_N:-4}; SERVICE_SIZE=${SERVICE_SIZE:-256M}
+	DEFAULT_SIZES="1G 4G"; RUNS=${RUNS:-5}; SERVICE_N=${SERVICE_N:-4}; SERVICE_SIZE=${SERVICE_SIZE:-256M}
 fi
 SIZES=${*:-$DEFAULT_SIZES}
 FORMATS=${FORMATS:-zip legacy zip-deflated}
