@@ -92,18 +92,23 @@ if [ "$BASELINE" = 1 ] && "$PYTHON" -c 'import torch' 2>/dev/null; then
 fi
 
 # --- measurement ---------------------------------------------------------------------------------
-# measure CMD...: runs CMD RUNS times after removing the files in CLEAN and syncing. Sets M_OK (1 or 0),
+# measure CMD...: runs CMD RUNS times after removing the files in CLEAN, syncing and reading the
+# files in WARM. Sets M_OK (1 or 0),
 # M_TIME (median wall seconds), M_TIMES (all), M_RSS (largest peak RSS in MiB), M_ERR, M_OUT
 # (stdout of the last run).
 CLEAN=()
+WARM=()
 measure() {
 	local i t0 t1 times=() rss=0 r
 	M_OK=0 M_TIME= M_RSS= M_ERR= M_OUT=
 	for ((i = 0; i < RUNS; i++)); do
 		rm -f "${CLEAN[@]}"
 		# Flush what the previous command left dirty (cp does not fsync), so that its writeback
-		# is not charged to the command measured next.
+		# is not charged to the command measured next; then read the input once, so that every
+		# command starts on a warm page cache (this VM's kernel evicts cold file pages even with
+		# free memory, and a partly evicted input costs a measured run seconds of disk reads).
 		sync
+		[ ${#WARM[@]} -eq 0 ] || cat "${WARM[@]}" >/dev/null
 		t0=$(date +%s%N)
 		if ! /usr/bin/time -v -o "$W/time.txt" "$@" >"$W/out.txt" 2>"$W/err.txt"; then
 			M_ERR=$(grep -v '^\s*$' "$W/err.txt" | head -1 | cut -c1-100)
@@ -137,6 +142,7 @@ NOTES=()
 bench_one() {
 	local label=$1 fmt=$2 src=$3 out="$W/out.safetensors" man="$W/manifest.json"
 	FLOOR_T= CONVERT_T= BASE_T=${ZIP_BASE[$label]:-}
+	WARM=("$src")
 	CLEAN=("$W/copy.pt")
 	if measure sh -c 'cp "$1" "$2" && openssl dgst -sha256 "$1" "$2"' sh "$src" "$W/copy.pt"; then
 		FLOOR_T=$M_TIME
@@ -180,6 +186,7 @@ bench_one() {
 	else
 		row "$label" "$fmt" "scan" "n/a" "" "" "" "$M_ERR"
 	fi
+	WARM=()
 }
 
 gen() { # gen FILE ARGS...: generate a checkpoint, or report why not
@@ -194,7 +201,7 @@ gen() { # gen FILE ARGS...: generate a checkpoint, or report why not
 # --- header --------------------------------------------------------------------------------------
 echo "# converter benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "# machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM; $(go version | cut -d' ' -f3-4); kernel $(uname -r)"
-echo "# runs per case: $RUNS (median); page cache warm (each file is read right after it is written)"
+echo "# runs per case: $RUNS (median); page cache warm (the input is read before every run)"
 echo "# checkpoints: synthetic fp16, 128 tensors, 2-D shapes (bench/gen); sizes are tensor bytes"
 if [ "$HAVE_TORCH" = 1 ]; then
 	echo "# baseline: $PYTHON, torch $TORCH_VERSION"
