@@ -20,6 +20,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 // childExe is the converter binary, built with the sandboxtest tag, that the tests start as the
@@ -45,9 +46,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-const (
-	fixtures  = "../../testdata/torch/"
-	malicious = "../../../shared/corpus/picklescan__malicious0.pkl"
+var (
+	fixtures  = testkit.FixtureDir() + string(filepath.Separator)
+	malicious = filepath.Join(testkit.CorpusDir(), "picklescan__malicious0.pkl")
 )
 
 func testRunner() *Runner { return &Runner{Config: Config{Exe: childExe}} }
