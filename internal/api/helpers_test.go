@@ -298,20 +298,6 @@ func (e *env) wait(token, id string) jobResp {
 	return jobResp{}
 }
 
-func (e *env) waitState(token, id, state string) jobResp {
-	e.t.Helper()
-	for range 600 {
-		_, b := e.do("GET", "/v1/jobs/"+id, token, nil, nil)
-		j := decode[jobResp](e.t, b)
-		if j.State == state {
-			return j
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	e.t.Fatalf("job %s never reached %s", id, state)
-	return jobResp{}
-}
-
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])

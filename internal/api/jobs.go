@@ -142,7 +142,7 @@ func parseReprDigest(h string) ([]byte, error) {
 		}
 		v = strings.TrimSpace(v)
 		if len(v) < 2 || v[0] != ':' || v[len(v)-1] != ':' {
-			return nil, errors.New("Repr-Digest sha-256 value must be a byte sequence :BASE64:")
+			return nil, errors.New("Repr-Digest sha-256 value must be a byte sequence (:BASE64: form)")
 		}
 		b, err := base64.StdEncoding.DecodeString(v[1 : len(v)-1])
 		if err != nil || len(b) != 32 {

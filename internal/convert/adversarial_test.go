@@ -3,10 +3,7 @@ package convert
 import (
 	"archive/zip"
 	"bytes"
-	"context"
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/fault"
@@ -89,21 +86,11 @@ func advCheckpoint(t testing.TB, pkl []byte) []byte {
 	)
 }
 
-// advConvert writes data to a file, converts it with default options and returns the error,
-// checking that a failed conversion leaves no output.
+// advConvert converts data with default options and returns the error (cvConvert checks that a
+// failure leaves no output, and verifies a success against its source).
 func advConvert(t *testing.T, data []byte) error {
 	t.Helper()
-	dir := t.TempDir()
-	src, dst := filepath.Join(dir, "model.pt"), filepath.Join(dir, "model.safetensors")
-	if err := os.WriteFile(src, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, err := File(context.Background(), src, dst, Options{})
-	if err != nil {
-		if _, statErr := os.Stat(dst); !os.IsNotExist(statErr) {
-			t.Errorf("output exists after a failed conversion (%v)", err)
-		}
-	}
+	_, err := cvConvert(t, data, "model.pt")
 	return err
 }
 

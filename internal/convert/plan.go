@@ -69,10 +69,11 @@ func open(src string, opts Options, m *Manifest) (*os.File, *plan, error) {
 	} else if len(c.Streams) > 0 {
 		m.Source.Protocol = c.Streams[0].Scan.Protocol
 	}
-	for _, g := range c.Globals() {
+	globals := c.Globals()
+	for _, g := range globals {
 		m.Globals = append(m.Globals, GlobalRef{Entry: g.Entry, Global: g.Global})
 	}
-	if err := judge(c); err != nil {
+	if err := judge(c, globals); err != nil {
 		f.Close()
 		return nil, nil, err
 	}
@@ -102,9 +103,9 @@ func policy(extra []string) (*unpickler.Policy, error) {
 
 // judge returns the verdict error for a container: dangerous globals anywhere win, then the
 // refusal of TorchScript, then unknown globals and refused opcodes, then structural problems.
-func judge(c *torchzip.Container) error {
+func judge(c *torchzip.Container, globals []torchzip.EntryGlobal) error {
 	var dangerous, unknown []torchzip.EntryGlobal
-	for _, g := range c.Globals() {
+	for _, g := range globals {
 		switch g.Class {
 		case unpickler.Dangerous:
 			dangerous = append(dangerous, g)

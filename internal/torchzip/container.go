@@ -3,7 +3,6 @@ package torchzip
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"io"
 
 	"github.com/ptsafe/converter/internal/fault"
@@ -122,9 +121,4 @@ func (c *Container) Globals() []EntryGlobal {
 type EntryGlobal struct {
 	Entry string
 	unpickler.Global
-}
-
-// isIOErr tells real read failures apart from input problems.
-func isIOErr(err error) bool {
-	return err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && fault.KindOf(err) == fault.Internal
 }
