@@ -241,6 +241,11 @@ func syncDir(dir string) {
 // final fsync then finds little left to flush, and disk writes overlap the hashing.
 const writebackEvery = 256 << 20
 
+// writePiece bounds one write system call. Linux 6.x page caches with large folios copy a
+// 1 MiB write several times slower than four 256 KiB ones (measured: 1 GiB in 1.2-2.5 s of
+// system time against 0.2-0.3 s), so writes go to the kernel in pieces of this size.
+const writePiece = 256 << 10
+
 // progressWriter writes to f, reports each new end of the written data on progress (for the
 // reader that trails the writer), and starts the disk writeback every writebackEvery bytes.
 type progressWriter struct {
@@ -250,7 +255,13 @@ type progressWriter struct {
 }
 
 func (w *progressWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
+	var n int
+	var err error
+	for n < len(p) && err == nil {
+		var k int
+		k, err = w.f.Write(p[n:min(len(p), n+writePiece)])
+		n += k
+	}
 	w.written += int64(n)
 	if n > 0 {
 		w.progress <- w.written
