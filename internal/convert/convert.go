@@ -8,7 +8,7 @@
 package convert
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"golang.org/x/sync/errgroup"
 )
 
 // Options configure one conversion or scan.
@@ -86,11 +87,11 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 			os.Remove(tmp.Name())
 		}
 	}()
-	sums, reread, out, err := p.write(ctx, tmp)
+	sums, out, err := p.write(ctx, tmp)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.verify(tmp, sums, reread); err != nil {
+	if err := p.verify(tmp); err != nil {
 		return nil, err
 	}
 	src256 := <-srcSum
@@ -121,57 +122,80 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	return m, nil
 }
 
-// write streams the header and every tensor into out and syncs it. It returns the per-tensor
-// digests computed from the source bytes as they pass, and those computed from the file itself:
-// a reader trails the writer, re-reading each piece from the file once it is written, so that
-// all four digests (source file, source tensors, output file, re-read tensors) are computed in
-// one overlapping pass across cores.
-func (p *plan) write(ctx context.Context, out *os.File) (sums, reread []string, outSum string, err error) {
-	written := make(chan int64, 64)
-	pw := &progressWriter{f: out, progress: written}
-	trail := make(chan error, 1)
-	d := newDigester(p.layout.Tensors, int64(len(p.layout.Header)))
-	go func() {
-		var pos int64
-		var rerr error
-		buf := make([]byte, chunkSize)
-		for end := range written {
-			if rerr == nil {
-				rerr = readThrough(ctx, out, pos, end, d, buf)
-			}
-			pos = end
-		}
-		trail <- rerr
-	}()
-	sums, err = p.writeAll(ctx, pw)
-	close(written)
-	if terr := <-trail; err == nil {
-		err = terr
+// write streams the header and every tensor into out, verifies it and syncs it. A re-reader
+// trails the writer: each piece, once written, is read back from the file, compared byte for
+// byte with what was written, and only then hashed, for the output file's SHA-256 and each
+// tensor's. Reading, writing and the three digests (with the source file's, taken by File)
+// overlap across cores, with at most chunksInFlight chunks alive.
+func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum string, err error) {
+	// The header goes first, so that the re-reader finds it written.
+	w := &outWriter{f: out}
+	if err := w.write(p.layout.Header); err != nil {
+		return nil, "", err
 	}
-	if err != nil {
-		return nil, nil, "", err
+	g, gctx := errgroup.WithContext(ctx)
+	pool := newPool()
+	produced := make(chan chunk, chunksInFlight)
+	written := make(chan chunk, chunksInFlight)
+	g.Go(func() error { return p.produce(gctx, pool, produced) })
+	g.Go(func() error {
+		defer close(written)
+		for c := range produced {
+			if err := w.write(c.buf); err != nil {
+				return err
+			}
+			select {
+			case written <- c:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	hdr := int64(len(p.layout.Header))
+	d := newDigester(p.layout.Tensors, hdr, true)
+	g.Go(func() error {
+		buf := make([]byte, chunkSize)
+		if err := reread(gctx, out, 0, p.layout.Header, d, buf); err != nil {
+			return err
+		}
+		for c := range written {
+			if err := reread(gctx, out, hdr+c.off, c.buf, d, buf); err != nil {
+				return err
+			}
+			pool <- c.buf[:0]
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return nil, "", err
 	}
 	if err := out.Sync(); err != nil {
-		return nil, nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
+		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
-	outSum, reread = d.finish()
-	return sums, reread, outSum, nil
+	outSum, sums = d.finish()
+	return sums, outSum, nil
 }
 
-// writeAll writes the header and the tensors through w.
-func (p *plan) writeAll(ctx context.Context, w io.Writer) ([]string, error) {
-	bw := bufio.NewWriterSize(w, 1<<20)
-	if _, err := bw.Write(p.layout.Header); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "write output")
+// reread reads len(want) bytes of f at off back through buf, requires them to equal want, and
+// feeds them to d.
+func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, d *digester, buf []byte) error {
+	for len(want) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := buf[:min(len(buf), len(want))]
+		if _, err := f.ReadAt(b, off); err != nil {
+			return fault.Wrap(fault.Internal, "", err, "re-read output")
+		}
+		if !bytes.Equal(b, want[:len(b)]) {
+			return fault.New(fault.Internal, "", "verify output: the %d bytes at offset %d differ from those written", len(b), off)
+		}
+		d.write(b)
+		off += int64(len(b))
+		want = want[len(b):]
 	}
-	sums, err := p.pump(ctx, bw)
-	if err != nil {
-		return nil, err
-	}
-	if err := bw.Flush(); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "write output")
-	}
-	return sums, nil
+	return nil
 }
 
 // Scan builds the same plan as File without writing anything. The manifest's Verdict and Error
@@ -246,29 +270,25 @@ const writebackEvery = 256 << 20
 // system time against 0.2-0.3 s), so writes go to the kernel in pieces of this size.
 const writePiece = 256 << 10
 
-// progressWriter writes to f, reports each new end of the written data on progress (for the
-// reader that trails the writer), and starts the disk writeback every writebackEvery bytes.
-type progressWriter struct {
+// outWriter writes a file sequentially in writePiece system calls and starts the disk writeback
+// every writebackEvery bytes.
+type outWriter struct {
 	f             *os.File
-	progress      chan<- int64
 	written, sent int64
 }
 
-func (w *progressWriter) Write(p []byte) (int, error) {
-	var n int
-	var err error
-	for n < len(p) && err == nil {
-		var k int
-		k, err = w.f.Write(p[n:min(len(p), n+writePiece)])
-		n += k
-	}
-	w.written += int64(n)
-	if n > 0 {
-		w.progress <- w.written
+func (w *outWriter) write(p []byte) error {
+	for len(p) > 0 {
+		n, err := w.f.Write(p[:min(len(p), writePiece)])
+		w.written += int64(n)
+		if err != nil {
+			return fault.Wrap(fault.Internal, "", err, "write output")
+		}
+		p = p[n:]
 	}
 	if w.written-w.sent >= writebackEvery {
 		startWriteback(w.f, w.sent, w.written-w.sent)
 		w.sent = w.written
 	}
-	return n, err
+	return nil
 }

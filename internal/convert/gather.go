@@ -36,10 +36,10 @@ func (p *plan) randomAccess(rec *torchzip.Record) (io.ReaderAt, func(), error) {
 	return tmp, release, nil
 }
 
-// gather emits a strided view's elements in row-major order. The span of storage the view
-// covers is read into memory when it is small; otherwise each innermost run (or element) is
-// read where it lies.
-func gather(t *unpickler.TensorRef, src io.ReaderAt, get func() ([]byte, error), emit func([]byte, bool) error) error {
+// gather puts a strided view's elements into s in row-major order. The span of storage the
+// view covers is read into memory when it is small; otherwise each innermost run (or element)
+// is read where it lies.
+func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink) error {
 	isz := int64(t.DType.Size())
 	dims := len(t.Shape)
 	last := t.Offset
@@ -62,23 +62,9 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, get func() ([]byte, error),
 		inner, innerStride = t.Shape[dims-1], t.Stride[dims-1]
 	}
 	idx := make([]int64, max(dims-1, 0))
-	out, err := get()
-	if err != nil {
-		return err
-	}
+	var out []byte
 	n := 0
 	rows := t.Numel() / inner
-	flush := func(final bool) error {
-		if err := emit(out[:n], final); err != nil {
-			return err
-		}
-		if final {
-			return nil
-		}
-		out, err = get()
-		n = 0
-		return err
-	}
 	for row := int64(0); row < rows; row++ {
 		base := t.Offset
 		for i, v := range idx {
@@ -86,9 +72,14 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, get func() ([]byte, error),
 		}
 		for j := int64(0); j < inner; {
 			if n == len(out) {
-				if err := flush(false); err != nil {
+				if n > 0 {
+					s.put(out)
+				}
+				var err error
+				if out, err = s.space(); err != nil {
 					return err
 				}
+				n = 0
 			}
 			run := int64(1)
 			if innerStride == 1 {
@@ -109,7 +100,10 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, get func() ([]byte, error),
 			idx[i] = 0
 		}
 	}
-	return flush(true)
+	if n > 0 {
+		s.put(out[:n])
+	}
+	return nil
 }
 
 // bytesAt is an in-memory io.ReaderAt.

@@ -2,63 +2,130 @@ package convert
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"hash"
 	"io"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/torchzip"
 	"github.com/ptsafe/converter/internal/unpickler"
+	"golang.org/x/sync/errgroup"
 )
 
-// chunkSize is the unit tensor bytes move in: large enough to amortise syscalls, small enough
-// that the few chunks in flight keep memory flat. A multiple of every element size.
+// chunkSize is the unit tensor bytes move in: large enough to amortise syscalls and channel
+// operations, small enough that the few chunks in flight keep memory flat.
 const chunkSize = 1 << 20
 
-// chunksInFlight bounds the chunks between the reader and the hash/write stages.
+// chunksInFlight bounds the chunks between the reader, the writer and the re-reader.
 const chunksInFlight = 8
 
-// chunk is a piece of one tensor's output bytes.
+// chunk is a piece of the output's data section: buf holds the bytes at data offset off. Small
+// tensors share a chunk and large ones span several; a chunk never splits an element.
 type chunk struct {
-	buf    []byte
-	tensor int  // index into plan.tensors
-	last   bool // the tensor's final chunk
-	done   chan struct{}
+	off int64
+	buf []byte
 }
 
-// produce streams the plan's tensors, in output order, as chunks of their final
-// (contiguous, little-endian) bytes, to out. It stops at the first error or when ctx ends.
-func (p *plan) produce(ctx context.Context, pool chan []byte, out chan<- chunk) error {
+// newPool returns the chunksInFlight buffers a stream circulates.
+func newPool() chan []byte {
+	pool := make(chan []byte, chunksInFlight)
+	for range chunksInFlight {
+		pool <- make([]byte, 0, chunkSize)
+	}
+	return pool
+}
+
+// chunker packs tensor bytes, in output order, into pool buffers and sends each buffer on
+// when the next element no longer fits.
+type chunker struct {
+	ctx  context.Context
+	pool <-chan []byte
+	out  chan<- chunk
+	buf  []byte // the buffer being filled; nil before the first and after a flush
+	off  int64  // data offset of buf[0]
+}
+
+// space returns the free room of the current buffer as a whole number of unit-byte elements,
+// starting a new buffer when not even one fits.
+func (k *chunker) space(unit int) ([]byte, error) {
+	if k.buf != nil && cap(k.buf)-len(k.buf) < unit {
+		if err := k.flush(); err != nil {
+			return nil, err
+		}
+	}
+	if k.buf == nil {
+		select {
+		case b := <-k.pool:
+			k.buf = b[:0]
+		case <-k.ctx.Done():
+			return nil, k.ctx.Err()
+		}
+	}
+	free := k.buf[len(k.buf):cap(k.buf)]
+	return free[:len(free)/unit*unit], nil
+}
+
+// fill marks the first n bytes of the last space as output.
+func (k *chunker) fill(n int) { k.buf = k.buf[:len(k.buf)+n] }
+
+// flush sends the current buffer on, if it holds anything.
+func (k *chunker) flush() error {
+	if len(k.buf) == 0 {
+		return nil
+	}
+	c := chunk{off: k.off, buf: k.buf}
+	k.off += int64(len(k.buf))
+	k.buf = nil
+	select {
+	case k.out <- c:
+		return nil
+	case <-k.ctx.Done():
+		return k.ctx.Err()
+	}
+}
+
+// sink takes one tensor's output bytes: space returns room for whole elements, put commits
+// the first bytes of that room (converting them to little-endian when the source is not).
+type sink interface {
+	space() ([]byte, error)
+	put(b []byte)
+}
+
+// tensorSink is the sink for one tensor of a chunker's stream.
+type tensorSink struct {
+	k    *chunker
+	size int // element size
+	swap int // byte-swap unit, or 0
+}
+
+func (s tensorSink) space() ([]byte, error) { return s.k.space(s.size) }
+
+func (s tensorSink) put(b []byte) {
+	if s.swap > 0 {
+		swapBytes(b, s.swap)
+	}
+	s.k.fill(len(b))
+}
+
+// produce streams the plan's tensors, in output order, as chunks of their final (contiguous,
+// little-endian) bytes, to out, which it closes. It stops at the first error or when ctx ends.
+func (p *plan) produce(ctx context.Context, pool <-chan []byte, out chan<- chunk) error {
 	defer close(out)
+	k := &chunker{ctx: ctx, pool: pool, out: out}
 	checked := map[*torchzip.Record]bool{}
-	for i, t := range p.tensors {
-		emit := func(b []byte, last bool) error {
-			if p.swap {
-				swapBytes(b, t.ref.DType.SwapUnit())
-			}
-			select {
-			case out <- chunk{buf: b, tensor: i, last: last}:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+	for _, t := range p.tensors {
+		s := tensorSink{k: k, size: t.ref.DType.Size()}
+		if p.swap {
+			s.swap = t.ref.DType.SwapUnit()
 		}
-		get := func() ([]byte, error) {
-			select {
-			case b := <-pool:
-				return b[:chunkSize], nil
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		whole, err := p.readTensor(t, get, emit)
+		whole, err := p.readTensor(t, s)
 		if err != nil {
 			return err
 		}
 		if whole {
 			checked[t.record] = true
 		}
+	}
+	if err := k.flush(); err != nil {
+		return err
 	}
 	// Records read only in part still get their CRC checked, once each.
 	for _, t := range p.tensors {
@@ -72,65 +139,57 @@ func (p *plan) produce(ctx context.Context, pool chan []byte, out chan<- chunk) 
 	return nil
 }
 
-// readTensor emits one tensor's bytes. It reports whether it read its whole record through the
-// CRC-checking stream.
-func (p *plan) readTensor(t planned, get func() ([]byte, error), emit func([]byte, bool) error) (bool, error) {
+// readTensor puts one tensor's bytes into s. It reports whether it read its whole record
+// through the CRC-checking stream.
+func (p *plan) readTensor(t planned, s sink) (bool, error) {
 	ref := t.ref
 	isz := int64(ref.DType.Size())
 	n := ref.Numel() * isz
 	if n == 0 {
-		b, err := get()
+		return false, nil
+	}
+	if !contiguous(ref) {
+		src, release, err := p.randomAccess(t.record)
 		if err != nil {
 			return false, err
 		}
-		return false, emit(b[:0], true)
+		defer release()
+		return false, gather(ref, src, s)
 	}
-	if contiguous(ref) {
-		start := ref.Offset * isz
-		var r io.Reader
-		whole := start == 0 && n == t.record.Size
-		switch {
-		case whole:
-			r, _ = t.record.Open()
-		case t.record.Stored():
-			r = io.NewSectionReader(t.record.ReaderAt(), start, n)
-		default:
-			rd, _ := t.record.Open()
-			if _, err := io.CopyN(io.Discard, rd, start); err != nil {
-				return false, err
-			}
-			r = io.LimitReader(rd, n)
+	start := ref.Offset * isz
+	var r io.Reader
+	whole := start == 0 && n == t.record.Size
+	switch {
+	case whole:
+		r, _ = t.record.Open()
+	case t.record.Stored():
+		r = io.NewSectionReader(t.record.ReaderAt(), start, n)
+	default:
+		rd, _ := t.record.Open()
+		if _, err := io.CopyN(io.Discard, rd, start); err != nil {
+			return false, err
 		}
-		for left := n; left > 0; {
-			b, err := get()
-			if err != nil {
-				return false, err
-			}
-			if int64(len(b)) > left {
-				b = b[:left]
-			}
-			if _, err := io.ReadFull(r, b); err != nil {
-				return false, readErr(t.record, err)
-			}
-			left -= int64(len(b))
-			if err := emit(b, left == 0); err != nil {
-				return false, err
-			}
-		}
-		if whole {
-			// Read to EOF so the stream checks the CRC and that nothing follows.
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				return false, readErr(t.record, err)
-			}
-		}
-		return whole, nil
+		r = io.LimitReader(rd, n)
 	}
-	src, release, err := p.randomAccess(t.record)
-	if err != nil {
-		return false, err
+	for left := n; left > 0; {
+		b, err := s.space()
+		if err != nil {
+			return false, err
+		}
+		b = b[:min(int64(len(b)), left)]
+		if _, err := io.ReadFull(r, b); err != nil {
+			return false, readErr(t.record, err)
+		}
+		s.put(b)
+		left -= int64(len(b))
 	}
-	defer release()
-	return false, gather(ref, src, get, emit)
+	if whole {
+		// Read to EOF so the stream checks the CRC and that nothing follows.
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return false, readErr(t.record, err)
+		}
+	}
+	return whole, nil
 }
 
 func readErr(rec *torchzip.Record, err error) error {
@@ -173,65 +232,24 @@ func swapBytes(b []byte, unit int) {
 	}
 }
 
-// digests hashes each tensor's chunks as they pass: SHA-256 per tensor, in output order.
-type digests struct {
-	sums []string
-	h    hash.Hash
-}
-
-func newDigests(n int) *digests { return &digests{sums: make([]string, n), h: sha256.New()} }
-
-func (d *digests) add(c chunk) {
-	d.h.Write(c.buf)
-	if c.last {
-		d.sums[c.tensor] = hex.EncodeToString(d.h.Sum(nil))
-		d.h.Reset()
-	}
-}
-
-// pump runs produce and feeds every chunk to hash (per-tensor digests) and to w, concurrently:
-// reading, hashing and writing overlap across cores, with at most chunksInFlight chunks alive.
-func (p *plan) pump(ctx context.Context, w io.Writer) ([]string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pool := make(chan []byte, chunksInFlight)
-	for range chunksInFlight {
-		pool <- make([]byte, chunkSize)
-	}
+// sourceDigests streams every tensor from the source and returns their SHA-256 digests in
+// output order, without writing anything (verify --source).
+func (p *plan) sourceDigests(ctx context.Context) ([]string, error) {
+	g, ctx := errgroup.WithContext(ctx)
+	pool := newPool()
 	chunks := make(chan chunk, chunksInFlight)
-	toHash := make(chan chunk, chunksInFlight)
-	prodErr := make(chan error, 1)
-	go func() { prodErr <- p.produce(ctx, pool, chunks) }()
-
-	d := newDigests(len(p.tensors))
-	hashDone := make(chan struct{})
-	go func() {
-		defer close(hashDone)
-		for c := range toHash {
-			d.add(c)
-			c.done <- struct{}{}
+	g.Go(func() error { return p.produce(ctx, pool, chunks) })
+	d := newDigester(p.layout.Tensors, 0, false)
+	g.Go(func() error {
+		for c := range chunks {
+			d.write(c.buf)
+			pool <- c.buf[:0]
 		}
-	}()
-	var werr error
-	for c := range chunks {
-		c.done = make(chan struct{}, 1)
-		toHash <- c
-		if werr == nil {
-			if _, err := w.Write(c.buf); err != nil {
-				werr = fault.Wrap(fault.Internal, "", err, "write output")
-				cancel()
-			}
-		}
-		<-c.done
-		pool <- c.buf[:cap(c.buf)]
-	}
-	close(toHash)
-	<-hashDone
-	if err := <-prodErr; err != nil {
+		return nil
+	})
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	if werr != nil {
-		return nil, werr
-	}
-	return d.sums, nil
+	_, sums := d.finish()
+	return sums, nil
 }
