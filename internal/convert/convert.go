@@ -122,47 +122,36 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	return m, nil
 }
 
-// write streams the header and every tensor into out, verifies it and syncs it. A re-reader
-// trails the writer: each piece, once written, is read back from the file, compared byte for
-// byte with what was written, and only then hashed, for the output file's SHA-256 and each
-// tensor's. Reading, writing and the three digests (with the source file's, taken by File)
+// write streams the header and every tensor into out, verifies it and syncs it. It is one
+// pipeline of stages, each on its own goroutine, that a chunk passes in order: read from the
+// source, written, read back from the file and compared byte for byte with what was written,
+// hashed into the output file's SHA-256, hashed into its tensor's SHA-256, and returned to the
+// pool. With the source file's digest (taken by File), reading, writing and the three digests
 // overlap across cores, with at most chunksInFlight chunks alive.
 func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum string, err error) {
-	// The header goes first, so that the re-reader finds it written.
+	// The header goes first and is checked at once.
 	w := &outWriter{f: out}
 	if err := w.write(p.layout.Header); err != nil {
 		return nil, "", err
 	}
+	buf := make([]byte, chunkSize)
+	if err := reread(ctx, out, 0, p.layout.Header, buf); err != nil {
+		return nil, "", err
+	}
+	hdr := int64(len(p.layout.Header))
 	g, gctx := errgroup.WithContext(ctx)
 	pool := newPool()
 	produced := make(chan chunk, chunksInFlight)
-	written := make(chan chunk, chunksInFlight)
 	g.Go(func() error { return p.produce(gctx, pool, produced) })
+	written := stage(g, gctx, produced, func(c []byte, _ int64) error { return w.write(c) })
+	compared := stage(g, gctx, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
+	whole := sha256.New()
+	whole.Write(p.layout.Header)
+	hashed := stage(g, gctx, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
+	d := newDigester(p.layout.Tensors, 0, false)
 	g.Go(func() error {
-		defer close(written)
-		for c := range produced {
-			if err := w.write(c.buf); err != nil {
-				return err
-			}
-			select {
-			case written <- c:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return nil
-	})
-	hdr := int64(len(p.layout.Header))
-	d := newDigester(p.layout.Tensors, hdr, true)
-	g.Go(func() error {
-		buf := make([]byte, chunkSize)
-		if err := reread(gctx, out, 0, p.layout.Header, d, buf); err != nil {
-			return err
-		}
-		for c := range written {
-			if err := reread(gctx, out, hdr+c.off, c.buf, d, buf); err != nil {
-				return err
-			}
+		for c := range hashed {
+			d.write(c.buf)
 			pool <- c.buf[:0]
 		}
 		return nil
@@ -173,13 +162,33 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 	if err := out.Sync(); err != nil {
 		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
-	outSum, sums = d.finish()
-	return sums, outSum, nil
+	_, sums = d.finish()
+	return sums, hex.EncodeToString(whole.Sum(nil)), nil
 }
 
-// reread reads len(want) bytes of f at off back through buf, requires them to equal want, and
-// feeds them to d.
-func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, d *digester, buf []byte) error {
+// stage starts a goroutine in g that applies do to every chunk from in and passes it on, in
+// order, on the channel it returns; that channel is closed when in is, or at do's first error.
+func stage(g *errgroup.Group, ctx context.Context, in <-chan chunk, do func(buf []byte, off int64) error) <-chan chunk {
+	out := make(chan chunk, chunksInFlight)
+	g.Go(func() error {
+		defer close(out)
+		for c := range in {
+			if err := do(c.buf, c.off); err != nil {
+				return err
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// reread reads len(want) bytes of f at off back through buf and requires them to equal want.
+func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, buf []byte) error {
 	for len(want) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -191,7 +200,6 @@ func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, d *diges
 		if !bytes.Equal(b, want[:len(b)]) {
 			return fault.New(fault.Internal, "", "verify output: the %d bytes at offset %d differ from those written", len(b), off)
 		}
-		d.write(b)
 		off += int64(len(b))
 		want = want[len(b):]
 	}
