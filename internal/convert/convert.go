@@ -143,11 +143,11 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 	pool := newPool()
 	produced := make(chan chunk, chunksInFlight)
 	g.Go(func() error { return p.produce(gctx, pool, produced) })
-	written := stage(g, gctx, produced, func(c []byte, _ int64) error { return w.write(c) })
-	compared := stage(g, gctx, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
+	written := stage(gctx, g, produced, func(c []byte, _ int64) error { return w.write(c) })
+	compared := stage(gctx, g, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
 	whole := sha256.New()
 	whole.Write(p.layout.Header)
-	hashed := stage(g, gctx, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
+	hashed := stage(gctx, g, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
 	d := newDigester(p.layout.Tensors, 0, false)
 	g.Go(func() error {
 		for c := range hashed {
@@ -168,7 +168,7 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 
 // stage starts a goroutine in g that applies do to every chunk from in and passes it on, in
 // order, on the channel it returns; that channel is closed when in is, or at do's first error.
-func stage(g *errgroup.Group, ctx context.Context, in <-chan chunk, do func(buf []byte, off int64) error) <-chan chunk {
+func stage(ctx context.Context, g *errgroup.Group, in <-chan chunk, do func(buf []byte, off int64) error) <-chan chunk {
 	out := make(chan chunk, chunksInFlight)
 	g.Go(func() error {
 		defer close(out)
