@@ -148,14 +148,7 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 	whole := sha256.New()
 	whole.Write(p.layout.Header)
 	hashed := stage(gctx, g, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
-	d := newDigester(p.layout.Tensors, 0, false)
-	g.Go(func() error {
-		for c := range hashed {
-			d.write(c.buf)
-			pool <- c.buf[:0]
-		}
-		return nil
-	})
+	d := p.digestTensors(g, hashed, pool)
 	if err := g.Wait(); err != nil {
 		return nil, "", err
 	}
