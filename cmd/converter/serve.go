@@ -147,7 +147,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return fmt.Errorf("sandbox probe: %w", err)
 		}
-		logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync))
+		logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 		converter = runner
 	} else {
 		logger.Warn("sandbox disabled: conversions parse untrusted input inside the server process")

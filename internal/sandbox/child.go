@@ -18,7 +18,7 @@ import (
 const ChildCommand = "__sandbox-child"
 
 // RunChild is the child's whole life: read the request from stdin, confine itself (resource
-// limits, inherited descriptors closed, seccomp filter), run the one operation, and write the
+// limits, inherited descriptors closed, seccomp filter, Landlock), run the one operation, and write the
 // response to stdout. It returns the process exit code: 0 whenever a response was written,
 // whatever the verdict; 1 when the request could not be read or the response written.
 //
@@ -62,6 +62,11 @@ func serve(req *request) *response {
 		return fail(fmt.Errorf("install seccomp filter: %w", err))
 	}
 	st.Rlimits, st.ClosedFDs = applied, closed
+	// Landlock comes last: the seccomp check above reads /proc, which it would deny.
+	if st.Landlock, err = restrictFiles(req.Src, req.Dst); err != nil {
+		resp.Status = st
+		return fail(fmt.Errorf("restrict file access: %w", err))
+	}
 	resp.Status = st
 
 	// The parent enforces the wall-clock limit by killing the child.

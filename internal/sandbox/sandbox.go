@@ -247,7 +247,7 @@ func (r *Runner) checkStatus(st Status) {
 		if log == nil {
 			log = slog.Default()
 		}
-		log.Warn("sandbox confinement degraded: untrusted input is parsed with resource limits only", "reason", why)
+		log.Warn("sandbox confinement degraded: untrusted input is parsed with less isolation than designed", "reason", why)
 	})
 }
 

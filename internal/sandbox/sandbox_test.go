@@ -261,6 +261,44 @@ func TestSeccompDeniesEscape(t *testing.T) {
 	t.Logf("status %+v, probe %v", resp.Status, resp.Probe)
 }
 
+// TestLandlockConfinesFiles checks, from inside a child, that it can read its source and write
+// in its output's directory, and can neither read nor write anything else.
+func TestLandlockConfinesFiles(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	src, secret := filepath.Join(in, "model.pt"), filepath.Join(in, "secret")
+	for _, p := range []string{src, secret} {
+		if err := os.WriteFile(p, []byte("data"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := &request{Op: "selftest-files", Src: src, Dst: filepath.Join(out, "model.safetensors"), Arg: secret}
+	resp, err := testRunner().run(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(resp.Status.Landlock, "abi ") {
+		t.Skipf("Landlock unavailable here (%s): nothing to test", resp.Status.Landlock)
+	}
+	want := map[string]string{
+		"read source":               "ok",
+		"read beside source":        "EACCES",
+		"read /etc/passwd":          "EACCES",
+		"list source directory":     "EACCES",
+		"write in output directory": "ok",
+		"write beside source":       "EACCES",
+		"overwrite source":          "EACCES",
+	}
+	for k, w := range want {
+		if got := resp.Probe[k]; got != w {
+			t.Errorf("%s: got %q, want %q", k, got, w)
+		}
+	}
+	if b, err := os.ReadFile(src); err != nil || string(b) != "data" {
+		t.Errorf("source after the child: %q, %v; want it untouched", b, err)
+	}
+	t.Logf("status %+v", resp.Status)
+}
+
 // TestNoInheritedDescriptors opens a descriptor without close-on-exec, as a careless parent
 // might, and checks that the child does not hold it when it reads input.
 func TestNoInheritedDescriptors(t *testing.T) {
@@ -276,6 +314,9 @@ func TestNoInheritedDescriptors(t *testing.T) {
 	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(resp.Probe) < 3 {
+		t.Fatalf("child saw %d open descriptors (%v), want at least stdin, stdout and stderr", len(resp.Probe), resp.Probe)
 	}
 	for n, target := range resp.Probe {
 		if target == p || strings.HasPrefix(target, "socket:") {
@@ -402,7 +443,7 @@ func assertEmpty(t *testing.T, dir string) {
 func TestDegradedLoggedOnce(t *testing.T) {
 	var buf bytes.Buffer
 	r := &Runner{Config: Config{Logger: slog.New(slog.NewTextHandler(&buf, nil))}}
-	r.checkStatus(Status{Rlimits: true, Seccomp: "filter", TSync: true})
+	r.checkStatus(Status{Rlimits: true, Seccomp: "filter", TSync: true, Landlock: "abi 7"})
 	if buf.Len() != 0 {
 		t.Fatalf("full confinement logged: %s", buf.String())
 	}
@@ -411,6 +452,9 @@ func TestDegradedLoggedOnce(t *testing.T) {
 	}
 	if got := strings.Count(buf.String(), "\n"); got != 1 || !strings.Contains(buf.String(), "no seccomp") {
 		t.Errorf("got %d log lines, want 1 naming the reason: %s", got, buf.String())
+	}
+	if why, degraded := (Status{Rlimits: true, Seccomp: "filter", Landlock: "unsupported: ENOSYS"}).Degraded(); !degraded || !strings.Contains(why, "landlock") {
+		t.Errorf("a child without Landlock: Degraded() = %q, %v; want degraded, naming landlock", why, degraded)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // selftest runs the test-only operations, inside the confined child, so that tests can show
@@ -53,17 +54,45 @@ func selftest(req *request) (map[string]string, bool) {
 		time.Sleep(time.Minute)
 		return nil, true
 	case "selftest-fds":
+		// Every open descriptor, found with fcntl (Landlock denies listing /proc/self/fd),
+		// named by its /proc link (readlink is not a Landlock right).
 		probe := map[string]string{}
-		ents, _ := os.ReadDir("/proc/self/fd")
-		for _, e := range ents {
-			if t, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
-				probe[e.Name()] = t
+		for fd := range 1024 {
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+				continue
 			}
+			name := strconv.Itoa(fd)
+			t, err := os.Readlink("/proc/self/fd/" + name)
+			if err != nil {
+				t = "?" + err.Error()
+			}
+			probe[name] = t
 		}
+		return probe, true
+	case "selftest-files":
+		// What Landlock lets the child do: read its source and work in its output's directory,
+		// but read nothing else (req.Arg is a file beside the source) and write nowhere else.
+		probe := map[string]string{}
+		_, err := os.ReadFile(req.Src)
+		probe["read source"] = errString(err)
+		_, err = os.ReadFile(req.Arg)
+		probe["read beside source"] = errString(err)
+		_, err = os.ReadFile("/etc/passwd")
+		probe["read /etc/passwd"] = errString(err)
+		_, err = os.ReadDir(filepath.Dir(req.Src))
+		probe["list source directory"] = errString(err)
+		err = os.WriteFile(filepath.Join(filepath.Dir(req.Dst), "scratch"), []byte("x"), 0o600)
+		probe["write in output directory"] = errString(err)
+		err = os.WriteFile(filepath.Join(filepath.Dir(req.Src), "planted"), []byte("x"), 0o600)
+		probe["write beside source"] = errString(err)
+		err = os.WriteFile(req.Src, []byte("x"), 0o600)
+		probe["overwrite source"] = errString(err)
 		return probe, true
 	case "selftest-escape":
 		probe := map[string]string{}
-		probe["exec"] = errString(exec.Command("/bin/true").Run())
+		// execve itself, not os/exec, whose access check Landlock answers before the filter
+		// sees a syscall. Were it allowed, the child would become true(1) and give no response.
+		probe["exec"] = errString(syscall.Exec("/bin/true", []string{"true"}, nil))
 		c, err := net.Dial("tcp", "127.0.0.1:1")
 		if c != nil {
 			c.Close()
@@ -123,6 +152,8 @@ func errnoName(e syscall.Errno) string {
 	switch e {
 	case syscall.EPERM:
 		return "EPERM"
+	case syscall.EACCES:
+		return "EACCES"
 	case syscall.ENOSYS:
 		return "ENOSYS"
 	}

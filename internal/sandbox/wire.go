@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
@@ -55,6 +56,9 @@ type Status struct {
 	TSync bool `json:"tsync"`
 	// Threads is the number of threads checked in /proc/self/task.
 	Threads int `json:"threads"`
+	// Landlock is "abi N" when file system access is confined to the source file and the
+	// output's directory, otherwise it says why not ("unsupported: ...").
+	Landlock string `json:"landlock"`
 	// ClosedFDs counts descriptors beyond stdin/stdout/stderr that the child found inherited
 	// and closed before reading input.
 	ClosedFDs int `json:"closed_fds,omitempty"`
@@ -67,6 +71,8 @@ func (s Status) Degraded() (string, bool) {
 		return "resource limits not set", true
 	case s.Seccomp != "filter":
 		return "seccomp " + s.Seccomp, true
+	case !strings.HasPrefix(s.Landlock, "abi "):
+		return "landlock " + s.Landlock, true
 	}
 	return "", false
 }
