@@ -29,6 +29,8 @@ type serveConfig struct {
 	workers        int
 	retention      time.Duration
 	maxUploadBytes int64
+	maxUploads     int
+	minFreeBytes   int64
 	tokensFile     string
 	drainTimeout   time.Duration
 	sandbox        bool
@@ -69,12 +71,14 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 		fs.Int64Var(p, name, def, usage+" (env "+env+")")
 	}
-	var workers int64
+	var workers, maxUploads int64
 	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
 	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
 	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
 	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
+	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
+	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
 	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
 	sandboxed, err := sandboxFlag(fs, getenv)
@@ -104,6 +108,13 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	}
 	if c.maxUploadBytes <= 0 {
 		return c, fmt.Errorf("--max-upload-bytes must be positive, got %d", c.maxUploadBytes)
+	}
+	if maxUploads < 1 || maxUploads > 1<<16 {
+		return c, fmt.Errorf("--max-uploads must be 1..65536, got %d", maxUploads)
+	}
+	c.maxUploads = int(maxUploads)
+	if c.minFreeBytes <= 0 {
+		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 	}
 	return c, nil
 }
@@ -153,12 +164,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		logger.Warn("sandbox disabled: conversions parse untrusted input inside the server process")
 	}
 	svc, err := jobs.Open(ctx, jobs.Config{
-		Dir:        cfg.dataDir,
-		Workers:    cfg.workers,
-		Retention:  cfg.retention,
-		Logger:     logger,
-		Registerer: reg,
-		Converter:  converter,
+		Dir:          cfg.dataDir,
+		Workers:      cfg.workers,
+		Retention:    cfg.retention,
+		MinFreeBytes: cfg.minFreeBytes,
+		Logger:       logger,
+		Registerer:   reg,
+		Converter:    converter,
 	})
 	if err != nil {
 		return err
@@ -172,7 +184,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	srv := &http.Server{
 		Handler: api.NewServer(api.Deps{
 			Jobs: svc, Tokens: tokens, Registry: reg, Logger: logger,
-			MaxUploadBytes: cfg.maxUploadBytes, Spec: apispec.OpenAPI,
+			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads, Spec: apispec.OpenAPI,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime/multipart"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -227,15 +229,99 @@ func TestUploadTooLarge(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("streamed oversize = %d, want 413\n%s", resp.StatusCode, b)
 	}
-	_, b = e.do("GET", "/v1/jobs", "", nil, nil)
-	if n := len(decode[struct{ Jobs []jobResp }](t, b).Jobs); n != 0 {
-		t.Errorf("jobs after 413 = %d, want 0", n)
+	e.nothingKept("413")
+}
+
+// gauge reads the value of an unlabelled gauge from the server's registry (0 when absent).
+func (e *env) gauge(name string) float64 {
+	e.t.Helper()
+	families, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// nothingKept checks that refused uploads left no job and no file behind.
+func (e *env) nothingKept(after string) {
+	e.t.Helper()
+	_, b := e.do("GET", "/v1/jobs", "", nil, nil)
+	if n := len(decode[struct{ Jobs []jobResp }](e.t, b).Jobs); n != 0 {
+		e.t.Errorf("jobs after %s = %d, want 0", after, n)
 	}
 	for _, sub := range []string{"tmp", "jobs"} {
 		entries, err := os.ReadDir(filepath.Join(e.dir, sub))
 		if err != nil || len(entries) != 0 {
-			t.Errorf("%s after 413 holds %d entries (err %v), want none", sub, len(entries), err)
+			e.t.Errorf("%s after %s holds %d entries (err %v), want none", sub, after, len(entries), err)
 		}
+	}
+}
+
+// TestInsufficientStorage asks for more free space than any disk has: every upload, with a
+// declared length or streamed, is refused with 507 and nothing is kept.
+func TestInsufficientStorage(t *testing.T) {
+	e := newEnv(t, envOpts{minFree: 1 << 62})
+	data := fixture(t, "mymodel.pt")
+	for _, body := range []io.Reader{bytes.NewReader(data), struct{ *bytes.Reader }{bytes.NewReader(data)}} {
+		resp, b := e.do("POST", "/v1/jobs?filename=m.pt", "", body, map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode != http.StatusInsufficientStorage {
+			t.Errorf("upload with no room = %d, want 507\n%s", resp.StatusCode, b)
+		}
+		if p := decode[problemResp](t, b); !strings.HasSuffix(p.Type, "/insufficient-storage") {
+			t.Errorf("problem type = %q", p.Type)
+		}
+	}
+	e.nothingKept("507")
+}
+
+// TestTooManyUploads holds the only upload slot with a body that has not finished arriving: a
+// second upload gets 429 with Retry-After, and the first still completes.
+func TestTooManyUploads(t *testing.T) {
+	e := newEnv(t, envOpts{maxUploads: 1})
+	pr, pw := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.url+"/v1/jobs?filename=m.pt", pr)
+		req.Header.Set("Content-Type", "application/octet-stream")
+		// Not e.client: its contract check reads a request body whole before sending it.
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	// The client sends the request once the body's first bytes come; then wait until the
+	// server holds the first upload's slot.
+	data := fixture(t, "mymodel.pt")
+	if _, err := pw.Write(data[:2]); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; e.gauge("converter_uploads_in_progress") != 1; i++ {
+		if i == 2000 {
+			t.Fatal("the first upload never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	resp, b := e.do("POST", "/v1/jobs?filename=n.pt", "", bytes.NewReader(data), map[string]string{"Content-Type": "application/octet-stream"})
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("second upload = %d (Retry-After %q), want 429 with Retry-After\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	if p := decode[problemResp](t, b); !strings.HasSuffix(p.Type, "/too-many-uploads") {
+		t.Errorf("problem type = %q", p.Type)
+	}
+	if _, err := pw.Write(data[2:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if code := <-first; code != http.StatusAccepted {
+		t.Errorf("first upload = %d, want 202", code)
 	}
 }
 

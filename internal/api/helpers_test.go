@@ -69,6 +69,7 @@ type env struct {
 	dir     string
 	client  *http.Client
 	handler http.Handler
+	reg     *prometheus.Registry
 }
 
 type envOpts struct {
@@ -76,6 +77,9 @@ type envOpts struct {
 	tokens    string // tokens file content; "" runs open
 	maxUpload int64
 	workers   int
+	// maxUploads bounds concurrent uploads; minFree is the data directory's free-space reserve.
+	maxUploads int
+	minFree    int64
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -86,7 +90,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	dir := t.TempDir()
 	reg := prometheus.NewRegistry()
 	svc, err := jobs.Open(t.Context(), jobs.Config{
-		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg,
+		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
 	})
 	if err != nil {
 		t.Fatalf("jobs.Open: %v", err)
@@ -101,7 +105,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 			t.Fatalf("ParseTokens: %v", err)
 		}
 	}
-	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, Registry: reg, MaxUploadBytes: o.maxUpload, Spec: apispec.OpenAPI})
+	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, Registry: reg, MaxUploadBytes: o.maxUpload,
+		MaxConcurrentUploads: o.maxUploads, Spec: apispec.OpenAPI})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
@@ -113,7 +118,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		svc.Close()
 	})
 	return &env{
-		t: t, url: ts.URL, svc: svc, dir: dir, handler: h,
+		t: t, url: ts.URL, svc: svc, dir: dir, handler: h, reg: reg,
 		client: &http.Client{Transport: &validating{t: t, router: specRouter(t, ts.URL), next: ts.Client().Transport}},
 	}
 }

@@ -158,11 +158,33 @@ func reprDigest(hexSHA string) string {
 	return "sha-256=:" + base64.StdEncoding.EncodeToString(b) + ":"
 }
 
+// uploadLimits bound what POST /v1/jobs receives: the size of one body, and how many bodies
+// are received at once (a slot is a buffered channel's place).
+type uploadLimits struct {
+	maxBytes int64
+	slots    chan struct{}
+}
+
 // handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
 // streaming it to storage while hashing it, and creates a job for it.
-func handleSubmit(svc JobService, maxBytes int64, m *metrics) http.HandlerFunc {
+func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc {
+	maxBytes := lim.maxBytes
 	return func(w http.ResponseWriter, r *http.Request) {
 		tenant := tenantOf(r.Context())
+		select {
+		case lim.slots <- struct{}{}:
+			m.uploading.Inc()
+			defer func() {
+				<-lim.slots
+				m.uploading.Dec()
+			}()
+		default:
+			m.reject("too_many_uploads")
+			w.Header().Set("Retry-After", "5")
+			problem(w, r, http.StatusTooManyRequests, probTooManyUploads,
+				fmt.Sprintf("%d uploads are being received; retry later", cap(lim.slots)))
+			return
+		}
 		if r.ContentLength > maxBytes {
 			m.reject("too_large")
 			problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
@@ -218,9 +240,15 @@ func handleSubmit(svc JobService, maxBytes int64, m *metrics) http.HandlerFunc {
 			return
 		}
 
-		up, err := svc.Stage(r.Context(), src)
+		up, err := svc.Stage(r.Context(), src, r.ContentLength)
 		if err != nil {
 			if rejectBodyError(w, r, err, maxBytes, m) {
+				return
+			}
+			if errors.Is(err, jobs.ErrInsufficientStorage) {
+				m.reject("insufficient_storage")
+				problem(w, r, http.StatusInsufficientStorage, probInsufficientStorage,
+					"the service has no room for this upload now; retry later")
 				return
 			}
 			m.reject("upload_failed")

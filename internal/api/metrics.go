@@ -17,6 +17,7 @@ type metrics struct {
 	duration   *prometheus.HistogramVec
 	rejections *prometheus.CounterVec
 	uploaded   prometheus.Counter
+	uploading  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,8 +39,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "converter_upload_bytes_total",
 			Help: "Bytes of uploads received and stored.",
 		}),
+		uploading: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "converter_uploads_in_progress",
+			Help: "Uploads being received now.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.rejections, m.uploaded)
+	reg.MustRegister(m.requests, m.duration, m.rejections, m.uploaded, m.uploading)
 	return m
 }
 

@@ -20,6 +20,8 @@ const (
 	probUnsupportedMedia    = "unsupported-media-type"
 	probDigestMismatch      = "digest-mismatch"
 	probIdempotencyMismatch = "idempotency-key-reused"
+	probTooManyUploads      = "too-many-uploads"
+	probInsufficientStorage = "insufficient-storage"
 	probUnavailable         = "unavailable"
 	probInternal            = "internal"
 )
@@ -34,6 +36,8 @@ var problemTitles = map[string]string{
 	probUnsupportedMedia:    "Unsupported media type",
 	probDigestMismatch:      "Upload does not match its Repr-Digest",
 	probIdempotencyMismatch: "Idempotency-Key reused with a different request",
+	probTooManyUploads:      "Too many uploads in progress",
+	probInsufficientStorage: "Not enough storage for this upload",
 	probUnavailable:         "Service unavailable",
 	probInternal:            "Internal error",
 }

@@ -19,7 +19,7 @@ import (
 
 // JobService is what the handlers need from the job lifecycle (*jobs.Service provides it).
 type JobService interface {
-	Stage(ctx context.Context, body io.Reader) (*jobs.Upload, error)
+	Stage(ctx context.Context, body io.Reader, size int64) (*jobs.Upload, error)
 	Submit(ctx context.Context, p jobs.SubmitParams) (jobs.Job, bool, error)
 	Get(ctx context.Context, tenant, id string) (jobs.Job, error)
 	List(ctx context.Context, p jobs.ListParams) ([]jobs.Job, bool, error)
@@ -43,12 +43,18 @@ type Deps struct {
 	Logger   *slog.Logger
 	// MaxUploadBytes bounds a request body; larger uploads get 413 and nothing is kept.
 	MaxUploadBytes int64
+	// MaxConcurrentUploads bounds the uploads received at once; one more gets 429 with
+	// Retry-After (default DefaultMaxConcurrentUploads).
+	MaxConcurrentUploads int
 	// Spec is the OpenAPI document served at /openapi.yaml.
 	Spec []byte
 }
 
 // DefaultMaxUploadBytes bounds uploads when Deps.MaxUploadBytes is zero.
 const DefaultMaxUploadBytes = 64 << 30
+
+// DefaultMaxConcurrentUploads bounds concurrent uploads when Deps.MaxConcurrentUploads is zero.
+const DefaultMaxConcurrentUploads = 8
 
 // NewServer returns the service's HTTP handler.
 func NewServer(d Deps) http.Handler {
@@ -60,6 +66,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.MaxUploadBytes <= 0 {
 		d.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if d.MaxConcurrentUploads <= 0 {
+		d.MaxConcurrentUploads = DefaultMaxConcurrentUploads
 	}
 	return routes(d, newMetrics(d.Registry))
 }

@@ -58,16 +58,63 @@ func (u *Upload) Discard() error {
 	return err
 }
 
+// freeSpace is the free-space probe (diskFree; tests replace it).
+var freeSpace = diskFree
+
+// ErrInsufficientStorage is returned by Stage when receiving an upload would leave the data
+// directory with less free space than Config.MinFreeBytes.
+var ErrInsufficientStorage = errors.New("insufficient storage")
+
+// spaceCheckEvery is how many bytes of an upload are received between two free-space checks.
+const spaceCheckEvery = 64 << 20
+
+// ensureSpace fails with ErrInsufficientStorage unless the data directory has need bytes free.
+func (b blobs) ensureSpace(need int64) error {
+	free, known, err := freeSpace(b.dir)
+	if err != nil {
+		return fmt.Errorf("check free space: %w", err)
+	}
+	if known && free < need {
+		return fmt.Errorf("%w: the data directory has %d bytes free, this needs %d", ErrInsufficientStorage, free, need)
+	}
+	return nil
+}
+
+// spaceWriter passes writes to w and checks, every spaceCheckEvery bytes, that the data
+// directory keeps minFree bytes free.
+type spaceWriter struct {
+	w       io.Writer
+	b       blobs
+	minFree int64
+	since   int64
+}
+
+func (s *spaceWriter) Write(p []byte) (int, error) {
+	if s.since += int64(len(p)); s.since >= spaceCheckEvery {
+		s.since = 0
+		if err := s.b.ensureSpace(s.minFree + int64(len(p))); err != nil {
+			return 0, err
+		}
+	}
+	return s.w.Write(p)
+}
+
 // stage streams r into a new temporary file while hashing it; the bytes are never held in
-// memory. The file is synced before stage returns. On error nothing is kept, and the error
-// wraps the reader's error (an *http.MaxBytesError stays reachable through errors.As).
-func (b blobs) stage(r io.Reader) (*Upload, error) {
+// memory. The file is synced before stage returns. size is the declared length (negative when
+// unknown): the upload is refused before any byte is read unless the data directory can take it
+// and an output as large and still keep minFree bytes free, and abandoned as soon as it would
+// leave less. On error nothing is kept, and the error wraps the reader's error (an
+// *http.MaxBytesError stays reachable through errors.As) or ErrInsufficientStorage.
+func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, error) {
+	if err := b.ensureSpace(minFree + 2*max(size, 0)); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(b.tmpDir(), "upload-*")
 	if err != nil {
 		return nil, fmt.Errorf("create upload file: %w", err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), r)
+	n, err := io.Copy(io.MultiWriter(&spaceWriter{w: f, b: b, minFree: minFree}, h), r)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -50,7 +50,7 @@ func open(t *testing.T, dir string, conv jobs.Converter, retention time.Duration
 
 func submit(t *testing.T, s *jobs.Service, body string) jobs.Job {
 	t.Helper()
-	up, err := s.Stage(t.Context(), strings.NewReader(body))
+	up, err := s.Stage(t.Context(), strings.NewReader(body), int64(len(body)))
 	if err != nil {
 		t.Fatalf("Stage: %v", err)
 	}
@@ -178,7 +178,7 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Println("ERROR", err)
 		os.Exit(1)
 	}
-	up, _ := s.Stage(context.Background(), strings.NewReader("checkpoint"))
+	up, _ := s.Stage(context.Background(), strings.NewReader("checkpoint"), -1)
 	j, _, err := s.Submit(context.Background(), jobs.SubmitParams{Tenant: "t", Filename: "m.pt", Upload: up})
 	if err != nil {
 		fmt.Println("ERROR", err)

@@ -42,7 +42,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the job metrics when set.
 	Registerer prometheus.Registerer
+	// MinFreeBytes is the free space the data directory keeps: an upload that would leave less
+	// (counting an output as large as it) is refused with ErrInsufficientStorage (default
+	// DefaultMinFreeBytes).
+	MinFreeBytes int64
 }
+
+// DefaultMinFreeBytes is the free space kept in the data directory unless configured.
+const DefaultMinFreeBytes = 1 << 30
 
 // DefaultRetention is how long finished jobs are kept unless configured.
 const DefaultRetention = 7 * 24 * time.Hour
@@ -87,6 +94,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
+	}
+	if cfg.MinFreeBytes <= 0 {
+		cfg.MinFreeBytes = DefaultMinFreeBytes
 	}
 	if cfg.Converter == nil {
 		cfg.Converter = InProcess()
@@ -352,13 +362,15 @@ func (s *Service) Ready(ctx context.Context) error {
 	return s.db.PingContext(ctx)
 }
 
-// Stage receives an upload body into staging storage while computing its SHA-256. The caller
-// turns it into a job with Submit or drops it with Upload.Discard.
-func (s *Service) Stage(ctx context.Context, body io.Reader) (*Upload, error) {
+// Stage receives an upload body into staging storage while computing its SHA-256. size is the
+// body's declared length, or negative when unknown. An upload the data directory cannot take
+// while keeping Config.MinFreeBytes free fails with ErrInsufficientStorage. The caller turns
+// the upload into a job with Submit or drops it with Upload.Discard.
+func (s *Service) Stage(ctx context.Context, body io.Reader, size int64) (*Upload, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return s.blobs.stage(body)
+	return s.blobs.stage(body, size, s.cfg.MinFreeBytes)
 }
 
 // SubmitParams describe a new job.
