@@ -53,7 +53,6 @@ func reprDigest(b []byte) string {
 // A raw upload is converted; the download matches the job's digests, supports Range and
 // conditional requests, and carries the Hugging Face output name.
 func TestRawUploadConvertDownload(t *testing.T) {
-	requireConverter(t)
 	e := newEnv(t, envOpts{})
 	data := fixture(t, "mymodel.pt")
 	j := e.submit("", "pytorch_model-00001-of-00002.bin", data, map[string]string{"Repr-Digest": reprDigest(data)})
@@ -133,7 +132,6 @@ func TestRawUploadConvertDownload(t *testing.T) {
 
 // curl -F file=@pytorch_model.bin sends multipart/form-data; the part's filename names the job.
 func TestMultipartUpload(t *testing.T) {
-	requireConverter(t)
 	e := newEnv(t, envOpts{})
 	data := fixture(t, "module_state_dict.pt")
 	var body bytes.Buffer
@@ -167,7 +165,6 @@ func TestMultipartUpload(t *testing.T) {
 
 // A pickle that calls os.system fails at once as unsafe and is never retried.
 func TestMaliciousUploadFailsUnsafe(t *testing.T) {
-	requireConverter(t)
 	e := newEnv(t, envOpts{})
 	evil := []byte("cos\nsystem\n(S'touch /tmp/pwned-by-converter-test'\ntR.")
 	j := e.wait("", e.submit("", "evil.pt", evil, nil).ID)

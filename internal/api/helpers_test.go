@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,29 +36,6 @@ func fixture(t *testing.T, name string) []byte {
 		t.Fatalf("read fixture: %v", err)
 	}
 	return b
-}
-
-var (
-	convertOnce      sync.Once
-	convertAvailable bool
-)
-
-// requireConverter skips a test that needs a real conversion while convert.File is still the
-// "not implemented" stub; once the core converts a fixture, such tests run for real.
-func requireConverter(t *testing.T) {
-	t.Helper()
-	convertOnce.Do(func() {
-		dir := t.TempDir()
-		src := filepath.Join(dir, "in.pt")
-		if err := os.WriteFile(src, fixture(t, "mymodel.pt"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, err := convert.File(context.Background(), src, filepath.Join(dir, "out.safetensors"), convert.Options{})
-		convertAvailable = err == nil || !strings.Contains(err.Error(), "not implemented")
-	})
-	if !convertAvailable {
-		t.Skip("convert.File is not implemented yet")
-	}
 }
 
 type env struct {
