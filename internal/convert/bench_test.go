@@ -1,7 +1,6 @@
 package convert
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -61,22 +60,39 @@ func BenchmarkConvert(b *testing.B) {
 	}
 }
 
-// BenchmarkGather measures gathering a transposed 1024x1024 float32 view (4 MiB) into row-major
-// order, from memory (the span fits maxSpanInMemory).
+// BenchmarkGather measures gathering a transposed 2048x2048 float32 view (16 MiB) into
+// row-major order from a file: with the whole span read into memory (it fits maxSpanInMemory),
+// and in tiles (as a view larger than maxSpanInMemory is).
 func BenchmarkGather(b *testing.B) {
-	const n = 1024
+	const n = 2048
 	storage := make([]byte, n*n*4)
 	for i := range storage {
 		storage[i] = byte(i)
 	}
+	path := filepath.Join(b.TempDir(), "storage")
+	if err := os.WriteFile(path, storage, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
 	ref := &unpickler.TensorRef{DType: dtype.F32, Shape: []int64{n, n}, Stride: []int64{1, n},
 		Storage: &unpickler.StorageRef{NBytes: int64(len(storage))}}
 	s := discardSink(make([]byte, chunkSize))
-	b.SetBytes(int64(len(storage)))
-	for b.Loop() {
-		if err := gather(ref, bytes.NewReader(storage), s); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []struct {
+		name  string
+		limit int64
+	}{{"span-in-memory", maxSpanInMemory}, {"tiles", 4 << 20}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(storage)))
+			for b.Loop() {
+				if err := gather(ref, f, s, c.limit); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -154,7 +154,7 @@ func (p *plan) readTensor(t planned, s sink) (bool, error) {
 			return false, err
 		}
 		defer release()
-		return false, gather(ref, src, s)
+		return false, gather(ref, src, s, maxSpanInMemory)
 	}
 	start := ref.Offset * isz
 	var r io.Reader
