@@ -201,9 +201,9 @@ func printScan(w io.Writer, m *convert.Manifest) {
 func runVerify(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", stderr)
 	source := fs.String("source", "", "also compare every tensor with the checkpoint `INPUT`")
-	opts, err := commonFlags(fs, getenv)
+	in, err := inputFlags(fs, getenv)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return err
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -211,7 +211,15 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: verify needs FILE.safetensors", errUsage)
 	}
-	rep, err := convert.Verify(ctx, fs.Arg(0), *source, *opts)
+	opts, err := in.options()
+	if err != nil {
+		return err
+	}
+	verify := convert.Verify
+	if *in.sandboxed {
+		verify = newRunner(stderr).Verify
+	}
+	rep, err := verify(ctx, fs.Arg(0), *source, opts)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,9 @@ type Options struct {
 	// SourceName is recorded in the manifest instead of the source path when set (the service
 	// passes the uploaded file name).
 	SourceName string
+	// ScratchDir is where Verify inflates deflated records that need random access (default
+	// os.TempDir(); File uses the output's directory).
+	ScratchDir string
 }
 
 // Validate checks options that do not depend on the input: every --allow-global entry must be

@@ -190,7 +190,10 @@ func Verify(ctx context.Context, path, source string, opts Options) (*Report, er
 		return nil, err
 	}
 	defer sfd.Close()
-	p.scratchDir = os.TempDir()
+	p.scratchDir = opts.ScratchDir
+	if p.scratchDir == "" {
+		p.scratchDir = os.TempDir()
+	}
 	want, err := p.sourceDigests(ctx)
 	if err != nil {
 		return nil, err

@@ -63,7 +63,7 @@ func serve(req *request) *response {
 	}
 	st.Rlimits, st.ClosedFDs = applied, closed
 	// Landlock comes last: the seccomp check above reads /proc, which it would deny.
-	if st.Landlock, err = restrictFiles(req.Src, req.Dst); err != nil {
+	if st.Landlock, err = restrictFiles(req.access()); err != nil {
 		resp.Status = st
 		return fail(fmt.Errorf("restrict file access: %w", err))
 	}
@@ -78,6 +78,9 @@ func serve(req *request) *response {
 	case opScan:
 		m, err := convert.Scan(ctx, req.Src, req.Options)
 		resp.Manifest, resp.Error = toWire(m), encodeError(err)
+	case opVerify:
+		rep, err := convert.Verify(ctx, req.File, req.Src, req.Options)
+		resp.Report, resp.Error = rep, encodeError(err)
 	case opProbe:
 	default:
 		probe, ok := selftest(req)

@@ -28,6 +28,6 @@ func signalFault(ps *os.ProcessState, _ rlimits, stderrLine string) error {
 	return fault.New(fault.Internal, "", "sandbox child crashed: %s %s", ps.String(), stderrLine)
 }
 
-func restrictFiles(string, string) (string, error) {
+func restrictFiles([]string, []string) (string, error) {
 	return "unsupported: no Landlock on " + runtime.GOOS, nil
 }

@@ -58,7 +58,7 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Runner runs conversions and scans in sandbox children. It satisfies the job runner's
+// Runner runs conversions, scans and verifications in sandbox children. It satisfies the job runner's
 // Convert interface, and warns about degraded confinement once in its lifetime. Use it by
 // pointer; the zero value is ready to use.
 type Runner struct {
@@ -94,6 +94,31 @@ func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*c
 		return nil, err
 	}
 	return resp.result()
+}
+
+// Verify checks a safetensors file, and compares it with the checkpoint source when that is
+// set, in a sandbox child; see convert.Verify for the contract. Deflated records the
+// comparison needs at random are inflated into a private directory that is removed afterwards.
+func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error) {
+	if source != "" && opts.ScratchDir == "" {
+		dir, err := os.MkdirTemp("", "converter-verify-*")
+		if err != nil {
+			return nil, fault.Wrap(fault.Internal, "", err, "sandbox: scratch directory")
+		}
+		defer os.RemoveAll(dir)
+		opts.ScratchDir = dir
+	}
+	resp, err := r.run(ctx, &request{Op: opVerify, File: path, Src: source, Options: opts})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Error != nil {
+		return nil, resp.Error.decode()
+	}
+	if resp.Report == nil {
+		return nil, fault.New(fault.Internal, "", "sandbox: child returned neither a report nor an error")
+	}
+	return resp.Report, nil
 }
 
 // Probe starts a child that confines itself and does nothing else, and returns how well it was

@@ -3,6 +3,7 @@
 package sandbox
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -67,7 +68,7 @@ func truncated(t *testing.T, dir string) string {
 	return p
 }
 
-func manifestJSON(t *testing.T, m *convert.Manifest) string {
+func manifestJSON(t *testing.T, m any) string {
 	t.Helper()
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -103,6 +104,55 @@ func TestConvertMatchesInProcess(t *testing.T) {
 				t.Errorf("manifest lists no globals")
 			}
 		})
+	}
+}
+
+// TestVerifyInSandbox verifies converted files against their sources in a child, among them
+// a deflated checkpoint with strided views (its records are inflated into the child's scratch
+// directory, which must be gone afterwards), and a tampered file, which must be reported.
+func TestVerifyInSandbox(t *testing.T) {
+	dir := t.TempDir()
+	es := testkit.FixtureEntries(t, "views.pt")
+	for i := range es {
+		es[i].Method = zip.Deflate
+	}
+	deflated := filepath.Join(dir, "views-deflated.pt")
+	if err := os.WriteFile(deflated, testkit.WriteZip(t, es), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", t.TempDir()) // where the runner makes the child's scratch directory
+	for _, src := range []string{fixtures + "dtypes.pt", deflated} {
+		out := filepath.Join(dir, filepath.Base(src)+".safetensors")
+		if _, err := convert.File(context.Background(), src, out, convert.Options{}); err != nil {
+			t.Fatalf("convert %s: %v", src, err)
+		}
+		want, err := convert.Verify(context.Background(), out, src, convert.Options{})
+		if err != nil {
+			t.Fatalf("in-process verify %s: %v", src, err)
+		}
+		got, err := testRunner().Verify(context.Background(), out, src, convert.Options{})
+		if err != nil {
+			t.Fatalf("sandbox verify %s: %v", src, err)
+		}
+		if g, w := manifestJSON(t, got), manifestJSON(t, want); g != w {
+			t.Errorf("%s: report\ngot  %s\nwant %s", src, g, w)
+		}
+		if left, _ := os.ReadDir(os.Getenv("TMPDIR")); len(left) != 0 {
+			t.Errorf("%s: the scratch directory is left behind: %s", src, left[0].Name())
+		}
+	}
+	out := filepath.Join(dir, "dtypes.pt.safetensors")
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-1] ^= 1
+	if err := os.WriteFile(out, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = testRunner().Verify(context.Background(), out, fixtures+"dtypes.pt", convert.Options{})
+	if fault.KindOf(err) != fault.Malformed || !strings.Contains(err.Error(), "differs from the source") {
+		t.Errorf("sandbox verify of a tampered file: %v; want a malformed fault naming the tensor", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/convert"
@@ -16,6 +17,7 @@ import (
 const (
 	opConvert = "convert"
 	opScan    = "scan"
+	opVerify  = "verify"
 	opProbe   = "probe"
 )
 
@@ -24,9 +26,11 @@ const maxRequestBytes = 1 << 20
 
 // request is what the parent sends the child on stdin.
 type request struct {
-	Op      string          `json:"op"`
-	Src     string          `json:"src,omitempty"`
-	Dst     string          `json:"dst,omitempty"`
+	Op  string `json:"op"`
+	Src string `json:"src,omitempty"`
+	Dst string `json:"dst,omitempty"`
+	// File is the safetensors file verify checks (against Src when set).
+	File    string          `json:"file,omitempty"`
 	Options convert.Options `json:"options"`
 	Rlimits rlimits         `json:"rlimits"`
 	// MemLimit is the Go runtime's soft memory limit (GOMEMLIMIT), kept below the
@@ -34,6 +38,23 @@ type request struct {
 	MemLimit int64 `json:"mem_limit"`
 	// Arg parameterises test-only operations.
 	Arg string `json:"arg,omitempty"`
+}
+
+// access lists what the child's operation may touch: the files it reads, and the directories
+// it creates files in (the output's, and verify's scratch directory).
+func (r *request) access() (reads, dirs []string) {
+	for _, f := range []string{r.Src, r.File} {
+		if f != "" {
+			reads = append(reads, f)
+		}
+	}
+	if r.Dst != "" {
+		dirs = append(dirs, filepath.Dir(r.Dst))
+	}
+	if r.Options.ScratchDir != "" {
+		dirs = append(dirs, r.Options.ScratchDir)
+	}
+	return reads, dirs
 }
 
 // rlimits are the resource limits the child sets on itself before it reads any input.
@@ -83,6 +104,7 @@ type response struct {
 	Manifest *wireManifest     `json:"manifest,omitempty"`
 	Error    *wireError        `json:"error,omitempty"`
 	Status   Status            `json:"status"`
+	Report   *convert.Report   `json:"report,omitempty"`
 	Probe    map[string]string `json:"probe,omitempty"`
 }
 
