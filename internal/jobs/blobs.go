@@ -19,7 +19,11 @@ import (
 //	DIR/jobs/ID/manifest.json          the conversion manifest (renamed into place)
 //
 // A job's directory is removed with the job.
-type blobs struct{ dir string }
+type blobs struct {
+	dir string
+	// free reports the bytes still usable on dir's file system (diskFree; tests fake it).
+	free func(dir string) (int64, bool, error)
+}
 
 func (b blobs) dbPath() string              { return filepath.Join(b.dir, "jobs.db") }
 func (b blobs) tmpDir() string              { return filepath.Join(b.dir, "tmp") }
@@ -58,9 +62,6 @@ func (u *Upload) Discard() error {
 	return err
 }
 
-// freeSpace is the free-space probe (diskFree; tests replace it).
-var freeSpace = diskFree
-
 // ErrInsufficientStorage is returned by Stage when receiving an upload would leave the data
 // directory with less free space than Config.MinFreeBytes.
 var ErrInsufficientStorage = errors.New("insufficient storage")
@@ -70,7 +71,7 @@ const spaceCheckEvery = 64 << 20
 
 // ensureSpace fails with ErrInsufficientStorage unless the data directory has need bytes free.
 func (b blobs) ensureSpace(need int64) error {
-	free, known, err := freeSpace(b.dir)
+	free, known, err := b.free(b.dir)
 	if err != nil {
 		return fmt.Errorf("check free space: %w", err)
 	}

@@ -1,9 +1,4 @@
 package jobs
 
-// SetDiskFree replaces the free-space probe for a test and returns the function that restores
-// it.
-func SetDiskFree(f func(dir string) (int64, bool, error)) (restore func()) {
-	old := freeSpace
-	freeSpace = f
-	return func() { freeSpace = old }
-}
+// SetDiskFree replaces the service's free-space probe, for tests.
+func (s *Service) SetDiskFree(f func(dir string) (int64, bool, error)) { s.blobs.free = f }

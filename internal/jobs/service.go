@@ -108,7 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		blobs:   blobs{dir: cfg.Dir},
+		blobs:   blobs{dir: cfg.Dir, free: diskFree},
 		metrics: newMetrics(),
 		running: map[string]context.CancelCauseFunc{},
 	}

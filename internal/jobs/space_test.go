@@ -29,14 +29,14 @@ func (r *countingReader) Read(p []byte) (int, error) {
 // the size is declared, and as soon as the reserve is reached when it is not. Nothing is kept.
 func TestStageKeepsFreeSpace(t *testing.T) {
 	const minFree = 1 << 30
-	var free func() int64
-	defer jobs.SetDiskFree(func(string) (int64, bool, error) { return free(), true, nil })()
 	dir := t.TempDir()
 	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, MinFreeBytes: minFree})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	var free func() int64
+	s.SetDiskFree(func(string) (int64, bool, error) { return free(), true, nil })
 	staged := func() int {
 		ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
 		if err != nil {

@@ -17,9 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// allocated keeps what selftest-alloc allocates reachable.
-var allocated [][]byte
-
 // selftest runs the test-only operations, inside the confined child, so that tests can show
 // each limit and each denied syscall doing its job. They are compiled only with -tags
 // sandboxtest.
@@ -27,12 +24,14 @@ func selftest(req *request) (map[string]string, bool) {
 	switch req.Op {
 	case "selftest-alloc":
 		// Keep every chunk reachable and touched until the address-space limit ends the process.
+		var keep [][]byte
 		for {
 			b := make([]byte, 64<<20)
 			for i := 0; i < len(b); i += 4096 {
 				b[i] = 1
 			}
-			allocated = append(allocated, b)
+			keep = append(keep, b)
+			runtime.KeepAlive(keep)
 		}
 	case "selftest-spin":
 		for {
