@@ -13,6 +13,14 @@ import (
 // spans are gathered with positioned reads, so memory stays flat whatever the tensor size.
 const maxSpanInMemory = 32 << 20
 
+// stridedPiece is the most of a strided run's span read at once, and maxPieceStride the
+// largest distance between its elements (in bytes) for which reading the span beats one read
+// per element.
+const (
+	stridedPiece   = 1 << 20
+	maxPieceStride = 4 << 10
+)
+
 // randomAccess returns positioned-read access to a record's bytes: the file itself for stored
 // records, or a temporary file the record is inflated into (disk, never memory) for deflated
 // ones.
@@ -55,18 +63,23 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 			return gatherTiled(t, src, s, p, memLimit/2)
 		}
 	}
+	// Row-major walk over all dims but the innermost, whose elements are read as one run when
+	// its stride is 1. From the file, a small stride reads a piece of the run's span at once and
+	// picks its elements (reading up to stridedPiece/elements wasted bytes costs less than a
+	// system call per element).
+	inner, innerStride := int64(1), int64(1)
+	if dims > 0 {
+		inner, innerStride = t.Shape[dims-1], t.Stride[dims-1]
+	}
+	var piece []byte
 	if spanLen <= memLimit {
 		buf := make([]byte, spanLen)
 		if _, err := src.ReadAt(buf, t.Offset*isz); err != nil {
 			return fault.Wrap(fault.Malformed, "", err, "read view span")
 		}
 		src, origin = bytesAt(buf), t.Offset*isz
-	}
-	// Row-major walk over all dims but the innermost, whose elements are read as one run when
-	// its stride is 1.
-	inner, innerStride := int64(1), int64(1)
-	if dims > 0 {
-		inner, innerStride = t.Shape[dims-1], t.Stride[dims-1]
+	} else if innerStride > 1 && innerStride*isz <= maxPieceStride {
+		piece = make([]byte, stridedPiece)
 	}
 	idx := make([]int64, max(dims-1, 0))
 	var out []byte
@@ -89,12 +102,27 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 				n = 0
 			}
 			run := int64(1)
-			if innerStride == 1 {
-				run = min(inner-j, int64(len(out)-n)/isz)
-			}
 			pos := (base+j*innerStride)*isz - origin
-			if _, err := src.ReadAt(out[n:n+int(run*isz)], pos); err != nil {
-				return fault.Wrap(fault.Malformed, "", err, "read view element")
+			switch {
+			case innerStride == 1:
+				run = min(inner-j, int64(len(out)-n)/isz)
+				if _, err := src.ReadAt(out[n:n+int(run*isz)], pos); err != nil {
+					return fault.Wrap(fault.Malformed, "", err, "read view elements")
+				}
+			case piece != nil:
+				step := innerStride * isz
+				run = min(inner-j, int64(len(out)-n)/isz, (int64(len(piece))-isz)/step+1)
+				span := piece[:(run-1)*step+isz]
+				if _, err := src.ReadAt(span, pos); err != nil {
+					return fault.Wrap(fault.Malformed, "", err, "read view elements")
+				}
+				for k := int64(0); k < run; k++ {
+					copy(out[int64(n)+k*isz:int64(n)+(k+1)*isz], span[k*step:k*step+isz])
+				}
+			default:
+				if _, err := src.ReadAt(out[n:n+int(isz)], pos); err != nil {
+					return fault.Wrap(fault.Malformed, "", err, "read view element")
+				}
 			}
 			n += int(run * isz)
 			j += run
