@@ -1,8 +1,10 @@
 // Package sandbox runs the parsing and conversion of an untrusted checkpoint in a child process
 // of the same binary, so that a file which found a bug in the parser can at worst end its own
 // child: the child runs with a clean environment, no descriptors but stdin, stdout and stderr,
-// resource limits (address space, CPU time, open files, output file size, no core dumps) and a
-// seccomp filter that denies process creation, tracing and network system calls.
+// resource limits (address space, CPU time, open files, output file size, no core dumps), a
+// seccomp filter that denies process creation, tracing and network system calls, and Landlock
+// rules that let it read only its input files and write only in its output (or scratch)
+// directory.
 //
 // The parent sends the request as JSON on the child's stdin and reads the manifest or the
 // classified error as JSON from its stdout, rebuilt so that fault.KindOf and the error text are
