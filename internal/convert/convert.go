@@ -151,15 +151,14 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 	whole := sha256.New()
 	whole.Write(p.layout.Header)
 	hashed := stage(gctx, g, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
-	d := p.digestTensors(g, hashed, pool)
+	d := digestTensors(g, p.layout.Tensors, hashed, pool)
 	if err := g.Wait(); err != nil {
 		return nil, "", err
 	}
 	if err := out.Sync(); err != nil {
 		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
-	_, sums = d.finish()
-	return sums, hex.EncodeToString(whole.Sum(nil)), nil
+	return d.finish(), hex.EncodeToString(whole.Sum(nil)), nil
 }
 
 // stage starts a goroutine in g that applies do to every chunk from in and passes it on, in

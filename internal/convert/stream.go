@@ -239,24 +239,9 @@ func (p *plan) sourceDigests(ctx context.Context) ([]string, error) {
 	pool := newPool()
 	chunks := make(chan chunk, chunksInFlight)
 	g.Go(func() error { return p.produce(ctx, pool, chunks) })
-	d := p.digestTensors(g, chunks, pool)
+	d := digestTensors(g, p.layout.Tensors, chunks, pool)
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	_, sums := d.finish()
-	return sums, nil
-}
-
-// digestTensors starts the last stage of a stream in g: it hashes each chunk from in into its
-// tensors' SHA-256 digests and returns the buffer to pool. The digests are ready when g is done.
-func (p *plan) digestTensors(g *errgroup.Group, in <-chan chunk, pool chan<- []byte) *digester {
-	d := newDigester(p.layout.Tensors, 0, false)
-	g.Go(func() error {
-		for c := range in {
-			d.write(c.buf)
-			pool <- c.buf[:0]
-		}
-		return nil
-	})
-	return d
+	return d.finish(), nil
 }

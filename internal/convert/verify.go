@@ -11,6 +11,7 @@ import (
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/safetensors"
+	"golang.org/x/sync/errgroup"
 )
 
 // verify checks the written file after it was synced: the strict reader must accept its header,
@@ -40,57 +41,34 @@ func (p *plan) verify(out *os.File) error {
 	return nil
 }
 
-// digester computes, over a safetensors file (or its data section, with dataStart 0) fed to it
-// in order, the SHA-256 of each tensor's bytes and, when asked, of the whole file; the two run
-// in parallel on each piece.
+// digester computes the SHA-256 of each tensor's bytes over a data section fed to it in order.
 type digester struct {
-	tensors   []safetensors.Tensor // in file order
-	dataStart int64
-	whole     hash.Hash
-	per       hash.Hash
-	sums      []string
-	ti        int
-	pos       int64 // file offset of the next byte
-	empty     string
-	done      chan struct{}
+	tensors []safetensors.Tensor // in file order, offsets relative to the data section
+	per     hash.Hash
+	sums    []string
+	ti      int
+	pos     int64 // data offset of the next byte
+	empty   string
 }
 
-func newDigester(tensors []safetensors.Tensor, dataStart int64, whole bool) *digester {
-	d := &digester{tensors: tensors, dataStart: dataStart, per: sha256.New(),
-		sums: make([]string, len(tensors)), done: make(chan struct{})}
-	if whole {
-		d.whole = sha256.New()
-	}
+func newDigester(tensors []safetensors.Tensor) *digester {
+	d := &digester{tensors: tensors, per: sha256.New(), sums: make([]string, len(tensors))}
 	d.empty = hex.EncodeToString(d.per.Sum(nil))
 	return d
 }
 
-// write consumes the next bytes of the file.
+// write consumes the next bytes of the data section.
 func (d *digester) write(b []byte) {
-	if d.whole != nil {
-		go func(all []byte) {
-			d.whole.Write(all)
-			d.done <- struct{}{}
-		}(b)
-		defer func() { <-d.done }()
-	}
-	abs := d.pos
-	d.pos += int64(len(b))
-	if abs < d.dataStart {
-		k := min(int64(len(b)), d.dataStart-abs)
-		b, abs = b[k:], abs+k
-	}
 	for len(b) > 0 {
 		d.skipEmpty()
 		if d.ti == len(d.tensors) {
 			break
 		}
 		t := d.tensors[d.ti]
-		rel := abs - d.dataStart
-		take := min(int64(len(b)), t.End-rel)
+		take := min(int64(len(b)), t.End-d.pos)
 		d.per.Write(b[:take])
-		b, abs = b[take:], abs+take
-		if rel+take == t.End {
+		b, d.pos = b[take:], d.pos+take
+		if d.pos == t.End {
 			d.sums[d.ti] = hex.EncodeToString(d.per.Sum(nil))
 			d.per.Reset()
 			d.ti++
@@ -106,42 +84,67 @@ func (d *digester) skipEmpty() {
 	}
 }
 
-// finish returns the whole-file digest (empty when not asked for) and the per-tensor digests
-// in file order.
-func (d *digester) finish() (string, []string) {
+// finish returns the per-tensor digests in file order.
+func (d *digester) finish() []string {
 	d.skipEmpty()
-	if d.whole == nil {
-		return "", d.sums
-	}
-	return hex.EncodeToString(d.whole.Sum(nil)), d.sums
+	return d.sums
+}
+
+// digestTensors starts the last stage of a stream in g: it hashes each chunk of the data
+// section from in into its tensors' SHA-256 digests and returns the buffer to pool. The digests
+// are ready when g is done.
+func digestTensors(g *errgroup.Group, tensors []safetensors.Tensor, in <-chan chunk, pool chan<- []byte) *digester {
+	d := newDigester(tensors)
+	g.Go(func() error {
+		for c := range in {
+			d.write(c.buf)
+			pool <- c.buf[:0]
+		}
+		return nil
+	})
+	return d
 }
 
 // digestFile reads a safetensors file once, sequentially, and returns the SHA-256 of the whole
 // file and of each tensor (in sf.Tensors order, which Read sorted by offset and validated to
-// cover the data section exactly).
+// cover the data section exactly). Reading, the file digest and the tensor digests are stages
+// that overlap, as in a conversion.
 func digestFile(ctx context.Context, f io.ReaderAt, sf *safetensors.File) (string, []string, error) {
-	d := newDigester(sf.Tensors, sf.DataStart, true)
-	if err := readThrough(ctx, f, 0, sf.Size, d, make([]byte, chunkSize)); err != nil {
+	whole := sha256.New()
+	if _, err := io.Copy(whole, io.NewSectionReader(f, 0, sf.DataStart)); err != nil {
+		return "", nil, fault.Wrap(fault.Internal, "", err, "read header")
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	pool := newPool()
+	chunks := make(chan chunk, chunksInFlight)
+	g.Go(func() error {
+		defer close(chunks)
+		for off, size := int64(0), sf.Size-sf.DataStart; off < size; {
+			var b []byte
+			select {
+			case b = <-pool:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			b = b[:min(int64(cap(b)), size-off)]
+			if _, err := f.ReadAt(b, sf.DataStart+off); err != nil {
+				return fault.Wrap(fault.Internal, "", err, "read data")
+			}
+			select {
+			case chunks <- chunk{off: off, buf: b}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			off += int64(len(b))
+		}
+		return nil
+	})
+	hashed := stage(gctx, g, chunks, func(c []byte, _ int64) error { whole.Write(c); return nil })
+	d := digestTensors(g, sf.Tensors, hashed, pool)
+	if err := g.Wait(); err != nil {
 		return "", nil, err
 	}
-	whole, sums := d.finish()
-	return whole, sums, nil
-}
-
-// readThrough feeds bytes [from, to) of f to d, reading through buf.
-func readThrough(ctx context.Context, f io.ReaderAt, from, to int64, d *digester, buf []byte) error {
-	for pos := from; pos < to; {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := f.ReadAt(buf[:min(int64(len(buf)), to-pos)], pos)
-		if err != nil && !(err == io.EOF && int64(n) == to-pos) {
-			return fault.Wrap(fault.Internal, "", err, "re-read output")
-		}
-		d.write(buf[:n])
-		pos += int64(n)
-	}
-	return nil
+	return hex.EncodeToString(whole.Sum(nil)), d.finish(), nil
 }
 
 // Report is the result of Verify.
