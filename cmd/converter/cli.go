@@ -78,14 +78,51 @@ func inputFlags(fs *flag.FlagSet, getenv func(string) string) (*inputs, error) {
 	return in, nil
 }
 
-// options returns the conversion options the parsed flags give, or a usage error.
-func (in *inputs) options() (convert.Options, error) {
+// parseArgs parses the command line, requires between least and most positional arguments
+// (usage says which), and returns the conversion options the flags give, or a usage error.
+func (in *inputs) parseArgs(fs *flag.FlagSet, args []string, least, most int, usage string) (convert.Options, error) {
+	if err := parse(fs, args); err != nil {
+		return convert.Options{}, err
+	}
+	if fs.NArg() < least || fs.NArg() > most {
+		return convert.Options{}, fmt.Errorf("%w: %s", errUsage, usage)
+	}
 	opts := *in.opts
 	opts.AllowGlobals = in.allow
 	if err := opts.Validate(); err != nil {
 		return opts, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	return opts, nil
+}
+
+// engine runs the operations that read a checkpoint: *sandbox.Runner in a confined child,
+// inProcess here.
+type engine interface {
+	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+	Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error)
+	Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error)
+}
+
+// engine returns the sandbox runner, or the in-process engine with --sandbox=false.
+func (in *inputs) engine(stderr io.Writer) engine {
+	if *in.sandboxed {
+		return newRunner(stderr)
+	}
+	return inProcess{}
+}
+
+type inProcess struct{}
+
+func (inProcess) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	return convert.File(ctx, src, dst, opts)
+}
+
+func (inProcess) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	return convert.Scan(ctx, src, opts)
+}
+
+func (inProcess) Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error) {
+	return convert.Verify(ctx, path, source, opts)
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -102,26 +139,16 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return err
 	}
-	if err := parse(fs, args); err != nil {
+	opts, err := in.parseArgs(fs, args, 1, 2, "convert needs INPUT [OUTPUT]")
+	if err != nil {
 		return err
-	}
-	if fs.NArg() < 1 || fs.NArg() > 2 {
-		return fmt.Errorf("%w: convert needs INPUT [OUTPUT]", errUsage)
 	}
 	src, out := fs.Arg(0), fs.Arg(1)
 	if out == "" {
 		out = filepath.Join(filepath.Dir(src), convert.OutputName(filepath.Base(src)))
 	}
-	opts, err := in.options()
-	if err != nil {
-		return err
-	}
 	opts.Select = *sel
-	convertFile := convert.File
-	if *in.sandboxed {
-		convertFile = newRunner(stderr).Convert
-	}
-	m, err := convertFile(ctx, src, out, opts)
+	m, err := in.engine(stderr).Convert(ctx, src, out, opts)
 	if err != nil {
 		return err
 	}
@@ -142,21 +169,11 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return err
 	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: scan needs INPUT", errUsage)
-	}
-	opts, err := in.options()
+	opts, err := in.parseArgs(fs, args, 1, 1, "scan needs INPUT")
 	if err != nil {
 		return err
 	}
-	scan := convert.Scan
-	if *in.sandboxed {
-		scan = newRunner(stderr).Scan
-	}
-	m, err := scan(ctx, fs.Arg(0), opts)
+	m, err := in.engine(stderr).Scan(ctx, fs.Arg(0), opts)
 	if err != nil {
 		return err
 	}
@@ -205,21 +222,11 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: verify needs FILE.safetensors", errUsage)
-	}
-	opts, err := in.options()
+	opts, err := in.parseArgs(fs, args, 1, 1, "verify needs FILE.safetensors")
 	if err != nil {
 		return err
 	}
-	verify := convert.Verify
-	if *in.sandboxed {
-		verify = newRunner(stderr).Verify
-	}
-	rep, err := verify(ctx, fs.Arg(0), *source, opts)
+	rep, err := in.engine(stderr).Verify(ctx, fs.Arg(0), *source, opts)
 	if err != nil {
 		return err
 	}
