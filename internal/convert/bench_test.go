@@ -62,7 +62,8 @@ func BenchmarkConvert(b *testing.B) {
 
 // BenchmarkGather measures gathering a transposed 2048x2048 float32 view (16 MiB) into
 // row-major order from a file: with the whole span read into memory (it fits maxSpanInMemory),
-// and in tiles (as a view larger than maxSpanInMemory is).
+// in tiles (as a view larger than maxSpanInMemory is), and, for comparison, one positioned read
+// per element (what a limit too small for a tile leaves).
 func BenchmarkGather(b *testing.B) {
 	const n = 2048
 	storage := make([]byte, n*n*4)
@@ -84,7 +85,7 @@ func BenchmarkGather(b *testing.B) {
 	for _, c := range []struct {
 		name  string
 		limit int64
-	}{{"span-in-memory", maxSpanInMemory}, {"tiles", 4 << 20}} {
+	}{{"span-in-memory", maxSpanInMemory}, {"tiles", 4 << 20}, {"elements", 4 << 10}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(storage)))
 			for b.Loop() {
