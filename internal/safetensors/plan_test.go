@@ -296,7 +296,8 @@ func TestPlanCopiesShapes(t *testing.T) {
 	}
 }
 
-func BenchmarkPlan(b *testing.B) {
+// benchEntries is the 100,000-tensor model the header benchmarks plan and read.
+func benchEntries() []Entry {
 	dts := []dtype.DType{dtype.F32, dtype.BF16, dtype.F16, dtype.I64, dtype.U8}
 	entries := make([]Entry, 100_000)
 	for i := range entries {
@@ -306,6 +307,11 @@ func BenchmarkPlan(b *testing.B) {
 			Shape: []int64{int64(1024 + i%7), 4096},
 		}
 	}
+	return entries
+}
+
+func BenchmarkPlan(b *testing.B) {
+	entries := benchEntries()
 	meta := map[string]string{"format": "pt"}
 	b.ReportAllocs()
 	var n int

@@ -366,15 +366,7 @@ func TestLookupOnHandBuiltFile(t *testing.T) {
 }
 
 func BenchmarkRead(b *testing.B) {
-	dts := []dtype.DType{dtype.F32, dtype.BF16, dtype.F16, dtype.I64, dtype.U8}
-	entries := make([]Entry, 100_000)
-	for i := range entries {
-		entries[i] = Entry{
-			Name:  fmt.Sprintf("model.layers.%d.block.%d.weight", i/10, i%10),
-			DType: dts[i%len(dts)],
-			Shape: []int64{int64(1024 + i%7), 4096},
-		}
-	}
+	entries := benchEntries()
 	l, err := Plan(map[string]string{"format": "pt"}, entries, 0)
 	if err != nil {
 		b.Fatal(err)
