@@ -90,11 +90,11 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 			os.Remove(tmp.Name())
 		}
 	}()
-	sums, out, err := p.write(ctx, tmp)
-	if err != nil {
+	if err := p.checkHeader(); err != nil {
 		return nil, err
 	}
-	if err := p.verify(tmp); err != nil {
+	sums, out, err := p.write(ctx, tmp)
+	if err != nil {
 		return nil, err
 	}
 	src256 := <-srcSum
