@@ -18,9 +18,9 @@ import (
 const ChildCommand = "__sandbox-child"
 
 // RunChild is the child's whole life: read the request from stdin, confine itself (resource
-// limits, inherited descriptors closed, seccomp filter, Landlock), run the one operation, and write the
-// response to stdout. It returns the process exit code: 0 whenever a response was written,
-// whatever the verdict; 1 when the request could not be read or the response written.
+// limits, inherited descriptors closed, seccomp filter, Landlock), run the one operation, and
+// write the response to stdout. It returns the process exit code: 0 whenever a response was
+// written, whatever the verdict; 1 when the request could not be read or the response written.
 //
 // It must never run in a process that does anything else: the limits and the filter last for
 // the life of the process.
@@ -63,11 +63,11 @@ func serve(req *request) *response {
 	}
 	st.Rlimits, st.ClosedFDs = applied, closed
 	// Landlock comes last: the seccomp check above reads /proc, which it would deny.
-	if st.Landlock, err = restrictFiles(req.access()); err != nil {
-		resp.Status = st
+	st.Landlock, err = restrictFiles(req.access())
+	resp.Status = st
+	if err != nil {
 		return fail(fmt.Errorf("restrict file access: %w", err))
 	}
-	resp.Status = st
 
 	// The parent enforces the wall-clock limit by killing the child.
 	ctx := context.Background()
