@@ -60,9 +60,9 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Runner runs conversions, scans and verifications in sandbox children. It satisfies the job runner's
-// Convert interface, and warns about degraded confinement once in its lifetime. Use it by
-// pointer; the zero value is ready to use.
+// Runner runs conversions, scans and verifications in sandbox children. It satisfies the job
+// runner's Convert interface, and warns about degraded confinement once in its lifetime. Use it
+// by pointer; the zero value is ready to use.
 type Runner struct {
 	Config Config
 
