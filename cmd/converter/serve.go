@@ -19,6 +19,7 @@ import (
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
 )
 
@@ -33,7 +34,8 @@ type serveConfig struct {
 	minFreeBytes   int64
 	tokensFile     string
 	drainTimeout   time.Duration
-	sandbox        bool
+	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
+	limits limits.Limits
 }
 
 // parseServeFlags reads flags, taking each default from its CONVERTER_* environment variable
@@ -81,12 +83,12 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
 	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
-	sandboxed, err := sandboxFlag(fs, getenv)
-	if err != nil {
+	c.limits = limits.Default()
+	if err := c.limits.RegisterFlags(fs, getenv); err != nil {
 		errs = append(errs, err)
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service. Every flag falls back to the environment variable named with it.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -95,7 +97,6 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if len(errs) > 0 {
 		return c, errors.Join(errs...)
 	}
-	c.sandbox = *sandboxed
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
@@ -151,26 +152,23 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	converter := jobs.InProcess()
-	if cfg.sandbox {
-		runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
-		status, err := runner.Probe(ctx)
-		if err != nil {
-			return fmt.Errorf("sandbox probe: %w", err)
-		}
-		logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
-		converter = runner
-	} else {
-		logger.Warn("sandbox disabled: conversions parse untrusted input inside the server process")
+	// Conversions always run in the sandbox child, so that no input (a stack overflow is fatal
+	// to a Go process) can take the server down with every upload in flight.
+	runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
+	status, err := runner.Probe(ctx)
+	if err != nil {
+		return fmt.Errorf("sandbox probe: %w", err)
 	}
+	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:          cfg.dataDir,
 		Workers:      cfg.workers,
 		Retention:    cfg.retention,
 		MinFreeBytes: cfg.minFreeBytes,
+		Limits:       cfg.limits,
 		Logger:       logger,
 		Registerer:   reg,
-		Converter:    converter,
+		Converter:    runner,
 	})
 	if err != nil {
 		return err

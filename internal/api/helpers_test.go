@@ -65,6 +65,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	dir := t.TempDir()
 	reg := prometheus.NewRegistry()
+	if o.converter == nil {
+		// In process, unlike serve: these tests are about HTTP, not confinement.
+		o.converter = jobs.ConverterFunc(convert.File)
+	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
 	})
