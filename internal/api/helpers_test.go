@@ -223,6 +223,10 @@ func (e *env) doCtx(ctx context.Context, method, path, token string, body io.Rea
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	for k, v := range header {
+		if k == "Host" {
+			req.Host = v // the client sends req.Host, not a Host header field
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := e.client.Do(req)

@@ -12,6 +12,10 @@ import (
 func routes(d Deps, m *metrics) *chi.Mux {
 	r := chi.NewRouter()
 	r.Use(m.instrument, middleware.Recoverer)
+	if d.Tokens == nil {
+		r.Use(requireLoopbackHost(m))
+	}
+	r.Use(sameOrigin(m))
 
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", handleReadyz(d.Jobs))

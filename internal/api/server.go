@@ -36,7 +36,8 @@ var _ JobService = (*jobs.Service)(nil)
 type Deps struct {
 	Jobs JobService
 	// Tokens authenticates requests; nil runs the server open, as tenant "local" (the caller
-	// must make sure it listens on loopback only).
+	// must make sure it listens on loopback only), answering only requests whose Host is a
+	// loopback name.
 	Tokens *Tokens
 	// Registry receives the HTTP metrics and is served at /metrics.
 	Registry *prometheus.Registry
