@@ -33,6 +33,7 @@ type serveConfig struct {
 	maxUploads     int
 	minFreeBytes   int64
 	tokensFile     string
+	metricsToken   string
 	drainTimeout   time.Duration
 	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
 	limits limits.Limits
@@ -82,6 +83,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
 	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
+	str(&c.metricsToken, "metrics-token", "CONVERTER_METRICS_TOKEN", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
 	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
 	c.limits = limits.Default()
 	if err := c.limits.RegisterFlags(fs, getenv); err != nil {
@@ -134,19 +136,18 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 
-	var tokens *api.Tokens
+	var tokens, metricsToken *api.Tokens
 	if cfg.tokensFile != "" {
-		f, err := os.Open(cfg.tokensFile)
-		if err != nil {
-			return fmt.Errorf("open tokens file: %w", err)
-		}
-		tokens, err = api.ParseTokens(f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", cfg.tokensFile, err)
+		if tokens, err = readTokens(cfg.tokensFile, api.ParseTokens); err != nil {
+			return err
 		}
 	} else if err := requireLoopback(cfg.addr); err != nil {
 		return err
+	}
+	if cfg.metricsToken != "" {
+		if metricsToken, err = readTokens(cfg.metricsToken, api.ParseMetricsToken); err != nil {
+			return err
+		}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -181,7 +182,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	srv := &http.Server{
 		Handler: api.NewServer(api.Deps{
-			Jobs: svc, Tokens: tokens, Registry: reg, Logger: logger,
+			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
 			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads, Spec: apispec.OpenAPI,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -226,6 +227,20 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		logger.Info("stopped")
 	}
 	return err
+}
+
+// readTokens parses the tokens file at path with parse.
+func readTokens(path string, parse func(io.Reader) (*api.Tokens, error)) (*api.Tokens, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open tokens file: %w", err)
+	}
+	defer f.Close()
+	t, err := parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
 }
 
 // requireLoopback refuses an address that is not on a loopback interface: a server without

@@ -54,7 +54,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
-		"-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}
@@ -65,6 +65,17 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 func TestServeHasNoSandboxFlag(t *testing.T) {
 	if _, err := parseServeFlags([]string{"--sandbox=false"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Error("serve --sandbox=false was accepted")
+	}
+}
+
+func TestServeRefusesBadMetricsToken(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "metrics-token")
+	if err := os.WriteFile(file, []byte("two words\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := runServe(t.Context(), []string{"--data", t.TempDir(), "--metrics-token", file}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), file) {
+		t.Errorf("serve with a malformed metrics token file: err = %v, want a refusal naming the file", err)
 	}
 }
 

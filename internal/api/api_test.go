@@ -439,7 +439,7 @@ func TestAuth(t *testing.T) {
 		t.Errorf("bob's list = %+v, want only his job", list)
 	}
 	// Open endpoints need no token.
-	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.yaml"} {
+	for _, p := range []string{"/healthz", "/readyz", "/openapi.yaml"} {
 		if resp, _ := e.do("GET", p, "", nil, nil); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s without token = %d, want 200", p, resp.StatusCode)
 		}
@@ -511,6 +511,55 @@ func TestMetricsUseRoutePatterns(t *testing.T) {
 		if strings.Contains(text, leak) {
 			t.Errorf("metrics contain %q", leak)
 		}
+	}
+}
+
+// /metrics describes every tenant's work: with tokens it needs the metrics token, which no
+// tenant token replaces; an open server serves it on loopback unless a metrics token is set.
+func TestMetricsAccess(t *testing.T) {
+	hashed := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte("scrape-secret")))
+	for _, c := range []struct {
+		name, tokens, metricsToken string
+		want                       map[string]int // bearer token -> status
+	}{
+		{"open", "", "", map[string]int{"": 200}},
+		{"open with metrics token", "", "scrape-secret\n", map[string]int{"": 401, "wrong": 401, "scrape-secret": 200}},
+		{"tokens", "alice alice-token\n", "", map[string]int{"": 404, "alice-token": 404}},
+		{"tokens and metrics token", "alice alice-token\n", "scrape-secret", map[string]int{"": 401, "alice-token": 401, "scrape-secret": 200}},
+		{"hashed metrics token", "alice alice-token\n", hashed, map[string]int{hashed: 401, "scrape-secret": 200}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{tokens: c.tokens, metricsToken: c.metricsToken})
+			for token, want := range c.want {
+				resp, b := e.do("GET", "/metrics", token, nil, nil)
+				if resp.StatusCode != want {
+					t.Errorf("GET /metrics with token %q = %d, want %d\n%.200s", token, resp.StatusCode, want, b)
+				}
+				if want == 200 && !strings.Contains(string(b), "converter_uploads_in_progress") {
+					t.Errorf("GET /metrics with token %q: no metrics in the body", token)
+				}
+			}
+		})
+	}
+}
+
+func TestParseMetricsToken(t *testing.T) {
+	for _, c := range []struct {
+		name, file string
+		ok         bool
+	}{
+		{"token and newline", "s3cret\n", true},
+		{"hash", "sha256:" + strings.Repeat("ab", 32), true},
+		{"two words", "s3 cret\n", false},
+		{"empty", " \n", false},
+		{"short hash", "sha256:abcd", false},
+		{"too long", strings.Repeat("x", 5000), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := api.ParseMetricsToken(strings.NewReader(c.file)); (err == nil) != c.ok {
+				t.Errorf("ParseMetricsToken err = %v, want ok=%v", err, c.ok)
+			}
+		})
 	}
 }
 

@@ -51,6 +51,8 @@ type env struct {
 type envOpts struct {
 	converter jobs.Converter
 	tokens    string // tokens file content; "" runs open
+	// metricsToken is the metrics token file's content ("" for none).
+	metricsToken string
 	maxUpload int64
 	workers   int
 	// maxUploads bounds concurrent uploads; minFree is the data directory's free-space reserve.
@@ -85,7 +87,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 			t.Fatalf("ParseTokens: %v", err)
 		}
 	}
-	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, Registry: reg, MaxUploadBytes: o.maxUpload,
+	var metricsToken *api.Tokens
+	if o.metricsToken != "" {
+		if metricsToken, err = api.ParseMetricsToken(strings.NewReader(o.metricsToken)); err != nil {
+			t.Fatalf("ParseMetricsToken: %v", err)
+		}
+	}
+	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
 		MaxConcurrentUploads: o.maxUploads, Spec: apispec.OpenAPI})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {

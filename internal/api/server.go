@@ -41,6 +41,10 @@ type Deps struct {
 	Tokens *Tokens
 	// Registry receives the HTTP metrics and is served at /metrics.
 	Registry *prometheus.Registry
+	// MetricsToken, when set, is the bearer token /metrics requires (see ParseMetricsToken).
+	// Without it /metrics is open on an open server and not served (404) on one with Tokens:
+	// tenant tokens do not grant it, since metrics describe every tenant's work.
+	MetricsToken *Tokens
 	Logger   *slog.Logger
 	// MaxUploadBytes bounds a request body; larger uploads get 413 and nothing is kept.
 	MaxUploadBytes int64
