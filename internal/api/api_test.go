@@ -130,6 +130,50 @@ func TestRawUploadConvertDownload(t *testing.T) {
 	}
 }
 
+// A download asks for at most four ranges once overlapping and adjacent ones are merged; more
+// get the whole file, so that many small ranges cannot make the answer larger than the file.
+func TestOutputRanges(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	j := e.wait("", e.submit("", "m.pt", fixture(t, "mymodel.pt"), nil).ID)
+	if j.State != "succeeded" {
+		t.Fatalf("job = %+v, want succeeded", j)
+	}
+	path := "/v1/jobs/" + j.ID + "/output"
+	_, out := e.do("GET", path, "", nil, nil)
+	ranges := func(n, step int) string {
+		var s []string
+		for i := range n {
+			s = append(s, fmt.Sprintf("%d-%d", i*step, i*step))
+		}
+		return "bytes=" + strings.Join(s, ",")
+	}
+	if len(out) < 192 {
+		t.Fatalf("output is %d bytes; the test needs 192", len(out))
+	}
+
+	resp, b := e.do("GET", path, "", nil, map[string]string{"Range": ranges(96, 2)})
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, out) {
+		t.Errorf("96 disjoint one-byte ranges: %d with %d bytes, want 200 with the whole file (%d bytes)", resp.StatusCode, len(b), len(out))
+	}
+	resp, b = e.do("GET", path, "", nil, map[string]string{"Range": ranges(96, 1)})
+	if want := fmt.Sprintf("bytes 0-95/%d", len(out)); resp.StatusCode != http.StatusPartialContent ||
+		resp.Header.Get("Content-Range") != want || !bytes.Equal(b, out[:96]) {
+		t.Errorf("96 adjacent one-byte ranges: %d, Content-Range %q, %d bytes; want 206, %q, the first 96 bytes",
+			resp.StatusCode, resp.Header.Get("Content-Range"), len(b), want)
+	}
+	resp, b = e.do("GET", path, "", nil, map[string]string{"Range": "bytes=150-151,0-1,100-101,50-51"})
+	if mt := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(mt, "multipart/byteranges") {
+		t.Errorf("four ranges: %d %s, want 206 multipart/byteranges", resp.StatusCode, mt)
+	}
+	if len(b) > 4*8+4*200 {
+		t.Errorf("four two-byte ranges took %d bytes", len(b))
+	}
+	resp, _ = e.do("GET", path, "", nil, map[string]string{"Range": fmt.Sprintf("bytes=%d-", len(out))})
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("range past the end: %d, want 416", resp.StatusCode)
+	}
+}
+
 // curl -F file=@pytorch_model.bin sends multipart/form-data; the part's filename names the job.
 func TestMultipartUpload(t *testing.T) {
 	e := newEnv(t, envOpts{})

@@ -449,7 +449,8 @@ func openArtifact(w http.ResponseWriter, r *http.Request, what string,
 }
 
 // handleOutput streams the verified safetensors file with its digest as a strong ETag and as
-// Repr-Digest; http.ServeContent answers Range, If-Range, If-Match and If-None-Match.
+// Repr-Digest; http.ServeContent answers Range (at most maxRanges, see limitRanges), If-Range,
+// If-Match and If-None-Match.
 func handleOutput(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		f, j, ok := openArtifact(w, r, "an output", svc.Output)
@@ -457,6 +458,19 @@ func handleOutput(svc JobService) http.HandlerFunc {
 			return
 		}
 		defer f.Close()
+		if spec := r.Header.Get("Range"); spec != "" {
+			fi, err := f.Stat()
+			if err != nil {
+				jobError(w, r, fmt.Errorf("stat output: %w", err))
+				return
+			}
+			r = r.Clone(r.Context())
+			if spec = limitRanges(spec, fi.Size()); spec != "" {
+				r.Header.Set("Range", spec)
+			} else {
+				r.Header.Del("Range")
+			}
+		}
 		name := convert.OutputName(j.Filename)
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")
