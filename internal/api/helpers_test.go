@@ -53,8 +53,8 @@ type envOpts struct {
 	tokens    string // tokens file content; "" runs open
 	// metricsToken is the metrics token file's content ("" for none).
 	metricsToken string
-	maxUpload int64
-	workers   int
+	maxUpload    int64
+	workers      int
 	// maxUploads bounds concurrent uploads; minFree is the data directory's free-space reserve.
 	maxUploads int
 	minFree    int64

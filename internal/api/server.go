@@ -45,7 +45,7 @@ type Deps struct {
 	// Without it /metrics is open on an open server and not served (404) on one with Tokens:
 	// tenant tokens do not grant it, since metrics describe every tenant's work.
 	MetricsToken *Tokens
-	Logger   *slog.Logger
+	Logger       *slog.Logger
 	// MaxUploadBytes bounds a request body; larger uploads get 413 and nothing is kept.
 	MaxUploadBytes int64
 	// MaxConcurrentUploads bounds the uploads received at once; one more gets 429 with
