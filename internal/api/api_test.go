@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -392,6 +393,65 @@ func TestBadUploads(t *testing.T) {
 			}
 			if p := decode[problemResp](t, b); p.Type != "https://ptsafe.github.io/converter/problems/"+c.kind {
 				t.Errorf("problem type = %q, want .../%s", p.Type, c.kind)
+			}
+		})
+	}
+}
+
+// File names reach the job record, Content-Disposition and pages: they are kept in NFC, and
+// names that are not UTF-8 or hold control, bidi-control or line-separator characters are
+// refused, given as ?filename= or as the multipart part's filename.
+func TestFilenames(t *testing.T) {
+	e := newEnv(t, envOpts{converter: blockingConverter{started: make(chan string, 16)}})
+	multipartBody := func(name string) (io.Reader, string) {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		fw, err := mw.CreateFormFile("file", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write([]byte("checkpoint"))
+		mw.Close()
+		return &body, mw.FormDataContentType()
+	}
+	for _, c := range []struct{ name, give, want string }{
+		{"NFD becomes NFC", "mode\u0301l.pt", "mod\u00e9l.pt"},
+		{"Persian with a zero-width non-joiner", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pt", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pt"},
+		{"emoji", "\U0001F525model.pt", "\U0001F525model.pt"},
+		{"invalid UTF-8", "\xffmodel.pt", ""},
+		{"right-to-left override", "evil\u202Egnp.pt", ""},
+		{"left-to-right isolate", "a\u2066b.pt", ""},
+		{"right-to-left mark", "\u200Fx.pt", ""},
+		{"Arabic letter mark", "\u061Cx.pt", ""},
+		{"C1 control (NEL)", "x\u0085.pt", ""},
+		{"line separator", "x\u2028.pt", ""},
+		{"C0 control", "x\ty.pt", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			body, ct := multipartBody(c.give)
+			for _, try := range []struct {
+				how    string
+				path   string
+				body   io.Reader
+				header map[string]string
+			}{
+				{"query", "/v1/jobs?filename=" + url.QueryEscape(c.give), strings.NewReader("checkpoint"), map[string]string{"Content-Type": "application/octet-stream"}},
+				{"multipart", "/v1/jobs", body, map[string]string{"Content-Type": ct}},
+			} {
+				resp, b := e.do("POST", try.path, "", try.body, try.header)
+				if c.want == "" {
+					if resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("%s: %q accepted (%d), want 400\n%s", try.how, c.give, resp.StatusCode, b)
+					}
+					continue
+				}
+				if resp.StatusCode != http.StatusAccepted {
+					t.Errorf("%s: %q refused (%d), want 202\n%s", try.how, c.give, resp.StatusCode, b)
+					continue
+				}
+				if got := decode[jobResp](t, b).Input.Filename; got != c.want {
+					t.Errorf("%s: filename %q recorded as %q, want %q", try.how, c.give, got, c.want)
+				}
 			}
 		})
 	}

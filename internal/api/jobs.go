@@ -17,9 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
@@ -113,21 +116,42 @@ const (
 	defaultFilename  = "checkpoint.pt"
 )
 
-// cleanFilename keeps the last path element of a client-supplied name, or reports it unusable.
+// cleanFilename keeps the last path element of a client-supplied name in Unicode NFC, or
+// reports it unusable. The name reaches the job record, Content-Disposition and pages, so it is
+// refused, not repaired, when it is not UTF-8 or holds a control character (C0, C1), a bidi
+// control (which can make "evil\u202Efdp.pt" display as "evil" + "tp.pdf") or a line separator,
+// or a quote: the client can rename its file, while a silently rewritten name could make two
+// uploads look alike.
 func cleanFilename(name string) (string, error) {
 	if name == "" {
 		return defaultFilename, nil
 	}
-	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if !utf8.ValidString(name) {
+		return "", errors.New("filename is not valid UTF-8")
+	}
+	name = path.Base(strings.ReplaceAll(norm.NFC.String(name), `\`, "/"))
 	if name == "." || name == "/" || name == ".." || len(name) > maxFilenameBytes {
 		return "", fmt.Errorf("filename %q is not usable", name)
 	}
-	for _, c := range name {
-		if c < 0x20 || c == 0x7f || c == '"' {
-			return "", errors.New("filename contains control characters or quotes")
-		}
+	if i := strings.IndexFunc(name, refusedInFilename); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(name[i:])
+		return "", fmt.Errorf("filename contains %U: control characters, bidi controls, line separators and quotes are refused", r)
 	}
 	return name, nil
+}
+
+// refusedInFilename reports the characters cleanFilename refuses.
+func refusedInFilename(r rune) bool {
+	switch {
+	case unicode.IsControl(r), r == '"':
+		return true
+	case r == '\u061C', r == '\u200E', r == '\u200F', // ALM, LRM, RLM
+		r >= '\u202A' && r <= '\u202E', // LRE, RLE, PDF, LRO, RLO
+		r >= '\u2066' && r <= '\u2069', // LRI, RLI, FSI, PDI
+		r == '\u2028', r == '\u2029': // line and paragraph separators
+		return true
+	}
+	return false
 }
 
 // parseReprDigest returns the sha-256 member of an RFC 9530 Repr-Digest header ("" when absent).
