@@ -31,10 +31,12 @@ type serveConfig struct {
 	retention      time.Duration
 	maxUploadBytes int64
 	maxUploads     int
-	minFreeBytes   int64
-	tokensFile     string
-	metricsToken   string
-	drainTimeout   time.Duration
+	// maxTenantUploads is 0 for api.Deps's default.
+	maxTenantUploads int
+	minFreeBytes     int64
+	tokensFile       string
+	metricsToken     string
+	drainTimeout     time.Duration
 	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
 	limits limits.Limits
 }
@@ -74,13 +76,14 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 		fs.Int64Var(p, name, def, usage+" (env "+env+")")
 	}
-	var workers, maxUploads int64
+	var workers, maxUploads, maxTenantUploads int64
 	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
 	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
 	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
 	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
 	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
+	num(&maxTenantUploads, "max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
 	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
 	str(&c.metricsToken, "metrics-token", "CONVERTER_METRICS_TOKEN", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
@@ -116,6 +119,10 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("--max-uploads must be 1..65536, got %d", maxUploads)
 	}
 	c.maxUploads = int(maxUploads)
+	if maxTenantUploads < 0 || maxTenantUploads > maxUploads {
+		return c, fmt.Errorf("--max-uploads-per-tenant must be 0..--max-uploads (%d), got %d", maxUploads, maxTenantUploads)
+	}
+	c.maxTenantUploads = int(maxTenantUploads)
 	if c.minFreeBytes <= 0 {
 		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 	}
@@ -183,7 +190,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	srv := &http.Server{
 		Handler: api.NewServer(api.Deps{
 			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
-			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads, Spec: apispec.OpenAPI,
+			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
+			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, Spec: apispec.OpenAPI,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

@@ -28,11 +28,11 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		"CONVERTER_LIMIT_MAX_OUTPUT_BYTES": "4096",
 		"CONVERTER_LIMIT_TIMEOUT":          "1m",
 	}
-	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m"}, func(k string) string { return env[k] }, io.Discard)
+	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m", "--max-uploads-per-tenant", "3"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" {
+	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 {
 		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
 	}
 	want := limits.Default()
@@ -45,6 +45,9 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 	}, io.Discard); err == nil {
 		t.Error("a bad CONVERTER_RETENTION was accepted")
 	}
+	if _, err := parseServeFlags([]string{"--max-uploads", "4", "--max-uploads-per-tenant", "5"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("--max-uploads-per-tenant above --max-uploads was accepted")
+	}
 }
 
 func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
@@ -54,7 +57,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
-		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}

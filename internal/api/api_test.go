@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -321,49 +320,57 @@ func TestInsufficientStorage(t *testing.T) {
 	e.nothingKept("507")
 }
 
-// TestTooManyUploads holds the only upload slot with a body that has not finished arriving: a
-// second upload gets 429 with Retry-After, and the first still completes.
+// TestTooManyUploads holds both upload slots of an open server (its one tenant may take them
+// all) with bodies that have not finished arriving: a third upload gets 429 with Retry-After,
+// and the first two still complete.
 func TestTooManyUploads(t *testing.T) {
-	e := newEnv(t, envOpts{maxUploads: 1})
-	pr, pw := io.Pipe()
-	first := make(chan int, 1)
-	go func() {
-		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.url+"/v1/jobs?filename=m.pt", pr)
-		req.Header.Set("Content-Type", "application/octet-stream")
-		// Not e.client: its contract check reads a request body whole before sending it.
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			first <- 0
-			return
-		}
-		resp.Body.Close()
-		first <- resp.StatusCode
-	}()
-	// The client sends the request once the body's first bytes come; then wait until the
-	// server holds the first upload's slot.
-	data := fixture(t, "mymodel.pt")
-	if _, err := pw.Write(data[:2]); err != nil {
-		t.Fatal(err)
+	e := newEnv(t, envOpts{maxUploads: 2, converter: blockingConverter{started: make(chan string, 16)}})
+	first, second := e.holdUpload(""), e.holdUpload("")
+	if got := e.gauge("converter_uploads_in_progress"); got != 2 {
+		t.Errorf("uploads in progress = %v, want 2", got)
 	}
-	for i := 0; e.gauge("converter_uploads_in_progress") != 1; i++ {
-		if i == 2000 {
-			t.Fatal("the first upload never started")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	resp, b := e.do("POST", "/v1/jobs?filename=n.pt", "", bytes.NewReader(data), map[string]string{"Content-Type": "application/octet-stream"})
+	resp, b := e.do("POST", "/v1/jobs?filename=n.pt", "", strings.NewReader("third"), map[string]string{"Content-Type": "application/octet-stream"})
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("second upload = %d (Retry-After %q), want 429 with Retry-After\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		t.Errorf("third upload = %d (Retry-After %q), want 429 with Retry-After\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
 	}
 	if p := decode[problemResp](t, b); !strings.HasSuffix(p.Type, "/too-many-uploads") {
 		t.Errorf("problem type = %q", p.Type)
 	}
-	if _, err := pw.Write(data[2:]); err != nil {
-		t.Fatal(err)
+	for _, h := range []*heldUpload{first, second} {
+		if code := h.finish(); code != http.StatusAccepted {
+			t.Errorf("held upload = %d, want 202", code)
+		}
 	}
-	pw.Close()
-	if code := <-first; code != http.StatusAccepted {
-		t.Errorf("first upload = %d, want 202", code)
+}
+
+// With tokens, one tenant may hold at most half the upload slots (rounded up): a greedy tenant
+// leaves room to the others, and the total still bounds them all.
+func TestUploadSlotsPerTenant(t *testing.T) {
+	e := newEnv(t, envOpts{maxUploads: 2, tokens: "alice alice-token\nbob bob-token\ncarol carol-token\n",
+		converter: blockingConverter{started: make(chan string, 16)}})
+	upload := func(token string) (int, string) {
+		resp, b := e.do("POST", "/v1/jobs?filename=m.pt", token, strings.NewReader(token), map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode == http.StatusTooManyRequests {
+			return resp.StatusCode, decode[problemResp](t, b).Detail
+		}
+		return resp.StatusCode, ""
+	}
+	alice := e.holdUpload("alice-token")
+	if code, detail := upload("alice-token"); code != http.StatusTooManyRequests || !strings.Contains(detail, "your uploads") {
+		t.Errorf("alice's second upload = %d %q, want 429 for her share", code, detail)
+	}
+	bob := e.holdUpload("bob-token") // alice has not taken bob's slot
+	if code, detail := upload("carol-token"); code != http.StatusTooManyRequests || !strings.Contains(detail, "2 uploads") {
+		t.Errorf("carol's upload with every slot taken = %d %q, want 429 for the total", code, detail)
+	}
+	if code := alice.finish(); code != http.StatusAccepted {
+		t.Errorf("alice's held upload = %d, want 202", code)
+	}
+	if code, _ := upload("carol-token"); code != http.StatusAccepted {
+		t.Errorf("carol's upload once alice's ended = %d, want 202", code)
+	}
+	if code := bob.finish(); code != http.StatusAccepted {
+		t.Errorf("bob's held upload = %d, want 202", code)
 	}
 }
 

@@ -148,7 +148,7 @@ func refusedInFilename(r rune) bool {
 	case r == '\u061C', r == '\u200E', r == '\u200F', // ALM, LRM, RLM
 		r >= '\u202A' && r <= '\u202E', // LRE, RLE, PDF, LRO, RLO
 		r >= '\u2066' && r <= '\u2069', // LRI, RLI, FSI, PDI
-		r == '\u2028', r == '\u2029': // line and paragraph separators
+		r == '\u2028', r == '\u2029':   // line and paragraph separators
 		return true
 	}
 	return false
@@ -183,10 +183,10 @@ func reprDigest(hexSHA string) string {
 }
 
 // uploadLimits bound what POST /v1/jobs receives: the size of one body, and how many bodies
-// are received at once (a slot is a buffered channel's place).
+// are received at once, in all and per tenant.
 type uploadLimits struct {
 	maxBytes int64
-	slots    chan struct{}
+	slots    *uploadSlots
 }
 
 // handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
@@ -195,20 +195,18 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 	maxBytes := lim.maxBytes
 	return func(w http.ResponseWriter, r *http.Request) {
 		tenant := tenantOf(r.Context())
-		select {
-		case lim.slots <- struct{}{}:
-			m.uploading.Inc()
-			defer func() {
-				<-lim.slots
-				m.uploading.Dec()
-			}()
-		default:
+		release, err := lim.slots.acquire(tenant)
+		if err != nil {
 			m.reject("too_many_uploads")
 			w.Header().Set("Retry-After", "5")
-			problem(w, r, http.StatusTooManyRequests, probTooManyUploads,
-				fmt.Sprintf("%d uploads are being received; retry later", cap(lim.slots)))
+			problem(w, r, http.StatusTooManyRequests, probTooManyUploads, err.Error())
 			return
 		}
+		m.uploading.Inc()
+		defer func() {
+			release()
+			m.uploading.Dec()
+		}()
 		if r.ContentLength > maxBytes {
 			m.reject("too_large")
 			problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))

@@ -24,7 +24,7 @@ func routes(d Deps, m *metrics) *chi.Mux {
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
-		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{maxBytes: d.MaxUploadBytes, slots: make(chan struct{}, d.MaxConcurrentUploads)}, m))
+		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{maxBytes: d.MaxUploadBytes, slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant)}, m))
 		r.Get("/v1/jobs", handleList(d.Jobs))
 		r.Get("/v1/jobs/{id}", handleGet(d.Jobs))
 		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))

@@ -51,6 +51,11 @@ type Deps struct {
 	// MaxConcurrentUploads bounds the uploads received at once; one more gets 429 with
 	// Retry-After (default DefaultMaxConcurrentUploads).
 	MaxConcurrentUploads int
+	// MaxConcurrentUploadsPerTenant bounds the uploads one tenant sends at once; one more gets
+	// 429 with Retry-After. The default is half of MaxConcurrentUploads, rounded up, when Tokens
+	// are set (so that one tenant always leaves slots to the others), and all of them when the
+	// server is open (its one tenant).
+	MaxConcurrentUploadsPerTenant int
 	// Spec is the OpenAPI document served at /openapi.yaml.
 	Spec []byte
 }
@@ -74,6 +79,12 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.MaxConcurrentUploads <= 0 {
 		d.MaxConcurrentUploads = DefaultMaxConcurrentUploads
+	}
+	if d.MaxConcurrentUploadsPerTenant <= 0 {
+		d.MaxConcurrentUploadsPerTenant = d.MaxConcurrentUploads
+		if d.Tokens != nil {
+			d.MaxConcurrentUploadsPerTenant = (d.MaxConcurrentUploads + 1) / 2
+		}
 	}
 	return routes(d, newMetrics(d.Registry))
 }
