@@ -1,6 +1,6 @@
-// Package api is the HTTP face of the job service: routes, bearer-token auth, streaming uploads
-// and downloads, RFC 9457 problem responses and request metrics. The contract is
-// api/openapi.yaml; tests check every response against it.
+// Package api is the HTTP face of the job service: routes, bearer-token auth, Host and Origin
+// checks, streaming uploads and downloads, RFC 9457 problem responses and request metrics. The
+// contract is api/openapi.yaml; tests check every response against it.
 //
 // It never parses checkpoints and never holds an upload or an output in memory: bodies stream
 // to and from files owned by the jobs package.
