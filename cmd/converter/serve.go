@@ -19,6 +19,7 @@ import (
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
 )
 
@@ -30,10 +31,14 @@ type serveConfig struct {
 	retention      time.Duration
 	maxUploadBytes int64
 	maxUploads     int
-	minFreeBytes   int64
-	tokensFile     string
-	drainTimeout   time.Duration
-	sandbox        bool
+	// maxTenantUploads is 0 for api.Deps's default.
+	maxTenantUploads int
+	minFreeBytes     int64
+	tokensFile       string
+	metricsToken     string
+	drainTimeout     time.Duration
+	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
+	limits limits.Limits
 }
 
 // parseServeFlags reads flags, taking each default from its CONVERTER_* environment variable
@@ -71,22 +76,24 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 		fs.Int64Var(p, name, def, usage+" (env "+env+")")
 	}
-	var workers, maxUploads int64
+	var workers, maxUploads, maxTenantUploads int64
 	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
 	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
 	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
 	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
 	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
+	num(&maxTenantUploads, "max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
 	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
+	str(&c.metricsToken, "metrics-token", "CONVERTER_METRICS_TOKEN", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
 	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
-	sandboxed, err := sandboxFlag(fs, getenv)
-	if err != nil {
+	c.limits = limits.Default()
+	if err := c.limits.RegisterFlags(fs, getenv); err != nil {
 		errs = append(errs, err)
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service. Every flag falls back to the environment variable named with it.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -95,7 +102,6 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if len(errs) > 0 {
 		return c, errors.Join(errs...)
 	}
-	c.sandbox = *sandboxed
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
@@ -113,6 +119,10 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("--max-uploads must be 1..65536, got %d", maxUploads)
 	}
 	c.maxUploads = int(maxUploads)
+	if maxTenantUploads < 0 || maxTenantUploads > maxUploads {
+		return c, fmt.Errorf("--max-uploads-per-tenant must be 0..--max-uploads (%d), got %d", maxUploads, maxTenantUploads)
+	}
+	c.maxTenantUploads = int(maxTenantUploads)
 	if c.minFreeBytes <= 0 {
 		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 	}
@@ -133,44 +143,40 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 
-	var tokens *api.Tokens
+	var tokens, metricsToken *api.Tokens
 	if cfg.tokensFile != "" {
-		f, err := os.Open(cfg.tokensFile)
-		if err != nil {
-			return fmt.Errorf("open tokens file: %w", err)
-		}
-		tokens, err = api.ParseTokens(f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", cfg.tokensFile, err)
+		if tokens, err = readTokens(cfg.tokensFile, api.ParseTokens); err != nil {
+			return err
 		}
 	} else if err := requireLoopback(cfg.addr); err != nil {
 		return err
+	}
+	if cfg.metricsToken != "" {
+		if metricsToken, err = readTokens(cfg.metricsToken, api.ParseMetricsToken); err != nil {
+			return err
+		}
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	converter := jobs.InProcess()
-	if cfg.sandbox {
-		runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
-		status, err := runner.Probe(ctx)
-		if err != nil {
-			return fmt.Errorf("sandbox probe: %w", err)
-		}
-		logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
-		converter = runner
-	} else {
-		logger.Warn("sandbox disabled: conversions parse untrusted input inside the server process")
+	// Conversions always run in the sandbox child, so that no input (a stack overflow is fatal
+	// to a Go process) can take the server down with every upload in flight.
+	runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
+	status, err := runner.Probe(ctx)
+	if err != nil {
+		return fmt.Errorf("sandbox probe: %w", err)
 	}
+	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:          cfg.dataDir,
 		Workers:      cfg.workers,
 		Retention:    cfg.retention,
 		MinFreeBytes: cfg.minFreeBytes,
+		Limits:       cfg.limits,
 		Logger:       logger,
 		Registerer:   reg,
-		Converter:    converter,
+		Converter:    runner,
 	})
 	if err != nil {
 		return err
@@ -183,8 +189,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	srv := &http.Server{
 		Handler: api.NewServer(api.Deps{
-			Jobs: svc, Tokens: tokens, Registry: reg, Logger: logger,
-			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads, Spec: apispec.OpenAPI,
+			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
+			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
+			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, Spec: apispec.OpenAPI,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -228,6 +235,20 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		logger.Info("stopped")
 	}
 	return err
+}
+
+// readTokens parses the tokens file at path with parse.
+func readTokens(path string, parse func(io.Reader) (*api.Tokens, error)) (*api.Tokens, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open tokens file: %w", err)
+	}
+	defer f.Close()
+	t, err := parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
 }
 
 // requireLoopback refuses an address that is not on a loopback interface: a server without

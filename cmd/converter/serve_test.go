@@ -15,26 +15,38 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ptsafe/converter/internal/limits"
 )
 
 func TestServeFlagsFromEnvironment(t *testing.T) {
 	env := map[string]string{
-		"CONVERTER_ADDR":             "127.0.0.1:9999",
-		"CONVERTER_WORKERS":          "4",
-		"CONVERTER_RETENTION":        "2h",
-		"CONVERTER_MAX_UPLOAD_BYTES": "1024",
+		"CONVERTER_ADDR":                   "127.0.0.1:9999",
+		"CONVERTER_WORKERS":                "4",
+		"CONVERTER_RETENTION":              "2h",
+		"CONVERTER_MAX_UPLOAD_BYTES":       "1024",
+		"CONVERTER_LIMIT_MAX_OUTPUT_BYTES": "4096",
+		"CONVERTER_LIMIT_TIMEOUT":          "1m",
 	}
-	c, err := parseServeFlags([]string{"--workers", "3"}, func(k string) string { return env[k] }, io.Discard)
+	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m", "--max-uploads-per-tenant", "3"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" {
+	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 {
 		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
+	}
+	want := limits.Default()
+	want.MaxOutputBytes, want.MaxTensors, want.Timeout = 4096, 7, 2*time.Minute
+	if c.limits != want {
+		t.Errorf("limits = %+v\nwant %+v (env, flags winning, defaults)", c.limits, want)
 	}
 	if _, err := parseServeFlags(nil, func(k string) string {
 		return map[string]string{"CONVERTER_RETENTION": "a week"}[k]
 	}, io.Discard); err == nil {
 		t.Error("a bad CONVERTER_RETENTION was accepted")
+	}
+	if _, err := parseServeFlags([]string{"--max-uploads", "4", "--max-uploads-per-tenant", "5"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("--max-uploads-per-tenant above --max-uploads was accepted")
 	}
 }
 
@@ -44,10 +56,29 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 		t.Fatalf("serve -h: %v", err)
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
-		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS"} {
+		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}
+	}
+}
+
+// serve has no in-process mode: a fatal error in a conversion must never take the server down.
+func TestServeHasNoSandboxFlag(t *testing.T) {
+	if _, err := parseServeFlags([]string{"--sandbox=false"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("serve --sandbox=false was accepted")
+	}
+}
+
+func TestServeRefusesBadMetricsToken(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "metrics-token")
+	if err := os.WriteFile(file, []byte("two words\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := runServe(t.Context(), []string{"--data", t.TempDir(), "--metrics-token", file}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), file) {
+		t.Errorf("serve with a malformed metrics token file: err = %v, want a refusal naming the file", err)
 	}
 }
 
@@ -66,9 +97,23 @@ type server struct {
 	url string
 }
 
-func startServer(t *testing.T, bin, data string) *server {
+// buildConverter builds the binary, whose sandbox children serve runs its conversions in.
+func buildConverter(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--data", data)
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "converter")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startServer(t *testing.T, bin, data string, flags ...string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", data}, flags...)...)
 	cmd.Stderr = io.Discard
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -98,6 +143,41 @@ type jobState struct {
 	Error *struct{ Type, Detail string } `json:"error"`
 }
 
+// postFixture uploads a testdata/torch fixture and returns the accepted job.
+func postFixture(t *testing.T, srv *server, name string) jobState {
+	t.Helper()
+	fixture, err := os.ReadFile(filepath.Join("..", "..", "testdata", "torch", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(srv.url+"/v1/jobs?filename=pytorch_model.bin", "application/octet-stream", bytes.NewReader(fixture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var job jobState
+	json.NewDecoder(resp.Body).Decode(&job)
+	if resp.StatusCode != http.StatusAccepted || job.ID == "" {
+		t.Fatalf("POST = %d %+v, want 202", resp.StatusCode, job)
+	}
+	return job
+}
+
+// waitJob polls a job until it is finished, a bounded number of times.
+func waitJob(t *testing.T, srv *server, id string) jobState {
+	t.Helper()
+	var job jobState
+	for range 600 {
+		getJSON(t, srv.url+"/v1/jobs/"+id, &job)
+		if job.State == "succeeded" || job.State == "failed" || job.State == "canceled" {
+			return job
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("job %s never finished: %+v", id, job)
+	return job
+}
+
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -113,46 +193,18 @@ func getJSON(t *testing.T, url string, v any) {
 // A server killed with SIGKILL right after answering 202 loses nothing: restarted on the same
 // data directory it runs the job to completion.
 func TestServeSIGKILLRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "converter")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	data := filepath.Join(tmp, "data")
-	fixture, err := os.ReadFile(filepath.Join("..", "..", "testdata", "torch", "mymodel.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildConverter(t)
+	data := filepath.Join(t.TempDir(), "data")
 
 	srv := startServer(t, bin, data)
-	resp, err := http.Post(srv.url+"/v1/jobs?filename=pytorch_model.bin", "application/octet-stream", bytes.NewReader(fixture))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var job jobState
-	json.NewDecoder(resp.Body).Decode(&job)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted || job.ID == "" {
-		t.Fatalf("POST = %d %+v, want 202", resp.StatusCode, job)
-	}
+	job := postFixture(t, srv, "mymodel.pt")
 	if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	srv.cmd.Wait()
 
 	srv = startServer(t, bin, data)
-	for range 600 {
-		getJSON(t, srv.url+"/v1/jobs/"+job.ID, &job)
-		if job.State == "succeeded" || job.State == "failed" || job.State == "canceled" {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if job.State != "succeeded" || job.Output == nil {
+	if job = waitJob(t, srv, job.ID); job.State != "succeeded" || job.Output == nil {
 		t.Fatalf("after restart job = %+v, want succeeded", job)
 	}
 
@@ -172,5 +224,15 @@ func TestServeSIGKILLRestart(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Error("serve did not stop after SIGTERM")
+	}
+}
+
+// The --limit-* flags reach the conversions serve runs (in its sandbox child): a checkpoint with
+// two tensors fails as over the limit under --limit-max-tensors 1.
+func TestServeLimitsReachConversions(t *testing.T) {
+	srv := startServer(t, buildConverter(t), t.TempDir(), "--limit-max-tensors", "1")
+	job := waitJob(t, srv, postFixture(t, srv, "mymodel.pt").ID)
+	if job.State != "failed" || job.Error == nil || job.Error.Type != "limit" {
+		t.Errorf("job = %+v %+v, want failed with error type limit", job, job.Error)
 	}
 }

@@ -9,12 +9,12 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -127,6 +127,50 @@ func TestRawUploadConvertDownload(t *testing.T) {
 	}
 	if strings.Contains(string(mb), e.dir) {
 		t.Errorf("manifest reveals the server's data directory: %s", mb)
+	}
+}
+
+// A download asks for at most four ranges once overlapping and adjacent ones are merged; more
+// get the whole file, so that many small ranges cannot make the answer larger than the file.
+func TestOutputRanges(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	j := e.wait("", e.submit("", "m.pt", fixture(t, "mymodel.pt"), nil).ID)
+	if j.State != "succeeded" {
+		t.Fatalf("job = %+v, want succeeded", j)
+	}
+	path := "/v1/jobs/" + j.ID + "/output"
+	_, out := e.do("GET", path, "", nil, nil)
+	ranges := func(n, step int) string {
+		var s []string
+		for i := range n {
+			s = append(s, fmt.Sprintf("%d-%d", i*step, i*step))
+		}
+		return "bytes=" + strings.Join(s, ",")
+	}
+	if len(out) < 192 {
+		t.Fatalf("output is %d bytes; the test needs 192", len(out))
+	}
+
+	resp, b := e.do("GET", path, "", nil, map[string]string{"Range": ranges(96, 2)})
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, out) {
+		t.Errorf("96 disjoint one-byte ranges: %d with %d bytes, want 200 with the whole file (%d bytes)", resp.StatusCode, len(b), len(out))
+	}
+	resp, b = e.do("GET", path, "", nil, map[string]string{"Range": ranges(96, 1)})
+	if want := fmt.Sprintf("bytes 0-95/%d", len(out)); resp.StatusCode != http.StatusPartialContent ||
+		resp.Header.Get("Content-Range") != want || !bytes.Equal(b, out[:96]) {
+		t.Errorf("96 adjacent one-byte ranges: %d, Content-Range %q, %d bytes; want 206, %q, the first 96 bytes",
+			resp.StatusCode, resp.Header.Get("Content-Range"), len(b), want)
+	}
+	resp, b = e.do("GET", path, "", nil, map[string]string{"Range": "bytes=150-151,0-1,100-101,50-51"})
+	if mt := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(mt, "multipart/byteranges") {
+		t.Errorf("four ranges: %d %s, want 206 multipart/byteranges", resp.StatusCode, mt)
+	}
+	if len(b) > 4*8+4*200 {
+		t.Errorf("four two-byte ranges took %d bytes", len(b))
+	}
+	resp, _ = e.do("GET", path, "", nil, map[string]string{"Range": fmt.Sprintf("bytes=%d-", len(out))})
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("range past the end: %d, want 416", resp.StatusCode)
 	}
 }
 
@@ -276,49 +320,57 @@ func TestInsufficientStorage(t *testing.T) {
 	e.nothingKept("507")
 }
 
-// TestTooManyUploads holds the only upload slot with a body that has not finished arriving: a
-// second upload gets 429 with Retry-After, and the first still completes.
+// TestTooManyUploads holds both upload slots of an open server (its one tenant may take them
+// all) with bodies that have not finished arriving: a third upload gets 429 with Retry-After,
+// and the first two still complete.
 func TestTooManyUploads(t *testing.T) {
-	e := newEnv(t, envOpts{maxUploads: 1})
-	pr, pw := io.Pipe()
-	first := make(chan int, 1)
-	go func() {
-		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.url+"/v1/jobs?filename=m.pt", pr)
-		req.Header.Set("Content-Type", "application/octet-stream")
-		// Not e.client: its contract check reads a request body whole before sending it.
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			first <- 0
-			return
-		}
-		resp.Body.Close()
-		first <- resp.StatusCode
-	}()
-	// The client sends the request once the body's first bytes come; then wait until the
-	// server holds the first upload's slot.
-	data := fixture(t, "mymodel.pt")
-	if _, err := pw.Write(data[:2]); err != nil {
-		t.Fatal(err)
+	e := newEnv(t, envOpts{maxUploads: 2, converter: blockingConverter{started: make(chan string, 16)}})
+	first, second := e.holdUpload(""), e.holdUpload("")
+	if got := e.gauge("converter_uploads_in_progress"); got != 2 {
+		t.Errorf("uploads in progress = %v, want 2", got)
 	}
-	for i := 0; e.gauge("converter_uploads_in_progress") != 1; i++ {
-		if i == 2000 {
-			t.Fatal("the first upload never started")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	resp, b := e.do("POST", "/v1/jobs?filename=n.pt", "", bytes.NewReader(data), map[string]string{"Content-Type": "application/octet-stream"})
+	resp, b := e.do("POST", "/v1/jobs?filename=n.pt", "", strings.NewReader("third"), map[string]string{"Content-Type": "application/octet-stream"})
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("second upload = %d (Retry-After %q), want 429 with Retry-After\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		t.Errorf("third upload = %d (Retry-After %q), want 429 with Retry-After\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
 	}
 	if p := decode[problemResp](t, b); !strings.HasSuffix(p.Type, "/too-many-uploads") {
 		t.Errorf("problem type = %q", p.Type)
 	}
-	if _, err := pw.Write(data[2:]); err != nil {
-		t.Fatal(err)
+	for _, h := range []*heldUpload{first, second} {
+		if code := h.finish(); code != http.StatusAccepted {
+			t.Errorf("held upload = %d, want 202", code)
+		}
 	}
-	pw.Close()
-	if code := <-first; code != http.StatusAccepted {
-		t.Errorf("first upload = %d, want 202", code)
+}
+
+// With tokens, one tenant may hold at most half the upload slots (rounded up): a greedy tenant
+// leaves room to the others, and the total still bounds them all.
+func TestUploadSlotsPerTenant(t *testing.T) {
+	e := newEnv(t, envOpts{maxUploads: 2, tokens: "alice alice-token\nbob bob-token\ncarol carol-token\n",
+		converter: blockingConverter{started: make(chan string, 16)}})
+	upload := func(token string) (int, string) {
+		resp, b := e.do("POST", "/v1/jobs?filename=m.pt", token, strings.NewReader(token), map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode == http.StatusTooManyRequests {
+			return resp.StatusCode, decode[problemResp](t, b).Detail
+		}
+		return resp.StatusCode, ""
+	}
+	alice := e.holdUpload("alice-token")
+	if code, detail := upload("alice-token"); code != http.StatusTooManyRequests || !strings.Contains(detail, "your uploads") {
+		t.Errorf("alice's second upload = %d %q, want 429 for her share", code, detail)
+	}
+	bob := e.holdUpload("bob-token") // alice has not taken bob's slot
+	if code, detail := upload("carol-token"); code != http.StatusTooManyRequests || !strings.Contains(detail, "2 uploads") {
+		t.Errorf("carol's upload with every slot taken = %d %q, want 429 for the total", code, detail)
+	}
+	if code := alice.finish(); code != http.StatusAccepted {
+		t.Errorf("alice's held upload = %d, want 202", code)
+	}
+	if code, _ := upload("carol-token"); code != http.StatusAccepted {
+		t.Errorf("carol's upload once alice's ended = %d, want 202", code)
+	}
+	if code := bob.finish(); code != http.StatusAccepted {
+		t.Errorf("bob's held upload = %d, want 202", code)
 	}
 }
 
@@ -348,6 +400,65 @@ func TestBadUploads(t *testing.T) {
 			}
 			if p := decode[problemResp](t, b); p.Type != "https://ptsafe.github.io/converter/problems/"+c.kind {
 				t.Errorf("problem type = %q, want .../%s", p.Type, c.kind)
+			}
+		})
+	}
+}
+
+// File names reach the job record, Content-Disposition and pages: they are kept in NFC, and
+// names that are not UTF-8 or hold control, bidi-control or line-separator characters are
+// refused, given as ?filename= or as the multipart part's filename.
+func TestFilenames(t *testing.T) {
+	e := newEnv(t, envOpts{converter: blockingConverter{started: make(chan string, 16)}})
+	multipartBody := func(name string) (io.Reader, string) {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		fw, err := mw.CreateFormFile("file", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write([]byte("checkpoint"))
+		mw.Close()
+		return &body, mw.FormDataContentType()
+	}
+	for _, c := range []struct{ name, give, want string }{
+		{"NFD becomes NFC", "mode\u0301l.pt", "mod\u00e9l.pt"},
+		{"Persian with a zero-width non-joiner", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pt", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pt"},
+		{"emoji", "\U0001F525model.pt", "\U0001F525model.pt"},
+		{"invalid UTF-8", "\xffmodel.pt", ""},
+		{"right-to-left override", "evil\u202Egnp.pt", ""},
+		{"left-to-right isolate", "a\u2066b.pt", ""},
+		{"right-to-left mark", "\u200Fx.pt", ""},
+		{"Arabic letter mark", "\u061Cx.pt", ""},
+		{"C1 control (NEL)", "x\u0085.pt", ""},
+		{"line separator", "x\u2028.pt", ""},
+		{"C0 control", "x\ty.pt", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			body, ct := multipartBody(c.give)
+			for _, try := range []struct {
+				how    string
+				path   string
+				body   io.Reader
+				header map[string]string
+			}{
+				{"query", "/v1/jobs?filename=" + url.QueryEscape(c.give), strings.NewReader("checkpoint"), map[string]string{"Content-Type": "application/octet-stream"}},
+				{"multipart", "/v1/jobs", body, map[string]string{"Content-Type": ct}},
+			} {
+				resp, b := e.do("POST", try.path, "", try.body, try.header)
+				if c.want == "" {
+					if resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("%s: %q accepted (%d), want 400\n%s", try.how, c.give, resp.StatusCode, b)
+					}
+					continue
+				}
+				if resp.StatusCode != http.StatusAccepted {
+					t.Errorf("%s: %q refused (%d), want 202\n%s", try.how, c.give, resp.StatusCode, b)
+					continue
+				}
+				if got := decode[jobResp](t, b).Input.Filename; got != c.want {
+					t.Errorf("%s: filename %q recorded as %q, want %q", try.how, c.give, got, c.want)
+				}
 			}
 		})
 	}
@@ -439,7 +550,7 @@ func TestAuth(t *testing.T) {
 		t.Errorf("bob's list = %+v, want only his job", list)
 	}
 	// Open endpoints need no token.
-	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.yaml"} {
+	for _, p := range []string{"/healthz", "/readyz", "/openapi.yaml"} {
 		if resp, _ := e.do("GET", p, "", nil, nil); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s without token = %d, want 200", p, resp.StatusCode)
 		}
@@ -511,6 +622,55 @@ func TestMetricsUseRoutePatterns(t *testing.T) {
 		if strings.Contains(text, leak) {
 			t.Errorf("metrics contain %q", leak)
 		}
+	}
+}
+
+// /metrics describes every tenant's work: with tokens it needs the metrics token, which no
+// tenant token replaces; an open server serves it on loopback unless a metrics token is set.
+func TestMetricsAccess(t *testing.T) {
+	hashed := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte("scrape-secret")))
+	for _, c := range []struct {
+		name, tokens, metricsToken string
+		want                       map[string]int // bearer token -> status
+	}{
+		{"open", "", "", map[string]int{"": 200}},
+		{"open with metrics token", "", "scrape-secret\n", map[string]int{"": 401, "wrong": 401, "scrape-secret": 200}},
+		{"tokens", "alice alice-token\n", "", map[string]int{"": 404, "alice-token": 404}},
+		{"tokens and metrics token", "alice alice-token\n", "scrape-secret", map[string]int{"": 401, "alice-token": 401, "scrape-secret": 200}},
+		{"hashed metrics token", "alice alice-token\n", hashed, map[string]int{hashed: 401, "scrape-secret": 200}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{tokens: c.tokens, metricsToken: c.metricsToken})
+			for token, want := range c.want {
+				resp, b := e.do("GET", "/metrics", token, nil, nil)
+				if resp.StatusCode != want {
+					t.Errorf("GET /metrics with token %q = %d, want %d\n%.200s", token, resp.StatusCode, want, b)
+				}
+				if want == 200 && !strings.Contains(string(b), "converter_uploads_in_progress") {
+					t.Errorf("GET /metrics with token %q: no metrics in the body", token)
+				}
+			}
+		})
+	}
+}
+
+func TestParseMetricsToken(t *testing.T) {
+	for _, c := range []struct {
+		name, file string
+		ok         bool
+	}{
+		{"token and newline", "s3cret\n", true},
+		{"hash", "sha256:" + strings.Repeat("ab", 32), true},
+		{"two words", "s3 cret\n", false},
+		{"empty", " \n", false},
+		{"short hash", "sha256:abcd", false},
+		{"too long", strings.Repeat("x", 5000), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := api.ParseMetricsToken(strings.NewReader(c.file)); (err == nil) != c.ok {
+				t.Errorf("ParseMetricsToken err = %v, want ok=%v", err, c.ok)
+			}
+		})
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"unicode"
 )
 
 // Tokens maps bearer tokens to tenants. Only SHA-256 digests of the tokens are kept.
@@ -43,17 +45,11 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 		if len(fields) != 2 {
 			return nil, fmt.Errorf("tokens line %d: want \"TENANT TOKEN\", got %d fields", n, len(fields))
 		}
-		e := tokenEntry{tenant: fields[0]}
-		if hexDigest, ok := strings.CutPrefix(fields[1], "sha256:"); ok {
-			b, err := hex.DecodeString(hexDigest)
-			if err != nil || len(b) != sha256.Size {
-				return nil, fmt.Errorf("tokens line %d: sha256: wants 64 hex digits", n)
-			}
-			copy(e.digest[:], b)
-		} else {
-			e.digest = sha256.Sum256([]byte(fields[1]))
+		digest, err := tokenDigest(fields[1])
+		if err != nil {
+			return nil, fmt.Errorf("tokens line %d: %w", n, err)
 		}
-		t.entries = append(t.entries, e)
+		t.entries = append(t.entries, tokenEntry{tenant: fields[0], digest: digest})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("tokens: %w", err)
@@ -63,6 +59,49 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 	}
 	return t, nil
 }
+
+// tokenDigest returns the SHA-256 of a token written as itself or as "sha256:HEX".
+func tokenDigest(s string) ([sha256.Size]byte, error) {
+	hexDigest, ok := strings.CutPrefix(s, "sha256:")
+	if !ok {
+		return sha256.Sum256([]byte(s)), nil
+	}
+	var d [sha256.Size]byte
+	b, err := hex.DecodeString(hexDigest)
+	if err != nil || len(b) != sha256.Size {
+		return d, errors.New("sha256: wants 64 hex digits")
+	}
+	copy(d[:], b)
+	return d, nil
+}
+
+// maxMetricsTokenBytes bounds a metrics token file.
+const maxMetricsTokenBytes = 4096
+
+// ParseMetricsToken reads the token /metrics requires: the whole file, surrounding whitespace
+// trimmed, is the bearer token itself or "sha256:HEX" (so the file Prometheus reads as its
+// credentials_file can serve both). At most 4096 bytes.
+func ParseMetricsToken(r io.Reader) (*Tokens, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxMetricsTokenBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("metrics token: %w", err)
+	}
+	if len(b) > maxMetricsTokenBytes {
+		return nil, fmt.Errorf("metrics token: more than %d bytes", maxMetricsTokenBytes)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsFunc(tok, unicode.IsSpace) {
+		return nil, errors.New("metrics token: want one token, without spaces")
+	}
+	digest, err := tokenDigest(tok)
+	if err != nil {
+		return nil, fmt.Errorf("metrics token: %w", err)
+	}
+	return &Tokens{entries: []tokenEntry{{tenant: metricsTenant, digest: digest}}}, nil
+}
+
+// metricsTenant is the tenant of a request authenticated with the metrics token.
+const metricsTenant = "metrics"
 
 // Tenant returns the tenant a bearer token belongs to. Every entry is compared in constant
 // time, so the answer's timing does not depend on which entry (if any) matched.

@@ -51,8 +51,10 @@ type env struct {
 type envOpts struct {
 	converter jobs.Converter
 	tokens    string // tokens file content; "" runs open
-	maxUpload int64
-	workers   int
+	// metricsToken is the metrics token file's content ("" for none).
+	metricsToken string
+	maxUpload    int64
+	workers      int
 	// maxUploads bounds concurrent uploads; minFree is the data directory's free-space reserve.
 	maxUploads int
 	minFree    int64
@@ -65,6 +67,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
 	dir := t.TempDir()
 	reg := prometheus.NewRegistry()
+	if o.converter == nil {
+		// In process, unlike serve: these tests are about HTTP, not confinement.
+		o.converter = jobs.ConverterFunc(convert.File)
+	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
 	})
@@ -81,7 +87,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 			t.Fatalf("ParseTokens: %v", err)
 		}
 	}
-	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, Registry: reg, MaxUploadBytes: o.maxUpload,
+	var metricsToken *api.Tokens
+	if o.metricsToken != "" {
+		if metricsToken, err = api.ParseMetricsToken(strings.NewReader(o.metricsToken)); err != nil {
+			t.Fatalf("ParseMetricsToken: %v", err)
+		}
+	}
+	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
 		MaxConcurrentUploads: o.maxUploads, Spec: apispec.OpenAPI})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
@@ -219,6 +231,10 @@ func (e *env) doCtx(ctx context.Context, method, path, token string, body io.Rea
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	for k, v := range header {
+		if k == "Host" {
+			req.Host = v // the client sends req.Host, not a Host header field
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := e.client.Do(req)
@@ -292,4 +308,53 @@ func (c blockingConverter) Convert(ctx context.Context, src, dst string, _ conve
 	c.started <- src
 	<-ctx.Done()
 	return nil, errors.Join(errors.New("conversion stopped"), ctx.Err())
+}
+
+// heldUpload is a raw upload the server is receiving, so it holds an upload slot, whose body
+// does not end until the test says so.
+type heldUpload struct {
+	body   *io.PipeWriter
+	status chan int
+}
+
+// holdUpload starts an upload and returns once the server holds its slot. The request asks for
+// 100-continue, so its client reads the body (here, the first write to the pipe) only after the
+// server has taken a slot and started to read: no polling, no timing.
+func (e *env) holdUpload(token string) *heldUpload {
+	e.t.Helper()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(e.t.Context(), "POST", e.url+"/v1/jobs?filename=held.pt", pr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Expect", "100-continue")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	// Not e.client: its contract check reads a request body whole before sending it. The
+	// transport waits for 100 Continue however long the server takes.
+	tr := &http.Transport{ExpectContinueTimeout: time.Hour}
+	e.t.Cleanup(tr.CloseIdleConnections)
+	h := &heldUpload{body: pw, status: make(chan int, 1)}
+	go func() {
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		pr.CloseWithError(errors.New("answered before the body was read"))
+		if err != nil {
+			h.status <- 0
+			return
+		}
+		resp.Body.Close()
+		h.status <- resp.StatusCode
+	}()
+	if _, err := pw.Write([]byte("held upload")); err != nil {
+		e.t.Fatalf("the upload was answered %d before the server read its body", <-h.status)
+	}
+	return h
+}
+
+// finish ends the upload's body and returns the server's answer.
+func (h *heldUpload) finish() int {
+	h.body.Close()
+	return <-h.status
 }

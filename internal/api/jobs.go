@@ -17,9 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
@@ -113,21 +116,42 @@ const (
 	defaultFilename  = "checkpoint.pt"
 )
 
-// cleanFilename keeps the last path element of a client-supplied name, or reports it unusable.
+// cleanFilename keeps the last path element of a client-supplied name in Unicode NFC, or
+// reports it unusable. The name reaches the job record, Content-Disposition and pages, so it is
+// refused, not repaired, when it is not UTF-8 or holds a control character (C0, C1), a bidi
+// control (which can make "evil\u202Efdp.pt" display as "evil" + "tp.pdf") or a line separator,
+// or a quote: the client can rename its file, while a silently rewritten name could make two
+// uploads look alike.
 func cleanFilename(name string) (string, error) {
 	if name == "" {
 		return defaultFilename, nil
 	}
-	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if !utf8.ValidString(name) {
+		return "", errors.New("filename is not valid UTF-8")
+	}
+	name = path.Base(strings.ReplaceAll(norm.NFC.String(name), `\`, "/"))
 	if name == "." || name == "/" || name == ".." || len(name) > maxFilenameBytes {
 		return "", fmt.Errorf("filename %q is not usable", name)
 	}
-	for _, c := range name {
-		if c < 0x20 || c == 0x7f || c == '"' {
-			return "", errors.New("filename contains control characters or quotes")
-		}
+	if i := strings.IndexFunc(name, refusedInFilename); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(name[i:])
+		return "", fmt.Errorf("filename contains %U: control characters, bidi controls, line separators and quotes are refused", r)
 	}
 	return name, nil
+}
+
+// refusedInFilename reports the characters cleanFilename refuses.
+func refusedInFilename(r rune) bool {
+	switch {
+	case unicode.IsControl(r), r == '"':
+		return true
+	case r == '\u061C', r == '\u200E', r == '\u200F', // ALM, LRM, RLM
+		r >= '\u202A' && r <= '\u202E', // LRE, RLE, PDF, LRO, RLO
+		r >= '\u2066' && r <= '\u2069', // LRI, RLI, FSI, PDI
+		r == '\u2028', r == '\u2029':   // line and paragraph separators
+		return true
+	}
+	return false
 }
 
 // parseReprDigest returns the sha-256 member of an RFC 9530 Repr-Digest header ("" when absent).
@@ -159,10 +183,10 @@ func reprDigest(hexSHA string) string {
 }
 
 // uploadLimits bound what POST /v1/jobs receives: the size of one body, and how many bodies
-// are received at once (a slot is a buffered channel's place).
+// are received at once, in all and per tenant.
 type uploadLimits struct {
 	maxBytes int64
-	slots    chan struct{}
+	slots    *uploadSlots
 }
 
 // handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
@@ -171,20 +195,18 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 	maxBytes := lim.maxBytes
 	return func(w http.ResponseWriter, r *http.Request) {
 		tenant := tenantOf(r.Context())
-		select {
-		case lim.slots <- struct{}{}:
-			m.uploading.Inc()
-			defer func() {
-				<-lim.slots
-				m.uploading.Dec()
-			}()
-		default:
+		release, err := lim.slots.acquire(tenant)
+		if err != nil {
 			m.reject("too_many_uploads")
 			w.Header().Set("Retry-After", "5")
-			problem(w, r, http.StatusTooManyRequests, probTooManyUploads,
-				fmt.Sprintf("%d uploads are being received; retry later", cap(lim.slots)))
+			problem(w, r, http.StatusTooManyRequests, probTooManyUploads, err.Error())
 			return
 		}
+		m.uploading.Inc()
+		defer func() {
+			release()
+			m.uploading.Dec()
+		}()
 		if r.ContentLength > maxBytes {
 			m.reject("too_large")
 			problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
@@ -449,7 +471,8 @@ func openArtifact(w http.ResponseWriter, r *http.Request, what string,
 }
 
 // handleOutput streams the verified safetensors file with its digest as a strong ETag and as
-// Repr-Digest; http.ServeContent answers Range, If-Range, If-Match and If-None-Match.
+// Repr-Digest; http.ServeContent answers Range (at most maxRanges, see limitRanges), If-Range,
+// If-Match and If-None-Match.
 func handleOutput(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		f, j, ok := openArtifact(w, r, "an output", svc.Output)
@@ -457,6 +480,19 @@ func handleOutput(svc JobService) http.HandlerFunc {
 			return
 		}
 		defer f.Close()
+		if spec := r.Header.Get("Range"); spec != "" {
+			fi, err := f.Stat()
+			if err != nil {
+				jobError(w, r, fmt.Errorf("stat output: %w", err))
+				return
+			}
+			r = r.Clone(r.Context())
+			if spec = limitRanges(spec, fi.Size()); spec != "" {
+				r.Header.Set("Range", spec)
+			} else {
+				r.Header.Del("Range")
+			}
+		}
 		name := convert.OutputName(j.Filename)
 		h := w.Header()
 		h.Set("Content-Type", "application/octet-stream")

@@ -13,6 +13,8 @@ const problemBase = "https://ptsafe.github.io/converter/problems/"
 const (
 	probBadRequest          = "bad-request"
 	probUnauthorized        = "unauthorized"
+	probMisdirected         = "misdirected-request"
+	probCrossOrigin         = "cross-origin-request"
 	probNotFound            = "not-found"
 	probMethodNotAllowed    = "method-not-allowed"
 	probConflict            = "job-state-conflict"
@@ -29,6 +31,8 @@ const (
 var problemTitles = map[string]string{
 	probBadRequest:          "Bad request",
 	probUnauthorized:        "Missing or invalid bearer token",
+	probMisdirected:         "Request not addressed to this server",
+	probCrossOrigin:         "Cross-origin request refused",
 	probNotFound:            "Not found",
 	probMethodNotAllowed:    "Method not allowed",
 	probConflict:            "The job's state does not allow this",

@@ -12,15 +12,19 @@ import (
 func routes(d Deps, m *metrics) *chi.Mux {
 	r := chi.NewRouter()
 	r.Use(m.instrument, middleware.Recoverer)
+	if d.Tokens == nil {
+		r.Use(requireLoopbackHost(m))
+	}
+	r.Use(sameOrigin(m))
 
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", handleReadyz(d.Jobs))
-	r.Method("GET", "/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{}))
+	r.Method("GET", "/metrics", metricsHandler(d, m))
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
-		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{maxBytes: d.MaxUploadBytes, slots: make(chan struct{}, d.MaxConcurrentUploads)}, m))
+		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{maxBytes: d.MaxUploadBytes, slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant)}, m))
 		r.Get("/v1/jobs", handleList(d.Jobs))
 		r.Get("/v1/jobs/{id}", handleGet(d.Jobs))
 		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))
@@ -35,4 +39,18 @@ func routes(d Deps, m *metrics) *chi.Mux {
 		problem(w, r, http.StatusMethodNotAllowed, probMethodNotAllowed, r.Method+" is not allowed here")
 	})
 	return r
+}
+
+// metricsHandler serves the registry to whom Deps.MetricsToken says.
+func metricsHandler(d Deps, m *metrics) http.Handler {
+	h := promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{})
+	switch {
+	case d.MetricsToken != nil:
+		return authenticate(d.MetricsToken, m)(h)
+	case d.Tokens == nil:
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		problem(w, r, http.StatusNotFound, probNotFound, "a server with tokens serves /metrics only with --metrics-token")
+	})
 }

@@ -1,6 +1,6 @@
-// Package api is the HTTP face of the job service: routes, bearer-token auth, streaming uploads
-// and downloads, RFC 9457 problem responses and request metrics. The contract is
-// api/openapi.yaml; tests check every response against it.
+// Package api is the HTTP face of the job service: routes, bearer-token auth, Host and Origin
+// checks, streaming uploads and downloads, RFC 9457 problem responses and request metrics. The
+// contract is api/openapi.yaml; tests check every response against it.
 //
 // It never parses checkpoints and never holds an upload or an output in memory: bodies stream
 // to and from files owned by the jobs package.
@@ -36,16 +36,26 @@ var _ JobService = (*jobs.Service)(nil)
 type Deps struct {
 	Jobs JobService
 	// Tokens authenticates requests; nil runs the server open, as tenant "local" (the caller
-	// must make sure it listens on loopback only).
+	// must make sure it listens on loopback only), answering only requests whose Host is a
+	// loopback name.
 	Tokens *Tokens
 	// Registry receives the HTTP metrics and is served at /metrics.
 	Registry *prometheus.Registry
-	Logger   *slog.Logger
+	// MetricsToken, when set, is the bearer token /metrics requires (see ParseMetricsToken).
+	// Without it /metrics is open on an open server and not served (404) on one with Tokens:
+	// tenant tokens do not grant it, since metrics describe every tenant's work.
+	MetricsToken *Tokens
+	Logger       *slog.Logger
 	// MaxUploadBytes bounds a request body; larger uploads get 413 and nothing is kept.
 	MaxUploadBytes int64
 	// MaxConcurrentUploads bounds the uploads received at once; one more gets 429 with
 	// Retry-After (default DefaultMaxConcurrentUploads).
 	MaxConcurrentUploads int
+	// MaxConcurrentUploadsPerTenant bounds the uploads one tenant sends at once; one more gets
+	// 429 with Retry-After. The default is half of MaxConcurrentUploads, rounded up, when Tokens
+	// are set (so that one tenant always leaves slots to the others), and all of them when the
+	// server is open (its one tenant).
+	MaxConcurrentUploadsPerTenant int
 	// Spec is the OpenAPI document served at /openapi.yaml.
 	Spec []byte
 }
@@ -69,6 +79,12 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.MaxConcurrentUploads <= 0 {
 		d.MaxConcurrentUploads = DefaultMaxConcurrentUploads
+	}
+	if d.MaxConcurrentUploadsPerTenant <= 0 {
+		d.MaxConcurrentUploadsPerTenant = d.MaxConcurrentUploads
+		if d.Tokens != nil {
+			d.MaxConcurrentUploadsPerTenant = (d.MaxConcurrentUploads + 1) / 2
+		}
 	}
 	return routes(d, newMetrics(d.Registry))
 }

@@ -36,6 +36,10 @@ type Options struct {
 	// ScratchDir is where Verify inflates deflated records that need random access (default
 	// os.TempDir(); File uses the output's directory).
 	ScratchDir string
+	// ReserveBytes is the free space the output's file system must keep after the planned output
+	// is written: checked by convert before writing (0: no check). The service passes its
+	// free-space reserve (--min-free-bytes).
+	ReserveBytes int64
 }
 
 // Validate checks options that do not depend on the input: every --allow-global entry must be

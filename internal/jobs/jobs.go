@@ -80,10 +80,10 @@ type Job struct {
 	ExpiresAt      time.Time // zero until terminal; files and record are removed then
 }
 
-// Converter converts one checkpoint file into a verified safetensors file. convert.File is the
-// in-process implementation; a sandboxed child-process runner satisfies the same interface.
-// On error no file may exist at dst, and errors on bad input must be classifiable with
-// fault.KindOf.
+// Converter converts one checkpoint file into a verified safetensors file: the service uses the
+// sandbox's child-process runner, so that no input can take the server down; tests inject
+// their own. On error no file may exist at dst, and errors on bad input must be classifiable
+// with fault.KindOf.
 type Converter interface {
 	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
 }
@@ -95,9 +95,6 @@ type ConverterFunc func(ctx context.Context, src, dst string, opts convert.Optio
 func (f ConverterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
 	return f(ctx, src, dst, opts)
 }
-
-// InProcess returns the default Converter: convert.File in this process.
-func InProcess() Converter { return ConverterFunc(convert.File) }
 
 // Errors callers classify with errors.Is.
 var (

@@ -18,6 +18,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/limits"
 )
 
 // fakeOutput writes a small output file the way a converter would and describes it.
@@ -30,9 +31,20 @@ func fakeOutput(dst string) (*convert.Manifest, error) {
 	return &convert.Manifest{Output: &convert.Output{Path: dst, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
 }
 
+// succeeding is a converter whose every conversion succeeds with fakeOutput.
+var succeeding = jobs.ConverterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+	return fakeOutput(dst)
+})
+
 func open(t *testing.T, dir string, conv jobs.Converter, retention time.Duration) *jobs.Service {
 	t.Helper()
-	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: conv, Retention: retention})
+	return openConfig(t, jobs.Config{Dir: dir, Converter: conv, Retention: retention})
+}
+
+// openConfig opens and starts a service, stopped and closed when the test ends.
+func openConfig(t *testing.T, cfg jobs.Config) *jobs.Service {
+	t.Helper()
+	s, err := jobs.Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -138,9 +150,7 @@ func TestInternalErrorGivesUp(t *testing.T) {
 }
 
 func TestRetentionExpiresFinishedJobs(t *testing.T) {
-	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
-		return fakeOutput(dst)
-	}), time.Second)
+	s := open(t, t.TempDir(), succeeding, time.Second)
 	id := submit(t, s, "x").ID
 	j := waitFor(t, s, id, "finished", terminal)
 	if j.ExpiresAt.IsZero() || !j.ExpiresAt.After(j.FinishedAt) {
@@ -151,9 +161,43 @@ func TestRetentionExpiresFinishedJobs(t *testing.T) {
 
 func TestDataDirIsExclusive(t *testing.T) {
 	dir := t.TempDir()
-	open(t, dir, nil, 0)
-	if _, err := jobs.Open(t.Context(), jobs.Config{Dir: dir}); err == nil {
+	open(t, dir, succeeding, 0)
+	if _, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: succeeding}); err == nil {
 		t.Fatal("second Open of the same data directory succeeded")
+	}
+}
+
+// There is no default converter: an in-process one would let a fatal error in a conversion
+// take the server down, so the caller must choose.
+func TestOpenRequiresConverter(t *testing.T) {
+	if _, err := jobs.Open(t.Context(), jobs.Config{Dir: t.TempDir()}); err == nil {
+		t.Fatal("Open without a converter succeeded")
+	}
+}
+
+// Each conversion gets the configured limits, the free-space reserve to check before writing,
+// and the job's selection and file name.
+func TestConverterGetsConfiguredOptions(t *testing.T) {
+	got := make(chan convert.Options, 1)
+	lim := limits.Limits{MaxTensors: 7, MaxOutputBytes: 1 << 20}
+	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Limits: lim, MinFreeBytes: 12345, Converter: jobs.ConverterFunc(
+		func(_ context.Context, _, dst string, opts convert.Options) (*convert.Manifest, error) {
+			got <- opts
+			return fakeOutput(dst)
+		})})
+	up, err := s.Stage(t.Context(), strings.NewReader("x"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Submit(t.Context(), jobs.SubmitParams{Tenant: "t", Filename: "m.pt", Select: "state_dict", Upload: up}); err != nil {
+		t.Fatal(err)
+	}
+	opts := <-got
+	if want := lim.OrDefault(); opts.Limits != want {
+		t.Errorf("Limits = %+v, want %+v", opts.Limits, want)
+	}
+	if opts.ReserveBytes != 12345 || opts.Select != "state_dict" || opts.SourceName != "m.pt" {
+		t.Errorf("ReserveBytes %d, Select %q, SourceName %q; want 12345, state_dict, m.pt", opts.ReserveBytes, opts.Select, opts.SourceName)
 	}
 }
 
@@ -223,9 +267,7 @@ func TestSIGKILLMidJob(t *testing.T) {
 	}
 	cmd.Wait()
 
-	s := open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
-		return fakeOutput(dst)
-	}), 0)
+	s := open(t, dir, succeeding, 0)
 	j := waitFor(t, s, id, "finished", terminal)
 	if j.State != jobs.StateSucceeded {
 		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)
@@ -267,9 +309,7 @@ func TestStopRequeuesRunningJob(t *testing.T) {
 	}
 	s.Close()
 
-	s = open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
-		return fakeOutput(dst)
-	}), 0)
+	s = open(t, dir, succeeding, 0)
 	if j := waitFor(t, s, id, "finished", terminal); j.State != jobs.StateSucceeded || j.Attempts != 1 {
 		t.Errorf("after restart job = %s after %d attempts, want succeeded after 1", j.State, j.Attempts)
 	}

@@ -34,7 +34,7 @@ type Config struct {
 	// MaxAttempts bounds the attempts of a job that fails with internal errors or is interrupted
 	// by crashes (default 3). Unsafe, malformed and over-limit inputs fail at the first attempt.
 	MaxAttempts int
-	// Converter runs conversions (default InProcess()).
+	// Converter runs conversions. Required.
 	Converter Converter
 	// Limits bound each conversion; Limits.Timeout is also the job's run timeout.
 	Limits limits.Limits
@@ -43,8 +43,9 @@ type Config struct {
 	// Registerer receives the job metrics when set.
 	Registerer prometheus.Registerer
 	// MinFreeBytes is the free space the data directory keeps: an upload that would leave less
-	// (counting an output as large as it) is refused with ErrInsufficientStorage (default
-	// DefaultMinFreeBytes).
+	// (counting an output as large as it) is refused with ErrInsufficientStorage, and each
+	// conversion gets it as convert.Options.ReserveBytes, checked against the planned output
+	// before writing (default DefaultMinFreeBytes).
 	MinFreeBytes int64
 }
 
@@ -88,6 +89,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("jobs: data directory is required")
 	}
+	if cfg.Converter == nil {
+		return nil, errors.New("jobs: a converter is required")
+	}
 	cfg.Workers = max(cfg.Workers, 1)
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
@@ -97,9 +101,6 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.MinFreeBytes <= 0 {
 		cfg.MinFreeBytes = DefaultMinFreeBytes
-	}
-	if cfg.Converter == nil {
-		cfg.Converter = InProcess()
 	}
 	cfg.Limits = cfg.Limits.OrDefault()
 	if cfg.Logger == nil {

@@ -30,7 +30,7 @@ func (r *countingReader) Read(p []byte) (int, error) {
 func TestStageKeepsFreeSpace(t *testing.T) {
 	const minFree = 1 << 30
 	dir := t.TempDir()
-	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, MinFreeBytes: minFree})
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, MinFreeBytes: minFree, Converter: succeeding})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,9 +83,10 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 	src, dst := s.blobs.input(id), s.blobs.output(id)
 	s.log.Info("conversion started", slog.String("job_id", id), slog.Int("attempt", r.Attempts+1))
 	m, err := s.cfg.Converter.Convert(runCtx, src, dst, convert.Options{
-		Select:     r.Select,
-		SourceName: r.Filename,
-		Limits:     s.cfg.Limits,
+		Select:       r.Select,
+		SourceName:   r.Filename,
+		Limits:       s.cfg.Limits,
+		ReserveBytes: s.cfg.MinFreeBytes,
 	})
 	s.metrics.readBytes.Add(float64(r.InputSize))
 	if err == nil {
