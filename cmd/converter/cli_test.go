@@ -68,10 +68,10 @@ func TestCLIContract(t *testing.T) {
 		{name: "unsupported dtype names the tensor", args: []string{"convert", complex128, filepath.Join(dir, "c.safetensors")}, code: 4,
 			absent: filepath.Join(dir, "c.safetensors"), stderr: `tensor "c"`},
 		{name: "missing input", args: []string{"convert", filepath.Join(dir, "nope.pt"), filepath.Join(dir, "n.safetensors")}, code: 1,
-			absent: filepath.Join(dir, "n.safetensors")},
+			absent: filepath.Join(dir, "n.safetensors"), stderr: "cannot read INPUT " + filepath.Join(dir, "nope.pt") + ": no such file or directory"},
 		{name: "no arguments", args: []string{"convert"}, code: 2},
-		{name: "flag after positional is a usage error", args: []string{"convert", good, filepath.Join(dir, "y.safetensors"), "--select", "x"}, code: 2,
-			absent: filepath.Join(dir, "y.safetensors")},
+		{name: "flag after positional works", args: []string{"convert", good, filepath.Join(dir, "y.safetensors"), "--select", "x"}, code: 4,
+			absent: filepath.Join(dir, "y.safetensors"), stderr: `--select "x"`},
 		{name: "unknown command", args: []string{"frobnicate"}, code: 2},
 		{name: "dangerous --allow-global", args: []string{"convert", "--allow-global", "os.system", good}, code: 2, stderr: "known-dangerous"},
 		{name: "bad limit env-free flag", args: []string{"convert", "--limit-max-dims", "x", good}, code: 2},
@@ -171,5 +171,149 @@ func TestCLIManifestScanVerify(t *testing.T) {
 	os.WriteFile(tampered, tb[:len(tb)-3], 0o644)
 	if code, _, _ := runCLI(t, "verify", tampered); code != 4 {
 		t.Errorf("verify of a truncated file: exit %d; want 4", code)
+	}
+}
+
+// readFile returns path's bytes, or nil when it does not exist.
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestConvertNeverDestroysAFile: an OUTPUT or manifest that is the input, whatever path leads
+// to it, is refused even with --force; one that exists is refused without --force. The input is
+// a truncated checkpoint, so a refusal that came after reading it would exit 4, not 1.
+func TestConvertNeverDestroysAFile(t *testing.T) {
+	t.Parallel()
+	good, err := os.ReadFile("../../testdata/torch/module_state_dict.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := good[:len(good)/2]
+	const old = "an existing file\n"
+
+	type files map[string]string // name in the test directory -> content ("" for a directory)
+	cases := []struct {
+		name   string
+		input  []byte          // written to in.pt
+		setup  func(dir string) // after in.pt and the files exist
+		files  files
+		args   []string // after "convert"; DIR is replaced by the test directory
+		code   int
+		stderr string   // substring of stderr
+		same   []string // files that must keep their content (in.pt always does)
+		wrote  string   // the safetensors file a successful run writes
+		forced []string // existing files a successful run replaces
+	}{
+		{name: "OUTPUT is INPUT", input: good, args: []string{"DIR/in.pt", "DIR/in.pt"}, code: 1,
+			stderr: "OUTPUT DIR/in.pt is the INPUT file"},
+		{name: "OUTPUT is INPUT, with --force", input: good, args: []string{"--force", "DIR/in.pt", "DIR/in.pt"}, code: 1,
+			stderr: "is the INPUT file"},
+		{name: "OUTPUT is INPUT through another path", input: good, args: []string{"DIR/in.pt", "DIR/./sub/../in.pt"}, code: 1,
+			files: files{"sub": ""}, stderr: "is the INPUT file"},
+		{name: "OUTPUT is a symlink to INPUT", input: good, args: []string{"--force", "DIR/in.pt", "DIR/link.safetensors"}, code: 1,
+			setup: func(dir string) { os.Symlink(filepath.Join(dir, "in.pt"), filepath.Join(dir, "link.safetensors")) }, stderr: "is the INPUT file"},
+		{name: "OUTPUT is a hard link to INPUT", input: good, args: []string{"--force", "DIR/in.pt", "DIR/hard.safetensors"}, code: 1,
+			setup: func(dir string) { os.Link(filepath.Join(dir, "in.pt"), filepath.Join(dir, "hard.safetensors")) }, stderr: "is the INPUT file"},
+		{name: "OUTPUT exists", input: truncated, files: files{"out.safetensors": old}, args: []string{"DIR/in.pt", "DIR/out.safetensors"}, code: 1,
+			stderr: "OUTPUT DIR/out.safetensors already exists: --force replaces it", same: []string{"out.safetensors"}},
+		{name: "OUTPUT exists, read-only", input: truncated, files: files{"ro.safetensors": old}, args: []string{"DIR/in.pt", "DIR/ro.safetensors"}, code: 1,
+			setup: func(dir string) { os.Chmod(filepath.Join(dir, "ro.safetensors"), 0o444) }, stderr: "--force", same: []string{"ro.safetensors"}},
+		{name: "OUTPUT is a dangling symlink", input: truncated, args: []string{"DIR/in.pt", "DIR/dangling.safetensors"}, code: 1,
+			setup: func(dir string) { os.Symlink(filepath.Join(dir, "nowhere"), filepath.Join(dir, "dangling.safetensors")) }, stderr: "already exists"},
+		{name: "default OUTPUT exists", input: truncated, files: files{"in.safetensors": old}, args: []string{"DIR/in.pt"}, code: 1,
+			stderr: "OUTPUT DIR/in.safetensors already exists", same: []string{"in.safetensors"}},
+		{name: "OUTPUT exists, --force", input: good, files: files{"out.safetensors": old}, args: []string{"--force", "DIR/in.pt", "DIR/out.safetensors"}, code: 0,
+			wrote: "out.safetensors", forced: []string{"out.safetensors"}},
+		{name: "OUTPUT is a directory", input: good, files: files{"outdir": ""}, args: []string{"DIR/in.pt", "DIR/outdir"}, code: 0,
+			wrote: "outdir/in.safetensors"},
+		{name: "OUTPUT directory holds the default name", input: truncated, files: files{"outdir": "", "outdir/in.safetensors": old},
+			args: []string{"DIR/in.pt", "DIR/outdir"}, code: 1, stderr: "OUTPUT DIR/outdir/in.safetensors already exists", same: []string{"outdir/in.safetensors"}},
+		{name: "OUTPUT directory holds a directory of the default name", input: truncated, files: files{"outdir": "", "outdir/in.safetensors": ""},
+			args: []string{"--force", "DIR/in.pt", "DIR/outdir"}, code: 1, stderr: "is a directory"},
+		{name: "manifest is INPUT", input: good, args: []string{"--force", "--manifest", "DIR/in.pt", "DIR/in.pt", "DIR/m.safetensors"}, code: 1,
+			stderr: "--manifest DIR/in.pt is the INPUT file"},
+		{name: "manifest is OUTPUT", input: good, args: []string{"--manifest", "DIR/o.safetensors", "DIR/in.pt", "DIR/o.safetensors"}, code: 1,
+			stderr: "--manifest DIR/o.safetensors is OUTPUT"},
+		{name: "manifest is the default OUTPUT", input: good, args: []string{"--manifest", "DIR/in.safetensors", "DIR/in.pt"}, code: 1,
+			stderr: "is OUTPUT"},
+		{name: "manifest exists", input: truncated, files: files{"m.json": old}, args: []string{"--manifest", "DIR/m.json", "DIR/in.pt", "DIR/o.safetensors"}, code: 1,
+			stderr: "--manifest DIR/m.json already exists: --force replaces it", same: []string{"m.json"}},
+		{name: "manifest is a directory", input: good, files: files{"mdir": ""}, args: []string{"--force", "--manifest", "DIR/mdir", "DIR/in.pt", "DIR/o.safetensors"}, code: 1,
+			stderr: "--manifest DIR/mdir is a directory"},
+		{name: "manifest exists, --force", input: good, files: files{"m.json": old}, args: []string{"--manifest", "DIR/m.json", "--force", "DIR/in.pt", "DIR/o.safetensors"}, code: 0,
+			wrote: "o.safetensors", forced: []string{"m.json"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "in.pt"), c.input, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for name, content := range c.files {
+				path := filepath.Join(dir, name)
+				var err error
+				if content == "" {
+					err = os.MkdirAll(path, 0o755)
+				} else {
+					err = os.WriteFile(path, []byte(content), 0o644)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.setup != nil {
+				c.setup(dir)
+			}
+			before := map[string][]byte{"in.pt": c.input}
+			for _, name := range c.same {
+				before[name] = readFile(t, filepath.Join(dir, name))
+			}
+			args := []string{"convert"}
+			for _, a := range c.args {
+				args = append(args, strings.ReplaceAll(a, "DIR", dir))
+			}
+			code, _, stderr := runCLI(t, args...)
+			if code != c.code {
+				t.Fatalf("exit %d; want %d (stderr %q)", code, c.code, stderr)
+			}
+			if want := strings.ReplaceAll(c.stderr, "DIR", dir); !strings.Contains(stderr, want) {
+				t.Errorf("stderr %q; want it to say %q", stderr, want)
+			}
+			for name, b := range before {
+				if got := readFile(t, filepath.Join(dir, name)); !bytes.Equal(got, b) {
+					t.Errorf("%s changed (%d bytes, was %d)", name, len(got), len(b))
+				}
+			}
+			if c.wrote != "" {
+				if code, _, stderr := runCLI(t, "verify", "--source", filepath.Join(dir, "in.pt"), filepath.Join(dir, c.wrote)); code != 0 {
+					t.Errorf("verify %s: exit %d: %s", c.wrote, code, stderr)
+				}
+			}
+			for _, name := range c.forced {
+				if got := readFile(t, filepath.Join(dir, name)); string(got) == old {
+					t.Errorf("%s was not replaced with --force", name)
+				}
+			}
+			if c.code != 0 {
+				// A refusal writes nothing: no output, no manifest, no temporary file.
+				for _, name := range []string{"o.safetensors", "m.safetensors", "in.safetensors", "outdir/in.safetensors"} {
+					if _, ok := c.files[name]; ok {
+						continue
+					}
+					if st, err := os.Stat(filepath.Join(dir, name)); err == nil && !st.IsDir() {
+						t.Errorf("%s written by a refused conversion", name)
+					}
+				}
+				if tmps, _ := filepath.Glob(filepath.Join(dir, ".*")); len(tmps) != 0 {
+					t.Errorf("temporary files left: %v", tmps)
+				}
+			}
+		})
 	}
 }

@@ -15,7 +15,7 @@ type Manifest struct {
 	ConverterVersion string            `json:"converter_version"`
 	Source           Source            `json:"source"`
 	Output           *Output           `json:"output,omitempty"`
-	Verdict          string            `json:"verdict"` // safe, unsafe, malformed
+	Verdict          string            `json:"verdict"` // safe, unsafe, malformed, unsupported
 	Error            *ErrorInfo        `json:"error,omitempty"`
 	Globals          []GlobalRef       `json:"globals"`
 	Tensors          []Tensor          `json:"tensors"`
