@@ -199,7 +199,7 @@ func TestConvertNeverDestroysAFile(t *testing.T) {
 	type files map[string]string // name in the test directory -> content ("" for a directory)
 	cases := []struct {
 		name   string
-		input  []byte          // written to in.pt
+		input  []byte           // written to in.pt
 		setup  func(dir string) // after in.pt and the files exist
 		files  files
 		args   []string // after "convert"; DIR is replaced by the test directory
@@ -224,7 +224,9 @@ func TestConvertNeverDestroysAFile(t *testing.T) {
 		{name: "OUTPUT exists, read-only", input: truncated, files: files{"ro.safetensors": old}, args: []string{"DIR/in.pt", "DIR/ro.safetensors"}, code: 1,
 			setup: func(dir string) { os.Chmod(filepath.Join(dir, "ro.safetensors"), 0o444) }, stderr: "--force", same: []string{"ro.safetensors"}},
 		{name: "OUTPUT is a dangling symlink", input: truncated, args: []string{"DIR/in.pt", "DIR/dangling.safetensors"}, code: 1,
-			setup: func(dir string) { os.Symlink(filepath.Join(dir, "nowhere"), filepath.Join(dir, "dangling.safetensors")) }, stderr: "already exists"},
+			setup: func(dir string) {
+				os.Symlink(filepath.Join(dir, "nowhere"), filepath.Join(dir, "dangling.safetensors"))
+			}, stderr: "already exists"},
 		{name: "default OUTPUT exists", input: truncated, files: files{"in.safetensors": old}, args: []string{"DIR/in.pt"}, code: 1,
 			stderr: "OUTPUT DIR/in.safetensors already exists", same: []string{"in.safetensors"}},
 		{name: "OUTPUT exists, --force", input: good, files: files{"out.safetensors": old}, args: []string{"--force", "DIR/in.pt", "DIR/out.safetensors"}, code: 0,
