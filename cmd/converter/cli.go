@@ -27,9 +27,9 @@ import (
 // The help texts of the commands that read a checkpoint; `converter CMD -h` prints one, then
 // the flags.
 const (
-	exitCodes = `Exit codes: 0 done; 1 any other failure (a file that cannot be read, an OUTPUT
-that exists, I/O); 2 usage error; 3 refused as unsafe (a global or opcode outside the
-allowlist); 4 malformed, unsupported, or over a limit.`
+	exitCodes = `Exit codes: 0 done; 1 any other failure (a file that cannot be read, an OUTPUT that
+exists, I/O); 2 usage error; 3 refused as unsafe (a global or opcode outside the allowlist);
+4 malformed, unsupported, or over a limit.`
 
 	convertAbout = `Converts the PyTorch checkpoint INPUT into a verified safetensors file at OUTPUT.
 
@@ -82,7 +82,7 @@ func (c *command) usagef(format string, args ...any) error {
 }
 
 func (c *command) help(w io.Writer) {
-	fmt.Fprintf(w, "usage: %s\n\n%s\n\nFlags may come before or after the arguments; -- ends them.\n", c.synopsis, c.about)
+	fmt.Fprintf(w, "usage: %s\n\n%s\n\nFlags (before or after the arguments; -- ends them):\n", c.synopsis, c.about)
 	c.fs.SetOutput(w)
 	c.fs.PrintDefaults()
 	c.fs.SetOutput(io.Discard)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -317,5 +319,126 @@ func TestConvertNeverDestroysAFile(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUnreadableInput: a file that cannot be read is named with the reason, exits 1, and is not
+// reported as a failure of the converter.
+func TestUnreadableInput(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.pt")
+	good := "../../testdata/torch/mymodel.pt"
+	cases := []struct {
+		name   string
+		args   []string
+		stderr string
+	}{
+		{"convert", []string{"convert", missing, filepath.Join(dir, "o.safetensors")}, "cannot read INPUT " + missing + ": no such file or directory"},
+		{"scan", []string{"scan", missing}, "cannot read INPUT " + missing + ": no such file or directory"},
+		{"scan --json", []string{"scan", "--json", missing}, "cannot read INPUT " + missing},
+		{"verify", []string{"verify", missing}, "cannot read FILE " + missing + ": no such file or directory"},
+		{"verify --source", []string{"verify", "--source", missing, good}, "cannot read --source " + missing + ": no such file or directory"},
+	}
+	for _, c := range cases {
+		code, stdout, stderr := runCLI(t, c.args...)
+		if code != 1 || !strings.Contains(stderr, c.stderr) || strings.Contains(stderr, "internal") || stdout != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 1 and only %q", c.name, code, stdout, stderr, c.stderr)
+		}
+	}
+}
+
+// TestSplitFlags: flags may come anywhere among the arguments; a flag's value is never taken
+// for an argument nor an argument for a value; "--" ends the flags.
+func TestSplitFlags(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args       []string
+		flags, pos []string
+	}{
+		{[]string{"in.pt", "out", "--force"}, []string{"--force"}, []string{"in.pt", "out"}},
+		{[]string{"--force", "in.pt"}, []string{"--force"}, []string{"in.pt"}},
+		{[]string{"in.pt", "--select", "a.b", "out"}, []string{"--select", "a.b"}, []string{"in.pt", "out"}},
+		{[]string{"-select=a.b", "in.pt"}, []string{"-select=a.b"}, []string{"in.pt"}},
+		{[]string{"--force=false", "in.pt"}, []string{"--force=false"}, []string{"in.pt"}},
+		{[]string{"--select", "-x", "in.pt"}, []string{"--select", "-x"}, []string{"in.pt"}},
+		{[]string{"in.pt", "--", "--force", "-"}, nil, []string{"in.pt", "--force", "-"}},
+		{[]string{"--select", "--", "in.pt"}, []string{"--select", "--"}, []string{"in.pt"}},
+		{[]string{"-", "out"}, nil, []string{"-", "out"}},
+		{[]string{"--unknown", "in.pt"}, []string{"--unknown"}, []string{"in.pt"}},
+		{[]string{"in.pt", "--select"}, []string{"--select"}, []string{"in.pt"}},
+		{[]string{"in.pt", "-h"}, []string{"-h"}, []string{"in.pt"}},
+	}
+	for _, c := range cases {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.String("select", "", "")
+		fs.Bool("force", false, "")
+		flags, pos := splitFlags(fs, c.args)
+		if !slices.Equal(flags, c.flags) || !slices.Equal(pos, c.pos) {
+			t.Errorf("splitFlags(%q) = %q, %q; want %q, %q", c.args, flags, pos, c.flags, c.pos)
+		}
+	}
+}
+
+// TestFlagsAfterArguments runs commands with their flags last.
+func TestFlagsAfterArguments(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := "../../testdata/torch/training_checkpoint.pt"
+	out := filepath.Join(dir, "out.safetensors")
+	os.WriteFile(out, []byte("old"), 0o644)
+	manifest := filepath.Join(dir, "m.json")
+	if code, _, stderr := runCLI(t, "convert", src, out, "--force", "--manifest", manifest); code != 0 {
+		t.Fatalf("convert with trailing flags: exit %d: %s", code, stderr)
+	}
+	var m struct{ Output struct{ Path string } }
+	if err := json.Unmarshal(readFile(t, manifest), &m); err != nil || m.Output.Path != out {
+		t.Fatalf("manifest output %q (%v); want %s", m.Output.Path, err, out)
+	}
+	if code, stdout, stderr := runCLI(t, "scan", src, "--json"); code != 0 || !json.Valid([]byte(stdout)) {
+		t.Errorf("scan INPUT --json: exit %d, valid JSON %v: %s", code, json.Valid([]byte(stdout)), stderr)
+	}
+	if code, _, stderr := runCLI(t, "verify", out, "--source", src); code != 0 {
+		t.Errorf("verify FILE --source: exit %d: %s", code, stderr)
+	}
+}
+
+// TestUsage: -h prints the arguments, the output-name rule and the exit codes before the flag
+// list, on stdout, with exit 0; a mistake prints one line and the command's synopsis, exit 2.
+func TestUsage(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"convert", "-h"}, []string{"usage: converter convert [flags] INPUT [OUTPUT]", "pytorch_model.bin ->\nmodel.safetensors",
+			"NAME.{bin,pt,pth,ckpt} -> NAME.safetensors", "directory", "Exit codes: 0", "3 refused as unsafe", "-force", "-manifest FILE", "-limit-max-tensors"}},
+		{[]string{"convert", "in.pt", "--help"}, []string{"usage: converter convert [flags] INPUT [OUTPUT]"}},
+		{[]string{"scan", "-h"}, []string{"usage: converter scan [flags] INPUT", "verdict", "Exit codes: 0", "-json", "-allow-global MODULE.NAME"}},
+		{[]string{"verify", "-h"}, []string{"usage: converter verify [flags] FILE.safetensors", "Exit codes: 0", "-source INPUT"}},
+	} {
+		code, stdout, stderr := runCLI(t, c.args...)
+		if code != 0 || stderr != "" {
+			t.Errorf("%q: exit %d, stderr %q; want 0 and nothing", c.args, code, stderr)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(stdout, w) {
+				t.Errorf("%q: help lacks %q:\n%s", c.args, w, stdout)
+			}
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"convert"}, "converter convert: missing arguments\nusage: converter convert [flags] INPUT [OUTPUT]\n"},
+		{[]string{"scan", "a.pt", "b.pt"}, "converter scan: unexpected arguments: b.pt\nusage: converter scan [flags] INPUT\n"},
+		{[]string{"verify", "--frobnicate", "x"}, "converter verify: flag provided but not defined: -frobnicate\nusage: converter verify"},
+		{[]string{"convert", "a.pt", "--select"}, "converter convert: flag needs an argument: -select\n"},
+	} {
+		code, stdout, stderr := runCLI(t, c.args...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, c.want) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", c.args, code, stdout, stderr, c.want)
+		}
 	}
 }
