@@ -1,8 +1,12 @@
 package main
 
 import (
+	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"os"
@@ -10,6 +14,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ptsafe/converter/internal/buildinfo"
+	"github.com/ptsafe/converter/internal/convert"
 )
 
 // runCLI runs one command line in-process (without the sandbox child, which the sandbox
@@ -440,5 +447,138 @@ func TestUsage(t *testing.T) {
 		if code != 2 || stdout != "" || !strings.Contains(stderr, c.want) {
 			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", c.args, code, stdout, stderr, c.want)
 		}
+	}
+}
+
+// TestAllowGlobalHint: a file refused only for unknown globals gets the exact --allow-global
+// flags (normalized, deduplicated, sorted) that admit them, and those flags do admit them; a
+// known-dangerous global, which no flag admits, gets no hint.
+func TestAllowGlobalHint(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// Bare protocol-2 pickles holding a tuple of globals (foo.Bar twice; __builtin__ is
+	// Python 2's builtins): parsed statically, never run.
+	unknown := filepath.Join(dir, "unknown.pkl")
+	os.WriteFile(unknown, []byte("\x80\x02(cfoo\nBar\ncbaz\nQux\ncfoo\nBar\nc__builtin__\nmystery\nt."), 0o644)
+	dangerous := filepath.Join(dir, "dangerous.pkl")
+	os.WriteFile(dangerous, []byte("\x80\x02cfoo\nBar\ncos\nsystem\n\x86."), 0o644)
+	const hint = "; to admit the unknown globals as inert records: --allow-global baz.Qux --allow-global builtins.mystery --allow-global foo.Bar\n"
+	allow := []string{"--allow-global", "baz.Qux", "--allow-global", "builtins.mystery", "--allow-global", "foo.Bar"}
+
+	for _, verb := range [][]string{{"scan"}, {"scan", "--json"}, {"convert"}} {
+		args := append(slices.Clone(verb), unknown)
+		if verb[0] == "convert" {
+			args = append(args, filepath.Join(dir, "out.safetensors"))
+		}
+		code, _, stderr := runCLI(t, args...)
+		if code != 3 || !strings.HasSuffix(stderr, hint) {
+			t.Errorf("%q: exit %d, stderr %q; want 3 ending with %q", verb, code, stderr, hint)
+		}
+		// With the flags the globals are inert records: what is left is that a bare pickle
+		// is no checkpoint.
+		code, _, stderr = runCLI(t, append(slices.Clone(args), allow...)...)
+		if code != 4 || !strings.Contains(stderr, "unsupported") {
+			t.Errorf("%q with the hinted flags: exit %d, stderr %q; want 4, unsupported", verb, code, stderr)
+		}
+
+		args[len(verb)] = dangerous
+		code, _, stderr = runCLI(t, args...)
+		if code != 3 || strings.Contains(stderr, "--allow-global") {
+			t.Errorf("%q of a dangerous global: exit %d, stderr %q; want 3 without a hint", verb, code, stderr)
+		}
+	}
+}
+
+// report is the part of the manifest schema the tests below read.
+type report struct {
+	ConverterVersion string `json:"converter_version"`
+	Source           struct {
+		SHA256    string `json:"sha256"`
+		Container string `json:"container"`
+	} `json:"source"`
+	Verdict string `json:"verdict"`
+	Error   *struct {
+		Type string `json:"type"`
+	} `json:"error"`
+}
+
+// TestScanJSON: scan --json records the source's SHA-256 as a conversion's manifest does, the
+// converter version of this binary, and the verdict unsupported for the containers refused on
+// purpose.
+func TestScanJSON(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := "../../testdata/torch/mymodel.pt"
+	sum := sha256.Sum256(readFile(t, src))
+	manifest := filepath.Join(dir, "m.json")
+	if code, _, stderr := runCLI(t, "convert", "--manifest", manifest, src, filepath.Join(dir, "o.safetensors")); code != 0 {
+		t.Fatalf("convert: exit %d: %s", code, stderr)
+	}
+	code, stdout, stderr := runCLI(t, "scan", "--json", src)
+	if code != 0 {
+		t.Fatalf("scan: exit %d: %s", code, stderr)
+	}
+	for what, b := range map[string][]byte{"scan --json": []byte(stdout), "--manifest": readFile(t, manifest)} {
+		var m report
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if m.Source.SHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: source.sha256 %q; want %x", what, m.Source.SHA256, sum)
+		}
+		if m.ConverterVersion != buildinfo.Version() {
+			t.Errorf("%s: converter_version %q; want %q", what, m.ConverterVersion, buildinfo.Version())
+		}
+	}
+
+	// A legacy tar, a 7z and a TorchScript archive, each holding a harmless pickle.
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	tw.WriteHeader(&tar.Header{Name: "pickle", Mode: 0o644, Size: 3})
+	tw.Write([]byte("N.\n"))
+	tw.Close()
+	var ts bytes.Buffer
+	zw := zip.NewWriter(&ts)
+	for _, name := range []string{"m/data.pkl", "m/constants.pkl"} {
+		w, _ := zw.CreateHeader(&zip.FileHeader{Name: name, Method: zip.Store})
+		w.Write([]byte("\x80\x02).")) // an empty tuple
+	}
+	w, _ := zw.CreateHeader(&zip.FileHeader{Name: "m/code/__torch__.py", Method: zip.Store})
+	w.Write([]byte("def forward(self): pass\n"))
+	zw.Close()
+	for _, c := range []struct {
+		name, container string
+		b               []byte
+	}{
+		{"old.tar", "tar", tarball.Bytes()},
+		{"model.7z", "7z", append([]byte("7z\xbc\xaf\x27\x1c\x00\x04"), make([]byte, 24)...)},
+		{"scripted.pt", "torchscript", ts.Bytes()},
+	} {
+		name := c.name
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, c.b, 0o644)
+		code, stdout, stderr := runCLI(t, "scan", "--json", path)
+		var m report
+		if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if m.Source.Container != c.container {
+			t.Errorf("%s: container %q; want %q", name, m.Source.Container, c.container)
+		}
+		if code != 4 || m.Verdict != "unsupported" || m.Error == nil || m.Error.Type != "unsupported" {
+			t.Errorf("%s: exit %d, verdict %q, error %+v (stderr %q); want 4, unsupported", name, code, m.Verdict, m.Error, stderr)
+		}
+	}
+}
+
+// TestVersion: `converter version` and the manifests name the build of this binary.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	code, stdout, _ := runCLI(t, "version")
+	if want := "converter " + buildinfo.Version() + "\n"; code != 0 || stdout != want {
+		t.Errorf("version: exit %d, %q; want %q", code, stdout, want)
+	}
+	if convert.Version != buildinfo.Version() {
+		t.Errorf("convert.Version %q; want the build's %q", convert.Version, buildinfo.Version())
 	}
 }
