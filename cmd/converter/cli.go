@@ -328,6 +328,8 @@ func cause(err error) error {
 func checkTarget(in fs.FileInfo, what, path string, force bool) error {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
+	} else if err != nil {
+		return fmt.Errorf("cannot use %s %s: %w", what, path, cause(err))
 	}
 	st, err := os.Stat(path)
 	switch {

@@ -238,6 +238,8 @@ func TestConvertNeverDestroysAFile(t *testing.T) {
 			}, stderr: "already exists"},
 		{name: "default OUTPUT exists", input: truncated, files: files{"in.safetensors": old}, args: []string{"DIR/in.pt"}, code: 1,
 			stderr: "OUTPUT DIR/in.safetensors already exists", same: []string{"in.safetensors"}},
+		{name: "OUTPUT inside a file", input: truncated, args: []string{"DIR/in.pt", "DIR/in.pt/o.safetensors"}, code: 1,
+			stderr: "cannot use OUTPUT DIR/in.pt/o.safetensors: not a directory"},
 		{name: "OUTPUT exists, --force", input: good, files: files{"out.safetensors": old}, args: []string{"--force", "DIR/in.pt", "DIR/out.safetensors"}, code: 0,
 			wrote: "out.safetensors", forced: []string{"out.safetensors"}},
 		{name: "OUTPUT is a directory", input: good, files: files{"outdir": ""}, args: []string{"DIR/in.pt", "DIR/outdir"}, code: 0,
