@@ -459,6 +459,9 @@ func (r reported) Error() string { return r.detail }
 
 func printScan(w io.Writer, m *convert.Manifest) {
 	fmt.Fprintf(w, "file:      %s (%d bytes)\n", m.Source.Path, m.Source.Size)
+	if m.Source.SHA256 != "" {
+		fmt.Fprintf(w, "sha256:    %s\n", m.Source.SHA256)
+	}
 	fmt.Fprintf(w, "container: %s", m.Source.Container)
 	if m.Source.Prefix != "" {
 		fmt.Fprintf(w, " (folder %q)", m.Source.Prefix)

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -519,6 +520,9 @@ func TestScanJSON(t *testing.T) {
 	code, stdout, stderr := runCLI(t, "scan", "--json", src)
 	if code != 0 {
 		t.Fatalf("scan: exit %d: %s", code, stderr)
+	}
+	if _, text, _ := runCLI(t, "scan", src); !strings.Contains(text, fmt.Sprintf("sha256:    %x\n", sum)) {
+		t.Errorf("scan does not print the source's sha256:\n%s", text)
 	}
 	for what, b := range map[string][]byte{"scan --json": []byte(stdout), "--manifest": readFile(t, manifest)} {
 		var m report
