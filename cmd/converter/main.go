@@ -56,20 +56,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return 2
 	}
 	err := guard(func() error { return cmd(ctx, args[1:], getenv, stdout, stderr) })
-	code := exitCode(err)
+	var ue *usageError
 	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case code == 2:
-		if msg := strings.TrimPrefix(err.Error(), errUsage.Error()); msg != "" {
-			fmt.Fprintf(stderr, "converter %s%s\n", name, msg)
-		}
-		fmt.Fprintln(stderr, usage)
-	default:
-		fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "converter %s: %s\nusage: %s\n(converter %s -h explains the arguments and flags)\n", name, ue.msg, ue.synopsis, name)
+		return 2
 	}
-	return code
+	fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
+	return exitCode(err)
 }
 
 // guard runs fn and turns a panic into an internal error, so that the exit code and one-line
@@ -89,8 +85,9 @@ func oneLine(s string) string {
 }
 
 const usage = `usage:
-  converter convert [--sandbox=BOOL] [--select PATH] [--manifest FILE] [--allow-global MODULE.NAME]... INPUT [OUTPUT]
-  converter scan    [--sandbox=BOOL] [--json] INPUT
-  converter verify  [--source INPUT] FILE.safetensors
+  converter convert [--force] [--select PATH] [--manifest FILE] [--allow-global MODULE.NAME]... INPUT [OUTPUT]
+  converter scan    [--json] [--allow-global MODULE.NAME]... INPUT
+  converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
-  converter version`
+  converter version
+Run converter COMMAND -h for a command's arguments, flags and exit codes.`

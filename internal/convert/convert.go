@@ -222,15 +222,21 @@ func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
 		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
 		return m, nil
 	}
-	f.Close()
+	defer f.Close()
+	sum := hashReader(ctx, io.NewSectionReader(f, 0, m.Source.Size))
+	if sum.err != nil {
+		return nil, sum.err
+	}
+	m.Source.SHA256 = sum.sum
 	m.Verdict = "safe"
 	return m, nil
 }
 
 // verdictOf names the scan verdict for a classified error.
 func verdictOf(err error) string {
-	if fault.KindOf(err) == fault.Unsafe {
-		return "unsafe"
+	switch k := fault.KindOf(err); k {
+	case fault.Unsafe, fault.Unsupported:
+		return k.String()
 	}
 	return "malformed"
 }

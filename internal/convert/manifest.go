@@ -1,11 +1,13 @@
 package convert
 
 import (
+	"github.com/ptsafe/converter/internal/buildinfo"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
 
-// Version is the converter version recorded in manifests; cmd/converter overrides it at link time.
-var Version = "0.1.0-dev"
+// Version is the converter version recorded in manifests: the module version and VCS revision
+// the Go toolchain recorded in this binary.
+var Version = buildinfo.Version()
 
 // Manifest records what a conversion read and wrote; `scan --json` prints the same schema with
 // Output unset. Field names are a stable contract.
@@ -13,7 +15,7 @@ type Manifest struct {
 	ConverterVersion string            `json:"converter_version"`
 	Source           Source            `json:"source"`
 	Output           *Output           `json:"output,omitempty"`
-	Verdict          string            `json:"verdict"` // safe, unsafe, malformed
+	Verdict          string            `json:"verdict"` // safe, unsafe, malformed, unsupported
 	Error            *ErrorInfo        `json:"error,omitempty"`
 	Globals          []GlobalRef       `json:"globals"`
 	Tensors          []Tensor          `json:"tensors"`
