@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"reflect"
 
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
@@ -96,7 +97,7 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 	u.PersistentLoad = func(pid any) (any, error) { return pids.load(pid, lim) }
 	defer func() {
 		if r := recover(); r != nil {
-			root, err = nil, fault.New(fault.Malformed, entry, "pickle VM: %v", r)
+			root, err = nil, fault.New(fault.Malformed, entry, "pickle VM panicked: %s", Describe(r))
 		}
 	}()
 	root, err = u.Load()
@@ -104,7 +105,8 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 		if _, ok := err.(*fault.Error); ok {
 			return nil, err
 		}
-		return nil, fault.Wrap(fault.Malformed, entry, err, "pickle VM")
+		// gopickle's own messages format stack values with %#v: keep only their start.
+		return nil, fault.New(fault.Malformed, entry, "pickle VM: %s", Describe(err))
 	}
 	return root, nil
 }
@@ -233,7 +235,7 @@ func (r rebuild) Call(args ...any) (any, error) {
 	t := &TensorRef{Storage: st, DType: st.DType}
 	var err error
 	if t.Offset, err = toInt64(args[1]); err != nil || t.Offset < 0 {
-		return nil, fault.New(fault.Malformed, entry, "%s: storage offset %v is not a non-negative integer", fn, args[1])
+		return nil, fault.New(fault.Malformed, entry, "%s: storage offset %s is not a non-negative integer", fn, Describe(args[1]))
 	}
 	if t.Shape, err = intTuple(args[2], r.m.lim.MaxDims); err != nil {
 		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: size", fn)
@@ -278,7 +280,7 @@ func (r rebuild) Call(args ...any) (any, error) {
 		return t, nil
 	}
 	if err := checkExtent(t); err != nil {
-		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: storage %q", fn, st.Key)
+		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: storage %s", fn, Describe(st.Key))
 	}
 	return t, nil
 }
@@ -418,7 +420,7 @@ func (p *PersistentIDs) load(pid any, lim limits.Limits) (any, error) {
 		return nil, fmt.Errorf("persistent id has %d elements, want %d", n, map[bool]int{false: 5, true: 6}[p.Legacy])
 	}
 	if s, err := toString(t.Get(0)); err != nil || s != "storage" {
-		return nil, fmt.Errorf("persistent id kind %v, want 'storage'", t.Get(0))
+		return nil, fmt.Errorf("persistent id kind %s, want 'storage'", Describe(t.Get(0)))
 	}
 	cls, ok := t.Get(1).(storageClass)
 	if !ok {
@@ -434,21 +436,21 @@ func (p *PersistentIDs) load(pid any, lim limits.Limits) (any, error) {
 	}
 	numel, err := toInt64(t.Get(4))
 	if err != nil || numel < 0 {
-		return nil, fmt.Errorf("storage %q: element count %v is not a non-negative integer", key, t.Get(4))
+		return nil, fmt.Errorf("storage %s: element count %s is not a non-negative integer", Describe(key), Describe(t.Get(4)))
 	}
 	if p.Legacy && t.Get(5) != nil {
-		return nil, fault.New(fault.Unsupported, "", "storage %q: legacy view metadata (torch <= 0.4 storage views)", key)
+		return nil, fault.New(fault.Unsupported, "", "storage %s: legacy view metadata (torch <= 0.4 storage views)", Describe(key))
 	}
 	ref := &StorageRef{Key: key, Location: loc, DType: cls.dt, Refused: cls.refused, NBytes: numel}
 	if size := int64(cls.dt.Size()); size > 0 {
 		if numel > math.MaxInt64/size {
-			return nil, fmt.Errorf("storage %q: byte size overflows", key)
+			return nil, fmt.Errorf("storage %s: byte size overflows", Describe(key))
 		}
 		ref.NBytes = numel * size
 	}
 	if prev, ok := p.byKey[key]; ok {
 		if prev.DType != ref.DType || prev.NBytes != ref.NBytes || prev.Refused != ref.Refused {
-			return nil, fmt.Errorf("storage %q referenced with two different types or sizes", key)
+			return nil, fmt.Errorf("storage %s referenced with two different types or sizes", Describe(key))
 		}
 		return prev, nil
 	}
@@ -498,7 +500,7 @@ func intTuple(v any, maxDims int) ([]int64, error) {
 	for i, it := range items {
 		n, err := toInt64(it)
 		if err != nil || n < 0 {
-			return nil, fmt.Errorf("dimension %d is %v, want a non-negative integer", i, it)
+			return nil, fmt.Errorf("dimension %d is %s, want a non-negative integer", i, Describe(it))
 		}
 		out[i] = n
 	}
@@ -550,6 +552,6 @@ func typeName(v any) string {
 	case opaqueClass:
 		return "class " + string(x)
 	default:
-		return fmt.Sprintf("%T", v)
+		return reflect.TypeOf(v).String()
 	}
 }
