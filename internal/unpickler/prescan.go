@@ -1,6 +1,7 @@
 package unpickler
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -68,38 +69,45 @@ const (
 //     any allowlist and it can panic);
 //   - FRAME: a frame must fit in the input, must not start before the previous one ends, and
 //     no opcode may straddle a frame end;
-//   - PROTO at most 5; BINUNICODE, SHORT_BINUNICODE and BINUNICODE8 must be valid UTF-8.
+//   - PROTO at most 5; every str literal must decode as CPython decodes it under torch.load's
+//     encoding='utf-8' (BINUNICODE*, BINSTRING and SHORT_BINSTRING as UTF-8; STRING through
+//     escape_decode, then UTF-8; UNICODE as raw-unicode-escape), and must not hold a lone
+//     surrogate (refused as Unsupported: no tensor name can hold one).
 //
 // Dangerous or unknown globals are not errors here: every GLOBAL, STACK_GLOBAL and INST is
 // recorded in Scan.Globals, classified by pol, and the caller decides. The Scan is returned
 // even with an error, listing every global found before the failure, so that a payload placed
 // before a corruption is still reported.
 //
-// A container added directly to itself is refused (gopickle's Stringers overflow the stack on
-// it). Nesting built through memo aliasing (GET of a container modified after its PUT) and
+// A container added directly to itself is refused. Nesting built through memo aliasing (GET of a container modified after its PUT) and
 // longer reference cycles are not visible to a symbolic stack: walkers of the object graph must
 // bound their own depth and detect cycles.
 func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) (*Scan, []byte, error) {
-	s := &scanner{
-		src:      src,
-		avail:    avail,
-		entry:    entry,
-		lim:      lim,
-		pol:      pol,
-		frameEnd: -1,
-		scan:     &Scan{},
-	}
 	if avail < 0 {
-		return s.scan, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
+		return &Scan{}, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
 	}
-	s.max = min(avail, lim.MaxPickleBytes)
-	s.buf = make([]byte, 0, min(s.max, initialBuf))
+	s := newScanner(src, avail, entry, lim, pol)
 	err := s.run()
 	s.scan.Length = int64(len(s.buf))
 	if err != nil {
 		return s.scan, nil, err
 	}
 	return s.scan, s.buf[:len(s.buf):len(s.buf)], nil
+}
+
+func newScanner(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) *scanner {
+	s := &scanner{
+		src:      src,
+		avail:    avail,
+		max:      min(avail, lim.MaxPickleBytes),
+		entry:    entry,
+		lim:      lim,
+		pol:      pol,
+		frameEnd: -1,
+		scan:     &Scan{},
+	}
+	s.buf = make([]byte, 0, min(s.max, initialBuf))
+	return s
 }
 
 const (
@@ -118,10 +126,11 @@ const (
 	kBytes
 )
 
-// String encodings, deciding how a string literal is decoded when it names a global.
+// String encodings: how CPython turns a string literal's bytes into a str under torch.load's
+// encoding='utf-8'.
 const (
-	encRaw     uint8 = iota // BINUNICODE*, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING
-	encEscape               // STRING: Python escape_decode of the quoted text
+	encRaw     uint8 = iota // BINUNICODE*, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING: UTF-8
+	encEscape               // STRING: escape_decode of the quoted text, then UTF-8
 	encRawUESC              // UNICODE: raw-unicode-escape
 )
 
@@ -206,6 +215,12 @@ type scanner struct {
 	ids       int64 // last container identity handed out
 	sawBinary bool  // a protocol-1+ opcode was seen (for Scan.Protocol without PROTO)
 	sawProto  bool
+
+	// vm, when set, collects in edits the rewrites that make gopickle build what CPython
+	// builds (see vmStream), and in frames the offset of every FRAME's length operand.
+	vm     bool
+	edits  []edit
+	frames []int64
 }
 
 // Opcode bytes (pickletools names).
@@ -556,10 +571,7 @@ func (s *scanner) unicode(lenBytes int64, what string) error {
 	if err != nil {
 		return err
 	}
-	if !utf8.Valid(s.buf[off : off+n]) {
-		return s.fail(fault.Malformed, "%s: invalid UTF-8", what)
-	}
-	return s.literal(kStr, encRaw, off, n)
+	return s.text(encRaw, off, n, what)
 }
 
 func (s *scanner) long(lenBytes int64, what string) error {
@@ -669,19 +681,119 @@ func (s *scanner) record(module, name string) error {
 	return nil
 }
 
-// literalText returns the value CPython gives a string literal, and whether gopickle (which
-// does not decode escapes) would see the same text.
-func (s *scanner) literalText(it item) (string, bool, error) {
-	raw := s.buf[it.off : it.off+it.n]
-	switch it.enc {
+// decodeText returns the str CPython reads from a string literal's bytes under torch.load's
+// encoding='utf-8', or why CPython would raise (errSurrogate: it would not, but no tensor name
+// can hold the result).
+func decodeText(enc uint8, raw []byte) (string, error) {
+	var v string
+	var err error
+	switch enc {
 	case encEscape:
-		v, err := escapeDecode(raw)
-		return v, v == string(raw), err
+		v, err = escapeDecode(raw)
 	case encRawUESC:
-		v, err := rawUnicodeEscapeDecode(raw)
-		return v, v == string(raw), err
+		return rawUnicodeEscapeDecode(raw)
 	default:
-		return string(raw), true, nil
+		v = string(raw)
+	}
+	if err == nil && !utf8.ValidString(v) {
+		err = errors.New("invalid UTF-8 (torch.load decodes it as UTF-8)")
+	}
+	return v, err
+}
+
+// errSurrogate marks a UNICODE escape of a lone UTF-16 surrogate: a valid Python str that no
+// UTF-8 tensor name or safetensors header can hold.
+var errSurrogate = errors.New("escape of a UTF-16 surrogate, which no UTF-8 name can hold")
+
+// text pushes a str literal whose bytes are buf[off:off+n], refusing what CPython refuses. When
+// collecting VM edits, a literal gopickle would read differently (it decodes no escape and no
+// Latin-1) is replaced by a BINUNICODE of the decoded text.
+func (s *scanner) text(enc uint8, off, n int64, what string) error {
+	raw := s.buf[off : off+n]
+	v, err := decodeText(enc, raw)
+	switch {
+	case errors.Is(err, errSurrogate):
+		return s.fail(fault.Unsupported, "%s: %v", what, err)
+	case err != nil:
+		return s.fail(fault.Malformed, "%s: %v", what, err)
+	case s.vm && v != string(raw):
+		s.edit(int64(len(s.buf))-s.op, binUnicode(v))
+	}
+	return s.literal(kStr, enc, off, n)
+}
+
+// binUnicode encodes a str push that gopickle reads verbatim.
+func binUnicode(v string) []byte {
+	if uint64(len(v)) <= math.MaxUint32 {
+		return append(append([]byte{opBinUnicode}, le32(uint32(len(v)))...), v...)
+	}
+	return append(binary.LittleEndian.AppendUint64([]byte{opBinUnicode8}, uint64(len(v))), v...)
+}
+
+func le32(n uint32) []byte { return binary.LittleEndian.AppendUint32(nil, n) }
+
+// gopickleBuiltins are the globals gopickle v0.3.0 resolves itself before any FindClass hook,
+// to constructors that drop dict(pairs) and OrderedDict(pairs) items or format their arguments
+// without bound. The VM's copy of the stream names them with vmAlias before the module, so
+// that they reach our FindClass instead (array._array_reconstructor is refused outright).
+var gopickleBuiltins = map[string]bool{
+	"collections.OrderedDict": true,
+	"builtins.list":           true,
+	"builtins.dict":           true,
+	"__builtin__.object":      true,
+	"copy_reg._reconstructor": true,
+}
+
+// vmAlias prefixes a module name in the VM's copy of a stream; no importable module starts
+// with it.
+const vmAlias = "\x00"
+
+// edit records that the n bytes from the current opcode's offset become repl in the VM's copy.
+func (s *scanner) edit(n int64, repl []byte) {
+	s.edits = append(s.edits, edit{off: s.op, n: n, repl: repl})
+}
+
+// edit is one rewrite of the VM's copy of a stream.
+type edit struct {
+	off, n int64
+	repl   []byte
+}
+
+// vmStream returns the stream with every collected edit applied and every FRAME length
+// adjusted to the edits inside its frame; with no edits, the stream itself.
+func (s *scanner) vmStream() []byte {
+	if len(s.edits) == 0 {
+		return s.buf
+	}
+	all := slices.Clone(s.edits)
+	for _, fo := range s.frames {
+		start := fo + 8
+		end := start + int64(binary.LittleEndian.Uint64(s.buf[fo:start]))
+		grow := int64(0)
+		i, _ := slices.BinarySearchFunc(s.edits, start, func(e edit, off int64) int { return cmp.Compare(e.off, off) })
+		for ; i < len(s.edits) && s.edits[i].off < end; i++ {
+			grow += int64(len(s.edits[i].repl)) - s.edits[i].n
+		}
+		if grow != 0 {
+			all = append(all, edit{off: fo, n: 8, repl: binary.LittleEndian.AppendUint64(nil, uint64(end-start+grow))})
+		}
+	}
+	slices.SortFunc(all, func(a, b edit) int { return cmp.Compare(a.off, b.off) })
+	var out []byte
+	prev := int64(0)
+	for _, e := range all {
+		out = append(append(out, s.buf[prev:e.off]...), e.repl...)
+		prev = e.off + e.n
+	}
+	return append(out, s.buf[prev:]...)
+}
+
+// renameBuiltin makes the VM's copy of the current GLOBAL or STACK_GLOBAL opcode, n bytes
+// long (pops bytes first: the two STACK_GLOBAL operands), name a gopickle builtin through
+// vmAlias.
+func (s *scanner) renameBuiltin(module, name string, n int64, pops string) {
+	if s.vm && gopickleBuiltins[module+"."+name] {
+		s.edit(n, []byte(pops+"c"+vmAlias+module+"\n"+name+"\n"))
 	}
 }
 
@@ -698,20 +810,13 @@ func (s *scanner) stackGlobal() error {
 	if nameIt.kind != kStr || modIt.kind != kStr {
 		return s.fail(fault.Unsafe, "STACK_GLOBAL with non-literal operands")
 	}
-	module, sameM, err := s.literalText(modIt)
-	if err != nil {
-		return s.fail(fault.Malformed, "STACK_GLOBAL module: %v", err)
-	}
-	name, sameN, err := s.literalText(nameIt)
-	if err != nil {
-		return s.fail(fault.Malformed, "STACK_GLOBAL name: %v", err)
-	}
+	// Both literals were decoded without error when they were pushed.
+	module, _ := decodeText(modIt.enc, s.buf[modIt.off:modIt.off+modIt.n])
+	name, _ := decodeText(nameIt.enc, s.buf[nameIt.off:nameIt.off+nameIt.n])
 	if err := s.record(module, name); err != nil {
 		return err
 	}
-	if !sameM || !sameN {
-		return s.fail(fault.Unsafe, "STACK_GLOBAL operand uses escapes (Python and gopickle would read different names)")
-	}
+	s.renameBuiltin(module, name, 1, string([]byte{opPop, opPop}))
 	return s.push(item{kind: kOther})
 }
 
@@ -818,21 +923,21 @@ func (s *scanner) step(op byte) (bool, error) {
 		if len(t) < 2 || t[0] != t[len(t)-1] || (t[0] != '\'' && t[0] != '"') {
 			return false, s.fail(fault.Malformed, "STRING operand is not quoted")
 		}
-		err = s.literal(kStr, encEscape, a+1, b-a-2)
+		err = s.text(encEscape, a+1, b-a-2, "STRING")
 	case opBinString:
 		var off, n int64
 		if off, n, err = s.counted(4, true, "BINSTRING"); err == nil {
-			err = s.literal(kStr, encRaw, off, n)
+			err = s.text(encRaw, off, n, "BINSTRING")
 		}
 	case opShortBinString:
 		var off, n int64
 		if off, n, err = s.counted(1, false, "SHORT_BINSTRING"); err == nil {
-			err = s.literal(kStr, encRaw, off, n)
+			err = s.text(encRaw, off, n, "SHORT_BINSTRING")
 		}
 	case opUnicode:
 		var a, b int64
 		if a, b, err = s.readLine(0, "UNICODE"); err == nil {
-			err = s.literal(kStr, encRawUESC, a, b-a)
+			err = s.text(encRawUESC, a, b-a, "UNICODE")
 		}
 	case opBinUnicode:
 		err = s.unicode(4, "BINUNICODE")
@@ -985,6 +1090,7 @@ func (s *scanner) step(op byte) (bool, error) {
 		if err = s.record(module, name); err != nil {
 			return false, err
 		}
+		s.renameBuiltin(module, name, s.pos()-s.op, "")
 		if op == opInst {
 			return false, s.fail(fault.Unsafe, "opcode INST (%s.%s) is outside the allowlist", module, name)
 		}
@@ -1047,6 +1153,9 @@ func (s *scanner) step(op byte) (bool, error) {
 			return false, err
 		}
 		s.frameEnd = s.pos() + int64(u)
+		if s.vm {
+			s.frames = append(s.frames, s.op+1)
+		}
 
 	case opPersID:
 		err = s.fail(fault.Unsafe, "opcode PERSID (text persistent id) is outside the allowlist")
@@ -1174,6 +1283,9 @@ func rawUnicodeEscapeDecode(b []byte) (string, error) {
 		}
 		if r > utf8.MaxRune {
 			return "", errors.New(`\U escape out of range`)
+		}
+		if r >= 0xd800 && r <= 0xdfff {
+			return "", errSurrogate
 		}
 		sb.WriteRune(r)
 		i += 1 + n

@@ -481,12 +481,6 @@ func TestPrescanRefusals(t *testing.T) {
 			kind: fault.Unsafe, offset: 14, msg: "non-literal"},
 		{name: "STACK_GLOBAL underflow", data: []byte("\x80\x04\x8c\x02os\x93."),
 			kind: fault.Malformed, offset: 6, msg: "underflow"},
-		{name: "STACK_GLOBAL operand with escapes reports the Python name",
-			data: []byte("S'o\\x73'\nS'system'\n\x93."),
-			kind: fault.Unsafe, offset: 19, msg: "escapes", global: []string{"os.system"}},
-		{name: "STACK_GLOBAL UNICODE operand with \\u escape",
-			data: []byte("V\\u006fs\nVsystem\n\x93."),
-			kind: fault.Unsafe, offset: 17, msg: "escapes", global: []string{"os.system"}},
 
 		// Stack, marks and memo.
 		{name: "GET of a memo key never set", data: []byte("\x80\x02h\x05."),

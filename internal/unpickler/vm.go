@@ -15,6 +15,8 @@ import (
 	"math"
 	"math/big"
 	"reflect"
+	"slices"
+	"strings"
 
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
@@ -87,12 +89,21 @@ func (p *PersistentIDs) Storages() map[string]*StorageRef { return p.byKey }
 // Load runs the VM over raw, a stream that Prescan accepted, and returns the root object.
 // Globals resolve through pol (allowed ones to sentinels, inert ones to opaque records);
 // anything else fails. A panic inside gopickle becomes a Malformed fault.
+//
+// gopickle reads protocol-0 strings without decoding them and resolves a few builtins itself,
+// so Load pre-scans raw again and runs gopickle over a copy with those opcodes rewritten (see
+// vmStream): what it builds is what CPython builds.
 func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits.Limits) (root any, err error) {
 	if pids.byKey == nil {
 		pids.byKey = map[string]*StorageRef{}
 	}
+	s := newScanner(bytes.NewReader(raw), int64(len(raw)), entry, lim, pol)
+	s.vm = true
+	if err := s.run(); err != nil {
+		return nil, err
+	}
 	vm := &machine{entry: entry, pol: pol, lim: lim}
-	u := pickle.NewUnpickler(bytes.NewReader(raw))
+	u := pickle.NewUnpickler(bytes.NewReader(s.vmStream()))
 	u.FindClass = vm.findClass
 	u.PersistentLoad = func(pid any) (any, error) { return pids.load(pid, lim) }
 	defer func() {
@@ -118,7 +129,7 @@ type machine struct {
 }
 
 func (m *machine) findClass(module, name string) (any, error) {
-	module, name = Normalize(module, name)
+	module, name = Normalize(strings.TrimPrefix(module, vmAlias), name)
 	q := module + "." + name
 	switch m.pol.Classify(module, name) {
 	case Allowed:
@@ -128,8 +139,14 @@ func (m *machine) findClass(module, name string) (any, error) {
 		return nil, fault.New(fault.Internal, m.entry, "allowed global %s has no sentinel", q)
 	case Inert:
 		switch q {
-		case "collections.defaultdict", "collections.Counter", "builtins.dict":
-			return dictClass{}, nil
+		case "builtins.dict":
+			return dictClass{name: q}, nil
+		case "collections.defaultdict":
+			return dictClass{name: q, factory: true}, nil
+		case "collections.Counter":
+			return dictClass{name: q, mappingOnly: true}, nil
+		case "builtins.list":
+			return listClass{}, nil
 		}
 		return opaqueClass(q), nil
 	default:
@@ -154,7 +171,7 @@ func (m *machine) sentinel(module, name string) any {
 	case "torch.Size":
 		return sizeClass{}
 	case "collections.OrderedDict":
-		return &types.OrderedDictClass{}
+		return orderedDictClass{}
 	case "torch.storage.UntypedStorage", "torch.UntypedStorage":
 		return storageClass{untyped: true}
 	case "torch.serialization._get_layout":
@@ -393,12 +410,107 @@ func (u unsupportedRebuild) Call(args ...any) (any, error) {
 	return &TensorRef{Unsupported: string(u)}, nil
 }
 
-// dictClass builds dicts for dict-like inert types (defaultdict, Counter): their factory or
-// counts are dropped, their items kept.
-type dictClass struct{}
+// dictClass builds the dicts of dict and the dict-like inert types from the positional
+// arguments their constructors take: dict(mapping or pairs), defaultdict(factory[, mapping or
+// pairs]) and Counter(mapping) (pickle writes Counter so; from an iterable it would count).
+// The default factory is dropped. NEWOBJ (cls.__new__) makes an empty dict, as in Python.
+type dictClass struct {
+	name        string
+	factory     bool
+	mappingOnly bool
+}
 
-func (dictClass) Call(args ...any) (any, error)  { return types.NewDict(), nil }
+func (c dictClass) Call(args ...any) (any, error) {
+	if c.factory && len(args) > 0 {
+		args = args[1:]
+	}
+	d := types.NewDict()
+	switch len(args) {
+	case 0:
+		return d, nil
+	case 1:
+		err := dictItems(c.name, args[0], c.mappingOnly, func(k, v any) error {
+			d.Set(k, v)
+			return nil
+		})
+		return d, err
+	}
+	return nil, fault.New(fault.Malformed, "", "%s: %d positional arguments, want at most 1", c.name, len(args))
+}
+
 func (dictClass) PyNew(args ...any) (any, error) { return types.NewDict(), nil }
+
+// orderedDictClass is collections.OrderedDict: OrderedDict() as torch writes it, and
+// OrderedDict(pairs) as Python 2 wrote it.
+type orderedDictClass struct{}
+
+func (orderedDictClass) Call(args ...any) (any, error) {
+	d := types.NewOrderedDict()
+	switch len(args) {
+	case 0:
+		return d, nil
+	case 1:
+		err := dictItems("collections.OrderedDict", args[0], false, func(k, v any) error {
+			if _, ok := k.([]byte); ok {
+				// gopickle's OrderedDict keys a Go map: bytes would panic.
+				return fault.New(fault.Unsupported, "", "collections.OrderedDict with a bytes key")
+			}
+			d.Set(k, v)
+			return nil
+		})
+		return d, err
+	}
+	return nil, fault.New(fault.Malformed, "", "collections.OrderedDict: %d positional arguments, want at most 1", len(args))
+}
+
+// dictItems passes to set, in order, the items dict(arg) holds: those of a dict, or the pairs
+// of a list or tuple of 2-item lists and tuples (unless mappingOnly). Other iterables (strings,
+// sets, pairs that are strings) are refused rather than guessed at.
+func dictItems(class string, arg any, mappingOnly bool, set func(k, v any) error) error {
+	switch a := arg.(type) {
+	case *types.Dict, *types.OrderedDict:
+		return eachChild(a, set)
+	case *types.List, *types.Tuple:
+		if mappingOnly {
+			break
+		}
+		return eachChild(a, func(i, pair any) error {
+			var kv []any
+			switch p := pair.(type) {
+			case *types.Tuple:
+				kv = *p
+			case *types.List:
+				kv = *p
+			}
+			if len(kv) != 2 {
+				return fault.New(fault.Unsupported, "", "%s: item %s is %s, not a (key, value) pair", class, Describe(i), Describe(pair))
+			}
+			return set(kv[0], kv[1])
+		})
+	}
+	return fault.New(fault.Unsupported, "", "%s built from %s", class, typeName(arg))
+}
+
+// listClass is builtins.list: list() and list(list or tuple); other iterables are refused.
+type listClass struct{}
+
+func (listClass) Call(args ...any) (any, error) {
+	switch len(args) {
+	case 0:
+		return types.NewList(), nil
+	case 1:
+		switch a := args[0].(type) {
+		case *types.List:
+			return types.NewListFromSlice(slices.Clone(*a)), nil
+		case *types.Tuple:
+			return types.NewListFromSlice(slices.Clone(*a)), nil
+		}
+		return nil, fault.New(fault.Unsupported, "", "builtins.list built from %s", typeName(args[0]))
+	}
+	return nil, fault.New(fault.Malformed, "", "builtins.list: %d arguments, want at most 1", len(args))
+}
+
+func (listClass) PyNew(args ...any) (any, error) { return types.NewList(), nil }
 
 // opaqueClass is an inert global: calling or instantiating it yields an Opaque record.
 type opaqueClass string
