@@ -76,8 +76,9 @@ const (
 //
 // Dangerous or unknown globals are not errors here: every GLOBAL, STACK_GLOBAL and INST is
 // recorded in Scan.Globals, classified by pol, and the caller decides. The Scan is returned
-// even with an error, listing every global found before the failure, so that a payload placed
-// before a corruption is still reported.
+// even with an error, listing every global found before the failure and, as far as opcode
+// boundaries are known, after it up to STOP (a payload must not hide behind a refusal that
+// CPython would not share); the error is Unsafe if any refusal was.
 //
 // A container added directly to itself is refused. Nesting built through memo aliasing (GET of a container modified after its PUT) and
 // longer reference cycles are not visible to a symbolic stack: walkers of the object graph must
@@ -90,7 +91,7 @@ func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Poli
 	err := s.run()
 	s.scan.Length = int64(len(s.buf))
 	if err != nil {
-		return s.scan, nil, err
+		return s.scan, nil, s.salvage(err)
 	}
 	return s.scan, s.buf[:len(s.buf):len(s.buf)], nil
 }
@@ -221,6 +222,9 @@ type scanner struct {
 	vm     bool
 	edits  []edit
 	frames []int64
+
+	stuck     bool // no opcode boundary is known past the last failure
+	salvaging bool
 }
 
 // Opcode bytes (pickletools names).
@@ -317,7 +321,36 @@ var binaryOps = func() (t [256]bool) {
 func (s *scanner) pos() int64 { return int64(len(s.buf)) }
 
 func (s *scanner) fail(kind fault.Kind, format string, args ...any) error {
+	if err := s.quiet(kind); err != nil {
+		return err
+	}
 	return fault.At(kind, s.entry, s.op, format, args...)
+}
+
+// quiet returns, while salvaging, the unformatted refusal of a kind other than Unsafe: past
+// the first refusal only an unsafe one is reported, and a flood of the others (a MARK per byte
+// past MaxMarks) must cost nothing. Refusals a stream can repeat once per byte call it before
+// boxing their message arguments. It returns nil otherwise.
+func (s *scanner) quiet(kind fault.Kind) error {
+	if s.salvaging && kind != fault.Unsafe {
+		return &salvageKinds[kind]
+	}
+	return nil
+}
+
+// salvageKinds are the errors fail returns while salvaging, one per kind; nothing modifies them.
+var salvageKinds = func() (e [fault.Canceled + 1]fault.Error) {
+	for k := range e {
+		e[k].Kind = fault.Kind(k)
+	}
+	return e
+}()
+
+// halt fails where the walk cannot go on: the input is cut or the next opcode boundary is
+// unknown (see salvage).
+func (s *scanner) halt(kind fault.Kind, format string, args ...any) error {
+	s.stuck = true
+	return s.fail(kind, format, args...)
 }
 
 func (s *scanner) opName(op byte) string {
@@ -332,18 +365,19 @@ func (s *scanner) room(n int64, what string) error {
 	p := s.pos()
 	switch {
 	case n < 0:
-		return s.fail(fault.Malformed, "%s: negative length %d", what, n)
+		return s.halt(fault.Malformed, "%s: negative length %d", what, n)
 	case n > s.avail-p:
-		return s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, n, s.avail-p)
+		return s.halt(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, n, s.avail-p)
 	case n > s.lim.MaxPickleBytes-p:
-		return s.fail(fault.Limit, "%s: length %d takes the pickle past the %d-byte limit (MaxPickleBytes)", what, n, s.lim.MaxPickleBytes)
+		return s.halt(fault.Limit, "%s: length %d takes the pickle past the %d-byte limit (MaxPickleBytes)", what, n, s.lim.MaxPickleBytes)
 	case s.frameEnd >= 0 && n > s.frameEnd-p:
-		return s.fail(fault.Malformed, "%s straddles the end of its frame at offset %d", what, s.frameEnd)
+		return s.halt(fault.Malformed, "%s straddles the end of its frame at offset %d", what, s.frameEnd)
 	}
 	return nil
 }
 
 func (s *scanner) readErr(err error, what string) error {
+	s.stuck = true
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return s.fail(fault.Malformed, "%s: input ends at offset %d, before the %d bytes it was said to hold", what, s.pos(), s.avail)
 	}
@@ -428,13 +462,16 @@ func (s *scanner) readLine(maxLen int64, what string) (int64, int64, error) {
 			return start, s.pos() - 1, nil
 		}
 		if maxLen > 0 && s.pos()-start > maxLen {
-			return 0, 0, s.fail(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
+			return 0, 0, s.halt(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
 		}
 	}
 }
 
 func (s *scanner) push(it item) error {
 	if len(s.stack) >= s.lim.MaxMemo {
+		if err := s.quiet(fault.Limit); err != nil {
+			return err
+		}
 		return s.fail(fault.Limit, "more than %d items on the pickle stack (MaxMemo)", s.lim.MaxMemo)
 	}
 	s.stack = append(s.stack, it)
@@ -450,6 +487,9 @@ func (s *scanner) base() int {
 
 func (s *scanner) pop(what string) (item, error) {
 	if len(s.stack) <= s.base() {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return item{}, err
+		}
 		return item{}, s.fail(fault.Malformed, "%s: stack underflow", what)
 	}
 	it := s.stack[len(s.stack)-1]
@@ -460,6 +500,9 @@ func (s *scanner) pop(what string) (item, error) {
 // top returns a pointer to the item on top of the stack (above the current MARK).
 func (s *scanner) top(what string) (*item, error) {
 	if len(s.stack) <= s.base() {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return nil, err
+		}
 		return nil, s.fail(fault.Malformed, "%s: stack underflow", what)
 	}
 	return &s.stack[len(s.stack)-1], nil
@@ -469,6 +512,9 @@ func (s *scanner) top(what string) (*item, error) {
 // the slice stays valid until the next push.
 func (s *scanner) popMark(what string) ([]item, error) {
 	if len(s.marks) == 0 {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return nil, err
+		}
 		return nil, s.fail(fault.Malformed, "%s without a MARK", what)
 	}
 	b := s.marks[len(s.marks)-1]
@@ -481,6 +527,9 @@ func (s *scanner) popMark(what string) ([]item, error) {
 // nest returns the depth of a container holding items, checked against MaxNesting.
 func (s *scanner) nest(d int32) (int32, error) {
 	if int(d)+1 > s.lim.MaxNesting {
+		if err := s.quiet(fault.Limit); err != nil {
+			return 0, err
+		}
 		return 0, s.fail(fault.Limit, "containers nested deeper than %d (MaxNesting)", s.lim.MaxNesting)
 	}
 	return d + 1, nil
@@ -520,6 +569,9 @@ func (s *scanner) fill(what string, d int32, values ...item) error {
 	if t.kind == kOther && t.off != 0 {
 		for _, v := range values {
 			if v.kind == kOther && v.off == t.off {
+				if err := s.quiet(fault.Malformed); err != nil {
+					return err
+				}
 				return s.fail(fault.Malformed, "%s adds a container to itself (reference cycle)", what)
 			}
 		}
@@ -558,7 +610,7 @@ func (s *scanner) counted(lenBytes int64, signed bool, what string) (int64, int6
 	case signed:
 		n = int64(int32(uint32(u)))
 	case u > math.MaxInt64:
-		return 0, 0, s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, u, s.avail-s.pos())
+		return 0, 0, s.halt(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, u, s.avail-s.pos())
 	default:
 		n = int64(u)
 	}
@@ -641,6 +693,9 @@ func (s *scanner) memoKey(what string) (uint64, error) {
 func (s *scanner) get(k uint64, what string) error {
 	it, ok := s.memo.get(k)
 	if !ok {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return err
+		}
 		return s.fail(fault.Malformed, "%s of memo key %d, which was never set", what, k)
 	}
 	return s.push(it)
@@ -652,6 +707,9 @@ func (s *scanner) put(k uint64, what string) error {
 		return err
 	}
 	if !s.memo.put(k, *t, s.lim.MaxMemo) {
+		if err := s.quiet(fault.Limit); err != nil {
+			return err
+		}
 		return s.fail(fault.Limit, "more than %d memo entries (MaxMemo)", s.lim.MaxMemo)
 	}
 	return nil
@@ -843,12 +901,44 @@ func (s *scanner) run() error {
 	}
 }
 
+// salvage keeps walking after err, the stream's first refusal, up to STOP, to report the
+// globals CPython could still reach: most refusals here are valid Python (an empty LONG1,
+// bytes as a dict key, a container inside itself, every limit), and a payload placed after
+// one must not hide behind "malformed". Checks go on but no longer stop the walk; it ends
+// where no opcode boundary is known (the input is cut, an operand is too long to skip, an
+// opcode is unknown). It returns the first refusal as Unsafe, if any (an opcode outside the
+// allowlist, STACK_GLOBAL on operands that are not literals), else err. Memory stays within
+// the limits: a refused push, MARK or memo entry is not stored.
+func (s *scanner) salvage(err error) error {
+	s.salvaging = true
+	for unsafe := fault.KindOf(err) == fault.Unsafe; !s.stuck && !unsafe; {
+		if s.frameEnd >= 0 && s.pos() >= s.frameEnd {
+			s.frameEnd = -1
+		}
+		s.op = s.pos()
+		op, rerr := s.readByte("opcode")
+		if rerr != nil || op == opStop {
+			break
+		}
+		// While salvaging only an unsafe refusal is a new *fault.Error.
+		if _, serr := s.step(op); serr != nil {
+			if fe, ok := serr.(*fault.Error); ok && fe.Kind == fault.Unsafe {
+				err, unsafe = serr, true
+			}
+		}
+	}
+	return err
+}
+
 // step decodes one opcode; it reports true after STOP.
 func (s *scanner) step(op byte) (bool, error) {
 	var err error
 	switch op {
 	case opMark:
 		if len(s.marks) >= s.lim.MaxMarks {
+			if err := s.quiet(fault.Limit); err != nil {
+				return false, err
+			}
 			return false, s.fail(fault.Limit, "more than %d open MARKs (MaxMarks)", s.lim.MaxMarks)
 		}
 		s.marks = append(s.marks, len(s.stack))
@@ -975,6 +1065,9 @@ func (s *scanner) step(op byte) (bool, error) {
 	case opTuple1, opTuple2, opTuple3:
 		n := int(op-opTuple1) + 1
 		if len(s.stack)-s.base() < n {
+			if err := s.quiet(fault.Malformed); err != nil {
+				return false, err
+			}
 			return false, s.fail(fault.Malformed, "TUPLE%d: stack underflow", n)
 		}
 		items := s.stack[len(s.stack)-n:]
@@ -1134,7 +1227,7 @@ func (s *scanner) step(op byte) (bool, error) {
 			return false, err
 		}
 		if v > 5 {
-			return false, s.fail(fault.Malformed, "unsupported pickle protocol %d", v)
+			return false, s.halt(fault.Malformed, "unsupported pickle protocol %d", v)
 		}
 		s.scan.Protocol, s.sawProto = int(v), true
 	case opFrame:
@@ -1146,7 +1239,7 @@ func (s *scanner) step(op byte) (bool, error) {
 			return false, s.fail(fault.Malformed, "FRAME before the end of the current frame")
 		}
 		if u > math.MaxInt64 {
-			return false, s.fail(fault.Malformed, "FRAME: length %d exceeds the %d bytes left in the input", u, s.avail-s.pos())
+			return false, s.halt(fault.Malformed, "FRAME: length %d exceeds the %d bytes left in the input", u, s.avail-s.pos())
 		}
 		s.frameEnd = -1
 		if err = s.room(int64(u), "FRAME"); err != nil {
@@ -1168,7 +1261,7 @@ func (s *scanner) step(op byte) (bool, error) {
 	case opReadOnlyBuffer:
 		err = s.fail(fault.Unsafe, "opcode READONLY_BUFFER (out-of-band data) is outside the allowlist")
 	default:
-		err = s.fail(fault.Malformed, "unknown %s", s.opName(op))
+		err = s.halt(fault.Malformed, "unknown %s", s.opName(op))
 	}
 	return false, err
 }
