@@ -163,3 +163,85 @@ func TestHostileGraphErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestAliasAmplification checks streams that cost a few bytes per reference to something
+// large: gopickle's error messages format every argument with %#v (2,000 GETs of a 100 KB
+// string passed to a list instance cost 7.8 GB and 98 s in one message), and each dict or
+// list constructor copies its argument.
+func TestAliasAmplification(t *testing.T) {
+	big := strings.Repeat("\x01", 100_000)
+	cases := []struct {
+		name   string
+		build  func(p *pickler)
+		kind   fault.Kind
+		inLoad bool // refused by the VM rather than the pre-scanner
+		why    string
+	}{
+		{"list-instance-called-with-2000-GETs-of-100KB", func(p *pickler) {
+			p.op(']')
+			p.str(big)
+			m := p.memoize()
+			p.op('0', '(')
+			for range 2000 {
+				p.get(m)
+			}
+			p.op('t', 'R')
+		}, fault.Unsafe, false, "only a global may be called: gopickle calls lists, and CPython calls call results"},
+		{"call-of-a-call-result", func(p *pickler) {
+			p.global("collections", "OrderedDict")
+			p.emptyTuple()
+			p.op('R')
+			p.emptyTuple()
+			p.op('R')
+		}, fault.Unsafe, false, "getattr(module, name)(...) is the classic allowlist bypass"},
+		{"BUILD-on-a-global", func(p *pickler) {
+			p.global("collections", "OrderedDict")
+			p.op('}', 'b')
+		}, fault.Unsafe, false, "setting attributes of a class patches it for the whole process"},
+		{"dict-of-2000-GETs-of-100KB", func(p *pickler) {
+			p.str(big)
+			m := p.memoize()
+			p.op('0', '}', '(')
+			for i := range 2000 {
+				p.int(i)
+				p.get(m)
+			}
+			p.op('u')
+		}, fault.Limit, false, "200 MB of aliased strings from 104 KB: over aliasFactor"},
+		{"list()-of-one-list-100k-times", func(p *pickler) {
+			p.op(']', '(')
+			for range 1000 {
+				p.op('N')
+			}
+			p.op('e')
+			x := p.memoize()
+			p.op('0')
+			p.global("builtins", "list")
+			fn := p.memoize()
+			p.op('0', ']')
+			for range 100_000 {
+				p.get(fn)
+				p.get(x)
+				p.op(0x85, 'R', '0')
+			}
+		}, fault.Limit, true, "100M items copied from 700 KB: over the copy budget"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPickler(2)
+			c.build(p)
+			p.op('.')
+			lim := limits.Default()
+			_, data, err := Prescan(bytes.NewReader(p.b), int64(len(p.b)), "data.pkl", lim, &Policy{})
+			if c.inLoad {
+				if err != nil {
+					t.Fatalf("Prescan: %v; want the stream to reach the VM", err)
+				}
+				_, err = Load(data, "data.pkl", &Policy{}, &PersistentIDs{}, lim)
+			}
+			if fault.KindOf(err) != c.kind {
+				t.Errorf("got %v; want %v (%s)", err, c.kind, c.why)
+			}
+		})
+	}
+}

@@ -125,6 +125,7 @@ const (
 	kOther
 	kStr
 	kBytes
+	kGlobal // a GLOBAL or STACK_GLOBAL result: the only thing REDUCE and NEWOBJ may call
 )
 
 // String encodings: how CPython turns a string literal's bytes into a str under torch.load's
@@ -225,6 +226,7 @@ type scanner struct {
 
 	stuck     bool // no opcode boundary is known past the last failure
 	salvaging bool
+	weight    int64 // see aliasFactor
 }
 
 // Opcode bytes (pickletools names).
@@ -475,8 +477,26 @@ func (s *scanner) push(it item) error {
 		return s.fail(fault.Limit, "more than %d items on the pickle stack (MaxMemo)", s.lim.MaxMemo)
 	}
 	s.stack = append(s.stack, it)
+	s.weight += it.n
 	return nil
 }
+
+// notGlobal refuses a call of something other than a global: a container (gopickle calls
+// lists and dicts, formatting every argument when it fails) or a call's result (the
+// getattr(module, name)(...) pattern). CPython calls any callable; torch calls only globals.
+func (s *scanner) notGlobal(what string) error {
+	return s.fail(fault.Unsafe, "%s of a value that is not a global (a container or a call's result)", what)
+}
+
+// aliasFactor and aliasFloor bound weight, the bytes of str, bytes and integer literals pushed
+// with every memo GET and DUP of one counted again, to aliasFactor times the stream's length
+// plus aliasFloor at STOP. gopickle formats stack values with %#v in its error messages, so a
+// tuple of 2,000 GETs of one 100 KB string costs gigabytes in one message; a pickle torch
+// writes fetches only short strings from the memo ('storage', 'cpu') and stays near 1.
+const (
+	aliasFactor = 8
+	aliasFloor  = 1 << 20
+)
 
 func (s *scanner) base() int {
 	if len(s.marks) == 0 {
@@ -639,7 +659,7 @@ func (s *scanner) long(lenBytes int64, what string) error {
 	if n > int64(s.lim.MaxLongBytes) {
 		return s.fail(fault.Limit, "%s of %d bytes exceeds %d (MaxLongBytes)", what, n, s.lim.MaxLongBytes)
 	}
-	return s.push(item{kind: kOther})
+	return s.push(item{kind: kOther, n: n})
 }
 
 // textInt checks a text INT or LONG operand: an optional sign, at most MaxLongBytes digits,
@@ -667,7 +687,7 @@ func (s *scanner) textInt(long bool, what string) error {
 			return s.fail(fault.Malformed, "%s: %q is not a decimal integer", what, s.buf[a:b])
 		}
 	}
-	return s.push(item{kind: kOther})
+	return s.push(item{kind: kOther, n: int64(len(t))})
 }
 
 // memoKey reads a text memo index.
@@ -875,7 +895,7 @@ func (s *scanner) stackGlobal() error {
 		return err
 	}
 	s.renameBuiltin(module, name, 1, string([]byte{opPop, opPop}))
-	return s.push(item{kind: kOther})
+	return s.push(item{kind: kGlobal})
 }
 
 func (s *scanner) run() error {
@@ -951,6 +971,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 		if s.frameEnd >= 0 && s.frameEnd != s.pos() {
 			return false, s.fail(fault.Malformed, "STOP inside a frame that extends %d bytes further", s.frameEnd-s.pos())
+		}
+		if s.weight > aliasFactor*s.pos()+aliasFloor {
+			return false, s.fail(fault.Limit, "strings and integers fetched from the memo total %d bytes, more than %d times the %d-byte pickle", s.weight, aliasFactor, s.pos())
 		}
 		if !s.sawProto && s.sawBinary {
 			s.scan.Protocol = 1
@@ -1133,9 +1156,13 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 	case opBuild:
 		var st item
-		if st, err = s.pop("BUILD"); err == nil {
-			err = s.fill("BUILD", st.depth, st)
+		if st, err = s.pop("BUILD"); err != nil {
+			return false, err
 		}
+		if t, terr := s.top("BUILD"); terr == nil && t.kind == kGlobal {
+			return false, s.fail(fault.Unsafe, "BUILD on a global (it would set attributes of a class or function)")
+		}
+		err = s.fill("BUILD", st.depth, st)
 
 	case opGet:
 		var k uint64
@@ -1187,7 +1214,7 @@ func (s *scanner) step(op byte) (bool, error) {
 		if op == opInst {
 			return false, s.fail(fault.Unsafe, "opcode INST (%s.%s) is outside the allowlist", module, name)
 		}
-		err = s.push(item{kind: kOther})
+		err = s.push(item{kind: kGlobal})
 	case opStackGlobal:
 		err = s.stackGlobal()
 	case opReduce, opNewObj:
@@ -1202,6 +1229,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		if f, err = s.pop(what); err != nil {
 			return false, err
 		}
+		if f.kind != kGlobal {
+			return false, s.notGlobal(what)
+		}
 		err = s.object(max(a.depth, f.depth))
 	case opNewObjEx:
 		var kw, a, c item
@@ -1213,6 +1243,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 		if c, err = s.pop("NEWOBJ_EX"); err != nil {
 			return false, err
+		}
+		if c.kind != kGlobal {
+			return false, s.notGlobal("NEWOBJ_EX")
 		}
 		err = s.object(max(kw.depth, a.depth, c.depth))
 	case opBinPersID:

@@ -697,17 +697,17 @@ func TestPrescanCorpus(t *testing.T) {
 		"picklescan__malicious2_v4.pkl":                {"posix.system", Dangerous, false},
 		"picklescan__malicious10.pkl":                  {"__builtin__.exec", Dangerous, true},
 		"picklescan__malicious11.pkl":                  {"os.system", Dangerous, false},
-		"picklescan__malicious12.pkl":                  {"operator.attrgetter", Dangerous, false},
+		"picklescan__malicious12.pkl":                  {"operator.attrgetter", Dangerous, true}, // calls what a call returned
 		"picklescan__malicious13b.pkl":                 {"_pickle.loads", Dangerous, false},
 		"picklescan__malicious16.pkl":                  {"pip.main", Dangerous, false},
-		"picklescan__malicious19.pkl":                  {"functools.partial", Dangerous, false},
+		"picklescan__malicious19.pkl":                  {"functools.partial", Dangerous, true}, // calls what a call returned
 		"picklescan__malicious23.pkl":                  {"os.system", Dangerous, false},
 		"picklescan__broken_model.pkl":                 {"builtins.exec", Dangerous, true},
 		"picklescan__malicious-invalid-bytes.pkl":      {"os.system", Dangerous, false},
 		"picklescan__keyerror-exploit.pkl":             {"os.system", Dangerous, true},
 		"picklescan__sys_module_override_sploit.pkl":   {"torch._utils", Unknown, true},
 		"picklescan__GHSA-vvpj-8cmc-gx39.pkl":          {"pkgutil.resolve_name", Dangerous, false},
-		"picklescan__GHSA-84r2-jw7c-4r5q.pkl":          {"operator.methodcaller", Dangerous, false},
+		"picklescan__GHSA-84r2-jw7c-4r5q.pkl":          {"operator.methodcaller", Dangerous, true}, // calls what a call returned
 		"picklescan__GHSA-jgw4-cr84-mqxg.bin":          {"asyncio.unix_events._UnixSubprocessTransport._start", Dangerous, false},
 		"picklescan__GHSA-g38g-8gr9-h9xp-uuid.pkl":     {"uuid._get_command_stdout", Dangerous, false},
 		"picklescan__types_CodeType.pkl":               {"types.CodeType", Dangerous, false},

@@ -102,7 +102,7 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 	if err := s.run(); err != nil {
 		return nil, err
 	}
-	vm := &machine{entry: entry, pol: pol, lim: lim}
+	vm := &machine{entry: entry, pol: pol, lim: lim, copies: aliasFactor*int64(len(raw)) + aliasFloor}
 	u := pickle.NewUnpickler(bytes.NewReader(s.vmStream()))
 	u.FindClass = vm.findClass
 	u.PersistentLoad = func(pid any) (any, error) { return pids.load(pid, lim) }
@@ -126,6 +126,19 @@ type machine struct {
 	entry string
 	pol   *Policy
 	lim   limits.Limits
+	// copies is how many more items dict, list and OrderedDict may copy from their argument:
+	// each call copies, so a list built once and passed to list() K times would otherwise cost
+	// K times its length from a few bytes per call.
+	copies int64
+}
+
+// copy takes n items from the copy budget.
+func (m *machine) copy(class string, n int) error {
+	m.copies -= int64(n)
+	if m.copies < 0 {
+		return fault.New(fault.Limit, m.entry, "%s: dict and list constructors copy more than %d times the pickle's length in items", class, aliasFactor)
+	}
+	return nil
 }
 
 func (m *machine) findClass(module, name string) (any, error) {
@@ -140,13 +153,13 @@ func (m *machine) findClass(module, name string) (any, error) {
 	case Inert:
 		switch q {
 		case "builtins.dict":
-			return dictClass{name: q}, nil
+			return dictClass{m: m, name: q}, nil
 		case "collections.defaultdict":
-			return dictClass{name: q, factory: true}, nil
+			return dictClass{m: m, name: q, factory: true}, nil
 		case "collections.Counter":
-			return dictClass{name: q, mappingOnly: true}, nil
+			return dictClass{m: m, name: q, mappingOnly: true}, nil
 		case "builtins.list":
-			return listClass{}, nil
+			return listClass{m}, nil
 		}
 		return opaqueClass(q), nil
 	default:
@@ -171,7 +184,7 @@ func (m *machine) sentinel(module, name string) any {
 	case "torch.Size":
 		return sizeClass{}
 	case "collections.OrderedDict":
-		return orderedDictClass{}
+		return orderedDictClass{m}
 	case "torch.storage.UntypedStorage", "torch.UntypedStorage":
 		return storageClass{untyped: true}
 	case "torch.serialization._get_layout":
@@ -415,6 +428,7 @@ func (u unsupportedRebuild) Call(args ...any) (any, error) {
 // pairs]) and Counter(mapping) (pickle writes Counter so; from an iterable it would count).
 // The default factory is dropped. NEWOBJ (cls.__new__) makes an empty dict, as in Python.
 type dictClass struct {
+	m           *machine
 	name        string
 	factory     bool
 	mappingOnly bool
@@ -431,7 +445,7 @@ func (c dictClass) Call(args ...any) (any, error) {
 	case 1:
 		err := dictItems(c.name, args[0], c.mappingOnly, func(k, v any) error {
 			d.Set(k, v)
-			return nil
+			return c.m.copy(c.name, 1)
 		})
 		return d, err
 	}
@@ -442,9 +456,9 @@ func (dictClass) PyNew(args ...any) (any, error) { return types.NewDict(), nil }
 
 // orderedDictClass is collections.OrderedDict: OrderedDict() as torch writes it, and
 // OrderedDict(pairs) as Python 2 wrote it.
-type orderedDictClass struct{}
+type orderedDictClass struct{ m *machine }
 
-func (orderedDictClass) Call(args ...any) (any, error) {
+func (c orderedDictClass) Call(args ...any) (any, error) {
 	d := types.NewOrderedDict()
 	switch len(args) {
 	case 0:
@@ -456,7 +470,7 @@ func (orderedDictClass) Call(args ...any) (any, error) {
 				return fault.New(fault.Unsupported, "", "collections.OrderedDict with a bytes key")
 			}
 			d.Set(k, v)
-			return nil
+			return c.m.copy("collections.OrderedDict", 1)
 		})
 		return d, err
 	}
@@ -492,20 +506,26 @@ func dictItems(class string, arg any, mappingOnly bool, set func(k, v any) error
 }
 
 // listClass is builtins.list: list() and list(list or tuple); other iterables are refused.
-type listClass struct{}
+type listClass struct{ m *machine }
 
-func (listClass) Call(args ...any) (any, error) {
+func (c listClass) Call(args ...any) (any, error) {
 	switch len(args) {
 	case 0:
 		return types.NewList(), nil
 	case 1:
+		var items []any
 		switch a := args[0].(type) {
 		case *types.List:
-			return types.NewListFromSlice(slices.Clone(*a)), nil
+			items = *a
 		case *types.Tuple:
-			return types.NewListFromSlice(slices.Clone(*a)), nil
+			items = *a
+		default:
+			return nil, fault.New(fault.Unsupported, "", "builtins.list built from %s", typeName(args[0]))
 		}
-		return nil, fault.New(fault.Unsupported, "", "builtins.list built from %s", typeName(args[0]))
+		if err := c.m.copy("builtins.list", len(items)); err != nil {
+			return nil, err
+		}
+		return types.NewListFromSlice(slices.Clone(items)), nil
 	}
 	return nil, fault.New(fault.Malformed, "", "builtins.list: %d arguments, want at most 1", len(args))
 }
