@@ -305,6 +305,15 @@ const (
 	opReadOnlyBuffer = 0x98
 )
 
+// protocol0Ops are the opcodes of protocol 0.
+const protocol0Ops = "(.02FILNPRSVabcdgilpst"
+
+// IsOpcode reports whether CPython's unpickler knows b as an opcode, so that a stream may
+// start with it: torch.load unpickles any file that is not a zip or a tar, whatever its first
+// opcode (PROTO is optional), so a container sniffer must treat every such byte as a possible
+// bare pickle.
+func IsOpcode(b byte) bool { return binaryOps[b] || strings.IndexByte(protocol0Ops, b) >= 0 }
+
 // binaryOps are the opcodes introduced after protocol 0; seeing one in a stream without PROTO
 // makes it protocol 1.
 var binaryOps = func() (t [256]bool) {
@@ -887,6 +896,10 @@ func (s *scanner) stackGlobal() error {
 	}
 	if nameIt.kind != kStr || modIt.kind != kStr {
 		return s.fail(fault.Unsafe, "STACK_GLOBAL with non-literal operands")
+	}
+	if modIt.n > maxNameLine || nameIt.n > maxNameLine {
+		// Reports and error messages repeat the name: a 100 MB one is not recorded.
+		return s.fail(fault.Unsafe, "STACK_GLOBAL operand longer than %d bytes: no allowed global is named so", maxNameLine)
 	}
 	// Both literals were decoded without error when they were pushed.
 	module, _ := decodeText(modIt.enc, s.buf[modIt.off:modIt.off+modIt.n])

@@ -481,6 +481,8 @@ func TestPrescanRefusals(t *testing.T) {
 			kind: fault.Unsafe, offset: 26, msg: "non-literal", global: []string{"builtins.str"}},
 		{name: "STACK_GLOBAL on bytes", data: []byte("\x80\x04C\x02os\x8c\x06system\x93."),
 			kind: fault.Unsafe, offset: 14, msg: "non-literal"},
+		{name: "STACK_GLOBAL name of 2000 bytes", data: cat("\x80\x04\x8c\x02os\x8d", le(2000, 8), strings.Repeat("a", 2000), "\x93."),
+			kind: fault.Unsafe, offset: 2015, msg: "longer than 1024"},
 		{name: "STACK_GLOBAL underflow", data: []byte("\x80\x04\x8c\x02os\x93."),
 			kind: fault.Malformed, offset: 6, msg: "underflow"},
 
@@ -846,5 +848,17 @@ func TestPrescanSalvage(t *testing.T) {
 				t.Errorf("globals %v, want %v (%s)", got, c.globals, c.why)
 			}
 		})
+	}
+}
+
+// TestIsOpcode checks IsOpcode against the pre-scanner itself: a byte is an opcode exactly when
+// the walk does not call it unknown.
+func TestIsOpcode(t *testing.T) {
+	for b := range 256 {
+		_, _, err := prescanBytes(t, []byte{byte(b)}, limits.Default())
+		unknown := err != nil && strings.Contains(err.Error(), "unknown opcode")
+		if IsOpcode(byte(b)) == unknown {
+			t.Errorf("IsOpcode(0x%02x) = %v, but the pre-scanner says: %v", b, IsOpcode(byte(b)), err)
+		}
 	}
 }
