@@ -80,9 +80,9 @@ const (
 // boundaries are known, after it up to STOP (a payload must not hide behind a refusal that
 // CPython would not share); the error is Unsafe if any refusal was.
 //
-// A container added directly to itself is refused. Nesting built through memo aliasing (GET of a container modified after its PUT) and
-// longer reference cycles are not visible to a symbolic stack: walkers of the object graph must
-// bound their own depth and detect cycles.
+// A container added directly to itself is refused. Nesting built through memo aliasing (GET of
+// a container modified after its PUT) and longer reference cycles are not visible to a symbolic
+// stack: walkers of the object graph must bound their own depth and detect cycles.
 func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) (*Scan, []byte, error) {
 	if avail < 0 {
 		return &Scan{}, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
@@ -338,24 +338,19 @@ func (s *scanner) fail(kind fault.Kind, format string, args ...any) error {
 	return fault.At(kind, s.entry, s.op, format, args...)
 }
 
-// quiet returns, while salvaging, the unformatted refusal of a kind other than Unsafe: past
-// the first refusal only an unsafe one is reported, and a flood of the others (a MARK per byte
-// past MaxMarks) must cost nothing. Refusals a stream can repeat once per byte call it before
-// boxing their message arguments. It returns nil otherwise.
+// quiet returns errQuiet while salvaging for a refusal of a kind other than Unsafe, nil
+// otherwise: past the first refusal only an unsafe one is reported, and a flood of the others
+// (a MARK per byte past MaxMarks) must cost nothing. Refusals a stream can repeat once per
+// byte call it before boxing their message arguments.
 func (s *scanner) quiet(kind fault.Kind) error {
 	if s.salvaging && kind != fault.Unsafe {
-		return &salvageKinds[kind]
+		return errQuiet
 	}
 	return nil
 }
 
-// salvageKinds are the errors fail returns while salvaging, one per kind; nothing modifies them.
-var salvageKinds = func() (e [fault.Canceled + 1]fault.Error) {
-	for k := range e {
-		e[k].Kind = fault.Kind(k)
-	}
-	return e
-}()
+// errQuiet stands for every refusal but an unsafe one while salvaging; it never leaves salvage.
+var errQuiet = errors.New("refused while salvaging")
 
 // halt fails where the walk cannot go on: the input is cut or the next opcode boundary is
 // unknown (see salvage).
@@ -772,21 +767,23 @@ func (s *scanner) record(module, name string) error {
 // encoding='utf-8', or why CPython would raise (errSurrogate: it would not, but no tensor name
 // can hold the result).
 func decodeText(enc uint8, raw []byte) (string, error) {
-	var v string
-	var err error
 	switch enc {
 	case encEscape:
-		v, err = escapeDecode(raw)
+		v, err := escapeDecode(raw)
+		if err == nil && !utf8.ValidString(v) {
+			err = errNotUTF8
+		}
+		return v, err
 	case encRawUESC:
 		return rawUnicodeEscapeDecode(raw)
-	default:
-		v = string(raw)
 	}
-	if err == nil && !utf8.ValidString(v) {
-		err = errors.New("invalid UTF-8 (torch.load decodes it as UTF-8)")
+	if !utf8.Valid(raw) {
+		return "", errNotUTF8
 	}
-	return v, err
+	return string(raw), nil
 }
+
+var errNotUTF8 = errors.New("invalid UTF-8 (torch.load decodes it as UTF-8)")
 
 // errSurrogate marks a UNICODE escape of a lone UTF-16 surrogate: a valid Python str that no
 // UTF-8 tensor name or safetensors header can hold.
@@ -797,6 +794,9 @@ var errSurrogate = errors.New("escape of a UTF-16 surrogate, which no UTF-8 name
 // Latin-1) is replaced by a BINUNICODE of the decoded text.
 func (s *scanner) text(enc uint8, off, n int64, what string) error {
 	raw := s.buf[off : off+n]
+	if enc == encRaw && utf8.Valid(raw) {
+		return s.literal(kStr, enc, off, n) // the common case, without copying the text
+	}
 	v, err := decodeText(enc, raw)
 	switch {
 	case errors.Is(err, errSurrogate):
@@ -953,11 +953,9 @@ func (s *scanner) salvage(err error) error {
 		if rerr != nil || op == opStop {
 			break
 		}
-		// While salvaging only an unsafe refusal is a new *fault.Error.
-		if _, serr := s.step(op); serr != nil {
-			if fe, ok := serr.(*fault.Error); ok && fe.Kind == fault.Unsafe {
-				err, unsafe = serr, true
-			}
+		// While salvaging, every refusal but an unsafe one is errQuiet.
+		if _, serr := s.step(op); serr != nil && serr != errQuiet && fault.KindOf(serr) == fault.Unsafe {
+			err, unsafe = serr, true
 		}
 	}
 	return err
