@@ -224,3 +224,23 @@ func TestDictFromPairs(t *testing.T) {
 		})
 	}
 }
+
+// TestReconstructorRecord checks that an object pickled by protocol 0 or 1 through
+// copy_reg._reconstructor (which gopickle resolved itself) is reported under its own class.
+func TestReconstructorRecord(t *testing.T) {
+	p := newPickler(1)
+	p.op('}', '(')
+	p.str("w")
+	p.tensor("0")
+	p.str("args")
+	p.op([]byte("ccopy_reg\n_reconstructor\n(cargparse\nNamespace\nc__builtin__\nobject\nNtR}")...)
+	p.str("lr")
+	p.op('K', 1, 's', 'b', 'u', '.')
+	tree, _, err := loadTree(t, p.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tree.Dropped; len(got) != 1 || got[0] != (Leaf{Path: "args", Type: "argparse.Namespace"}) {
+		t.Errorf("dropped %+v, want [args argparse.Namespace]", got)
+	}
+}

@@ -160,6 +160,8 @@ func (m *machine) findClass(module, name string) (any, error) {
 			return dictClass{m: m, name: q, mappingOnly: true}, nil
 		case "builtins.list":
 			return listClass{m}, nil
+		case "copyreg._reconstructor":
+			return reconstructor{}, nil
 		}
 		return opaqueClass(q), nil
 	default:
@@ -531,6 +533,19 @@ func (c listClass) Call(args ...any) (any, error) {
 }
 
 func (listClass) PyNew(args ...any) (any, error) { return types.NewList(), nil }
+
+// reconstructor is copyreg._reconstructor(cls, base, state), with which protocols 0 and 1
+// pickle plain objects (an argparse.Namespace of training arguments): the record is cls's.
+type reconstructor struct{}
+
+func (reconstructor) Call(args ...any) (any, error) {
+	if len(args) > 0 {
+		if c, ok := args[0].(opaqueClass); ok {
+			return &Opaque{Class: string(c), Args: args[1:]}, nil
+		}
+	}
+	return &Opaque{Class: "copyreg._reconstructor", Args: args}, nil
+}
 
 // opaqueClass is an inert global: calling or instantiating it yields an Opaque record.
 type opaqueClass string
