@@ -29,7 +29,11 @@ func TestNoGraphFormatting(t *testing.T) {
 	}
 	const module = "github.com/ptsafe/converter/internal/"
 	targets := []string{module + "unpickler", module + "convert"}
-	out, err := exec.Command("go", append([]string{"list", "-export", "-deps", "-json=ImportPath,Export,Dir,GoFiles"}, targets...)...).Output()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go command to list export data with: %v", err)
+	}
+	out, err := exec.Command(goCmd, append([]string{"list", "-export", "-deps", "-json=ImportPath,Export,Dir,GoFiles"}, targets...)...).Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
