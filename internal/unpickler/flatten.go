@@ -96,7 +96,7 @@ type walkCost struct {
 // error messages only. Its recursion depth is bounded by lim.MaxNesting.
 func (w *walker) measure(v any, depth int, trail []any, memo map[any]walkCost) (walkCost, error) {
 	if depth > w.lim.MaxNesting {
-		return walkCost{}, fault.New(fault.Limit, w.entry, "object graph nested deeper than %d at %q (limit max-nesting)", w.lim.MaxNesting, trailPath(trail))
+		return walkCost{}, fault.New(fault.Limit, w.entry, "object graph nested deeper than %d at %s (limit max-nesting)", w.lim.MaxNesting, Describe(trailPath(trail)))
 	}
 	switch v.(type) {
 	case *TensorRef:
@@ -109,7 +109,7 @@ func (w *walker) measure(v any, depth int, trail []any, memo map[any]walkCost) (
 		return c, nil
 	}
 	if w.onPath[v] {
-		return walkCost{}, fault.New(fault.Malformed, w.entry, "object graph has a cycle at %q", trailPath(trail))
+		return walkCost{}, fault.New(fault.Malformed, w.entry, "object graph has a cycle at %s", Describe(trailPath(trail)))
 	}
 	w.onPath[v] = true
 	defer delete(w.onPath, v)
@@ -181,7 +181,7 @@ func (w *walker) walk(v any, path string, depth int, tree *Tree) error {
 		return fault.New(fault.Limit, w.entry, "object graph has more than %d paths (limit max-walk-nodes)", w.lim.MaxWalkNodes)
 	}
 	if depth > w.lim.MaxNesting {
-		return fault.New(fault.Limit, w.entry, "object graph nested deeper than %d at %q (limit max-nesting)", w.lim.MaxNesting, path)
+		return fault.New(fault.Limit, w.entry, "object graph nested deeper than %d at %s (limit max-nesting)", w.lim.MaxNesting, Describe(path))
 	}
 	switch x := v.(type) {
 	case *TensorRef:
@@ -189,7 +189,7 @@ func (w *walker) walk(v any, path string, depth int, tree *Tree) error {
 			path = "tensor"
 		}
 		if w.names[path] {
-			return fault.New(fault.Malformed, w.entry, "two tensors are named %q", path)
+			return fault.New(fault.Malformed, w.entry, "two tensors are named %s", Describe(path))
 		}
 		if len(tree.Tensors) >= w.lim.MaxTensors {
 			return fault.New(fault.Limit, w.entry, "more than %d tensors (limit max-tensors)", w.lim.MaxTensors)
@@ -206,14 +206,14 @@ func (w *walker) walk(v any, path string, depth int, tree *Tree) error {
 		return nil
 	}
 	if w.onPath[v] {
-		return fault.New(fault.Malformed, w.entry, "object graph has a cycle at %q", path)
+		return fault.New(fault.Malformed, w.entry, "object graph has a cycle at %s", Describe(path))
 	}
 	w.onPath[v] = true
 	defer delete(w.onPath, v)
 	return eachChild(v, func(key any, child any) error {
 		k, err := keyString(key)
 		if err != nil {
-			return fault.New(fault.Malformed, w.entry, "at %q: %v", path, err)
+			return fault.New(fault.Malformed, w.entry, "at %s: %v", Describe(path), err)
 		}
 		p := k
 		if path != "" {
@@ -335,7 +335,7 @@ func (w *walker) lookup(root any, path string, tree *Tree) (any, error) {
 			return nil
 		})
 		if !found {
-			return nil, fault.New(fault.Malformed, w.entry, "--select %q: no key %q", path, part)
+			return nil, fault.New(fault.Malformed, w.entry, "--select %s: no key %s", Describe(path), Describe(part))
 		}
 		cur = next
 		prefix += part + "."

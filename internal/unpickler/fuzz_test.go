@@ -56,7 +56,7 @@ func fuzzPickleSeeds(t testing.TB) [][]byte {
 }
 
 // FuzzPrescanVM runs the pre-scanner over arbitrary bytes and, when it accepts them, the
-// restricted VM and the object-graph walk. None of them may panic, hang or allocate beyond the
+// restricted VM, the bounded formatter and the object-graph walk. None of them may panic, hang or allocate beyond the
 // limits; every refusal must be a classified fault. A panic that the VM's recover() catches is
 // a failure too: the pre-scanner promises gopickle never sees a stream that makes it panic.
 func FuzzPrescanVM(f *testing.F) {
@@ -84,11 +84,14 @@ func FuzzPrescanVM(f *testing.F) {
 			root, err := Load(raw, "fuzz", &Policy{}, &PersistentIDs{Legacy: legacy}, lim)
 			if err != nil {
 				var fe *fault.Error
-				if errors.As(err, &fe) && fe.Err == nil && strings.HasPrefix(fe.Msg, "pickle VM: ") {
+				if errors.As(err, &fe) && fe.Err == nil && strings.HasPrefix(fe.Msg, "pickle VM panicked: ") {
 					t.Fatalf("gopickle panicked on a pre-scanned stream: %v", err)
 				}
 				testkit.CheckClassified(t, "Load", err)
 				continue
+			}
+			if d := Describe(root); len(d) > MaxDescribeBytes {
+				t.Fatalf("Describe returned %d bytes, bound %d", len(d), MaxDescribeBytes)
 			}
 			if _, err := Flatten(root, "", "fuzz", lim); err != nil {
 				testkit.CheckClassified(t, "Flatten", err)

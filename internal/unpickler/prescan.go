@@ -1,6 +1,7 @@
 package unpickler
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -68,38 +69,46 @@ const (
 //     any allowlist and it can panic);
 //   - FRAME: a frame must fit in the input, must not start before the previous one ends, and
 //     no opcode may straddle a frame end;
-//   - PROTO at most 5; BINUNICODE, SHORT_BINUNICODE and BINUNICODE8 must be valid UTF-8.
+//   - PROTO at most 5; every str literal must decode as CPython decodes it under torch.load's
+//     encoding='utf-8' (BINUNICODE*, BINSTRING and SHORT_BINSTRING as UTF-8; STRING through
+//     escape_decode, then UTF-8; UNICODE as raw-unicode-escape), and must not hold a lone
+//     surrogate (refused as Unsupported: no tensor name can hold one).
 //
 // Dangerous or unknown globals are not errors here: every GLOBAL, STACK_GLOBAL and INST is
 // recorded in Scan.Globals, classified by pol, and the caller decides. The Scan is returned
-// even with an error, listing every global found before the failure, so that a payload placed
-// before a corruption is still reported.
+// even with an error, listing every global found before the failure and, as far as opcode
+// boundaries are known, after it up to STOP (a payload must not hide behind a refusal that
+// CPython would not share); the error is Unsafe if any refusal was.
 //
-// A container added directly to itself is refused (gopickle's Stringers overflow the stack on
-// it). Nesting built through memo aliasing (GET of a container modified after its PUT) and
-// longer reference cycles are not visible to a symbolic stack: walkers of the object graph must
-// bound their own depth and detect cycles.
+// A container added directly to itself is refused. Nesting built through memo aliasing (GET of
+// a container modified after its PUT) and longer reference cycles are not visible to a symbolic
+// stack: walkers of the object graph must bound their own depth and detect cycles.
 func Prescan(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) (*Scan, []byte, error) {
+	if avail < 0 {
+		return &Scan{}, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
+	}
+	s := newScanner(src, avail, entry, lim, pol)
+	err := s.run()
+	s.scan.Length = int64(len(s.buf))
+	if err != nil {
+		return s.scan, nil, s.salvage(err)
+	}
+	return s.scan, s.buf[:len(s.buf):len(s.buf)], nil
+}
+
+func newScanner(src Source, avail int64, entry string, lim limits.Limits, pol *Policy) *scanner {
 	s := &scanner{
 		src:      src,
 		avail:    avail,
+		max:      min(avail, lim.MaxPickleBytes),
 		entry:    entry,
 		lim:      lim,
 		pol:      pol,
 		frameEnd: -1,
 		scan:     &Scan{},
 	}
-	if avail < 0 {
-		return s.scan, nil, fault.At(fault.Internal, entry, 0, "pre-scanner: negative input size %d", avail)
-	}
-	s.max = min(avail, lim.MaxPickleBytes)
 	s.buf = make([]byte, 0, min(s.max, initialBuf))
-	err := s.run()
-	s.scan.Length = int64(len(s.buf))
-	if err != nil {
-		return s.scan, nil, err
-	}
-	return s.scan, s.buf[:len(s.buf):len(s.buf)], nil
+	return s
 }
 
 const (
@@ -116,12 +125,14 @@ const (
 	kOther
 	kStr
 	kBytes
+	kGlobal // a GLOBAL or STACK_GLOBAL result: the only thing REDUCE and NEWOBJ may call
 )
 
-// String encodings, deciding how a string literal is decoded when it names a global.
+// String encodings: how CPython turns a string literal's bytes into a str under torch.load's
+// encoding='utf-8'.
 const (
-	encRaw     uint8 = iota // BINUNICODE*, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING
-	encEscape               // STRING: Python escape_decode of the quoted text
+	encRaw     uint8 = iota // BINUNICODE*, SHORT_BINUNICODE, BINSTRING, SHORT_BINSTRING: UTF-8
+	encEscape               // STRING: escape_decode of the quoted text, then UTF-8
 	encRawUESC              // UNICODE: raw-unicode-escape
 )
 
@@ -206,6 +217,16 @@ type scanner struct {
 	ids       int64 // last container identity handed out
 	sawBinary bool  // a protocol-1+ opcode was seen (for Scan.Protocol without PROTO)
 	sawProto  bool
+
+	// vm, when set, collects in edits the rewrites that make gopickle build what CPython
+	// builds (see vmStream), and in frames the offset of every FRAME's length operand.
+	vm     bool
+	edits  []edit
+	frames []int64
+
+	stuck     bool // no opcode boundary is known past the last failure
+	salvaging bool
+	weight    int64 // see aliasFactor
 }
 
 // Opcode bytes (pickletools names).
@@ -284,6 +305,15 @@ const (
 	opReadOnlyBuffer = 0x98
 )
 
+// protocol0Ops are the opcodes of protocol 0.
+const protocol0Ops = "(.02FILNPRSVabcdgilpst"
+
+// IsOpcode reports whether CPython's unpickler knows b as an opcode, so that a stream may
+// start with it: torch.load unpickles any file that is not a zip or a tar, whatever its first
+// opcode (PROTO is optional), so a container sniffer must treat every such byte as a possible
+// bare pickle.
+func IsOpcode(b byte) bool { return binaryOps[b] || strings.IndexByte(protocol0Ops, b) >= 0 }
+
 // binaryOps are the opcodes introduced after protocol 0; seeing one in a stream without PROTO
 // makes it protocol 1.
 var binaryOps = func() (t [256]bool) {
@@ -302,7 +332,31 @@ var binaryOps = func() (t [256]bool) {
 func (s *scanner) pos() int64 { return int64(len(s.buf)) }
 
 func (s *scanner) fail(kind fault.Kind, format string, args ...any) error {
+	if err := s.quiet(kind); err != nil {
+		return err
+	}
 	return fault.At(kind, s.entry, s.op, format, args...)
+}
+
+// quiet returns errQuiet while salvaging for a refusal of a kind other than Unsafe, nil
+// otherwise: past the first refusal only an unsafe one is reported, and a flood of the others
+// (a MARK per byte past MaxMarks) must cost nothing. Refusals a stream can repeat once per
+// byte call it before boxing their message arguments.
+func (s *scanner) quiet(kind fault.Kind) error {
+	if s.salvaging && kind != fault.Unsafe {
+		return errQuiet
+	}
+	return nil
+}
+
+// errQuiet stands for every refusal but an unsafe one while salvaging; it never leaves salvage.
+var errQuiet = errors.New("refused while salvaging")
+
+// halt fails where the walk cannot go on: the input is cut or the next opcode boundary is
+// unknown (see salvage).
+func (s *scanner) halt(kind fault.Kind, format string, args ...any) error {
+	s.stuck = true
+	return s.fail(kind, format, args...)
 }
 
 func (s *scanner) opName(op byte) string {
@@ -317,18 +371,19 @@ func (s *scanner) room(n int64, what string) error {
 	p := s.pos()
 	switch {
 	case n < 0:
-		return s.fail(fault.Malformed, "%s: negative length %d", what, n)
+		return s.halt(fault.Malformed, "%s: negative length %d", what, n)
 	case n > s.avail-p:
-		return s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, n, s.avail-p)
+		return s.halt(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, n, s.avail-p)
 	case n > s.lim.MaxPickleBytes-p:
-		return s.fail(fault.Limit, "%s: length %d takes the pickle past the %d-byte limit (MaxPickleBytes)", what, n, s.lim.MaxPickleBytes)
+		return s.halt(fault.Limit, "%s: length %d takes the pickle past the %d-byte limit (MaxPickleBytes)", what, n, s.lim.MaxPickleBytes)
 	case s.frameEnd >= 0 && n > s.frameEnd-p:
-		return s.fail(fault.Malformed, "%s straddles the end of its frame at offset %d", what, s.frameEnd)
+		return s.halt(fault.Malformed, "%s straddles the end of its frame at offset %d", what, s.frameEnd)
 	}
 	return nil
 }
 
 func (s *scanner) readErr(err error, what string) error {
+	s.stuck = true
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return s.fail(fault.Malformed, "%s: input ends at offset %d, before the %d bytes it was said to hold", what, s.pos(), s.avail)
 	}
@@ -413,18 +468,39 @@ func (s *scanner) readLine(maxLen int64, what string) (int64, int64, error) {
 			return start, s.pos() - 1, nil
 		}
 		if maxLen > 0 && s.pos()-start > maxLen {
-			return 0, 0, s.fail(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
+			return 0, 0, s.halt(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
 		}
 	}
 }
 
 func (s *scanner) push(it item) error {
 	if len(s.stack) >= s.lim.MaxMemo {
+		if err := s.quiet(fault.Limit); err != nil {
+			return err
+		}
 		return s.fail(fault.Limit, "more than %d items on the pickle stack (MaxMemo)", s.lim.MaxMemo)
 	}
 	s.stack = append(s.stack, it)
+	s.weight += it.n
 	return nil
 }
+
+// notGlobal refuses a call of something other than a global: a container (gopickle calls
+// lists and dicts, formatting every argument when it fails) or a call's result (the
+// getattr(module, name)(...) pattern). CPython calls any callable; torch calls only globals.
+func (s *scanner) notGlobal(what string) error {
+	return s.fail(fault.Unsafe, "%s of a value that is not a global (a container or a call's result)", what)
+}
+
+// aliasFactor and aliasFloor bound weight, the bytes of str, bytes and integer literals pushed
+// with every memo GET and DUP of one counted again, to aliasFactor times the stream's length
+// plus aliasFloor at STOP. gopickle formats stack values with %#v in its error messages, so a
+// tuple of 2,000 GETs of one 100 KB string costs gigabytes in one message; a pickle torch
+// writes fetches only short strings from the memo ('storage', 'cpu') and stays near 1.
+const (
+	aliasFactor = 8
+	aliasFloor  = 1 << 20
+)
 
 func (s *scanner) base() int {
 	if len(s.marks) == 0 {
@@ -435,6 +511,9 @@ func (s *scanner) base() int {
 
 func (s *scanner) pop(what string) (item, error) {
 	if len(s.stack) <= s.base() {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return item{}, err
+		}
 		return item{}, s.fail(fault.Malformed, "%s: stack underflow", what)
 	}
 	it := s.stack[len(s.stack)-1]
@@ -445,6 +524,9 @@ func (s *scanner) pop(what string) (item, error) {
 // top returns a pointer to the item on top of the stack (above the current MARK).
 func (s *scanner) top(what string) (*item, error) {
 	if len(s.stack) <= s.base() {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return nil, err
+		}
 		return nil, s.fail(fault.Malformed, "%s: stack underflow", what)
 	}
 	return &s.stack[len(s.stack)-1], nil
@@ -454,6 +536,9 @@ func (s *scanner) top(what string) (*item, error) {
 // the slice stays valid until the next push.
 func (s *scanner) popMark(what string) ([]item, error) {
 	if len(s.marks) == 0 {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return nil, err
+		}
 		return nil, s.fail(fault.Malformed, "%s without a MARK", what)
 	}
 	b := s.marks[len(s.marks)-1]
@@ -466,6 +551,9 @@ func (s *scanner) popMark(what string) ([]item, error) {
 // nest returns the depth of a container holding items, checked against MaxNesting.
 func (s *scanner) nest(d int32) (int32, error) {
 	if int(d)+1 > s.lim.MaxNesting {
+		if err := s.quiet(fault.Limit); err != nil {
+			return 0, err
+		}
 		return 0, s.fail(fault.Limit, "containers nested deeper than %d (MaxNesting)", s.lim.MaxNesting)
 	}
 	return d + 1, nil
@@ -505,6 +593,9 @@ func (s *scanner) fill(what string, d int32, values ...item) error {
 	if t.kind == kOther && t.off != 0 {
 		for _, v := range values {
 			if v.kind == kOther && v.off == t.off {
+				if err := s.quiet(fault.Malformed); err != nil {
+					return err
+				}
 				return s.fail(fault.Malformed, "%s adds a container to itself (reference cycle)", what)
 			}
 		}
@@ -543,7 +634,7 @@ func (s *scanner) counted(lenBytes int64, signed bool, what string) (int64, int6
 	case signed:
 		n = int64(int32(uint32(u)))
 	case u > math.MaxInt64:
-		return 0, 0, s.fail(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, u, s.avail-s.pos())
+		return 0, 0, s.halt(fault.Malformed, "%s: length %d exceeds the %d bytes left in the input", what, u, s.avail-s.pos())
 	default:
 		n = int64(u)
 	}
@@ -556,10 +647,7 @@ func (s *scanner) unicode(lenBytes int64, what string) error {
 	if err != nil {
 		return err
 	}
-	if !utf8.Valid(s.buf[off : off+n]) {
-		return s.fail(fault.Malformed, "%s: invalid UTF-8", what)
-	}
-	return s.literal(kStr, encRaw, off, n)
+	return s.text(encRaw, off, n, what)
 }
 
 func (s *scanner) long(lenBytes int64, what string) error {
@@ -575,7 +663,7 @@ func (s *scanner) long(lenBytes int64, what string) error {
 	if n > int64(s.lim.MaxLongBytes) {
 		return s.fail(fault.Limit, "%s of %d bytes exceeds %d (MaxLongBytes)", what, n, s.lim.MaxLongBytes)
 	}
-	return s.push(item{kind: kOther})
+	return s.push(item{kind: kOther, n: n})
 }
 
 // textInt checks a text INT or LONG operand: an optional sign, at most MaxLongBytes digits,
@@ -603,7 +691,7 @@ func (s *scanner) textInt(long bool, what string) error {
 			return s.fail(fault.Malformed, "%s: %q is not a decimal integer", what, s.buf[a:b])
 		}
 	}
-	return s.push(item{kind: kOther})
+	return s.push(item{kind: kOther, n: int64(len(t))})
 }
 
 // memoKey reads a text memo index.
@@ -629,6 +717,9 @@ func (s *scanner) memoKey(what string) (uint64, error) {
 func (s *scanner) get(k uint64, what string) error {
 	it, ok := s.memo.get(k)
 	if !ok {
+		if err := s.quiet(fault.Malformed); err != nil {
+			return err
+		}
 		return s.fail(fault.Malformed, "%s of memo key %d, which was never set", what, k)
 	}
 	return s.push(it)
@@ -640,6 +731,9 @@ func (s *scanner) put(k uint64, what string) error {
 		return err
 	}
 	if !s.memo.put(k, *t, s.lim.MaxMemo) {
+		if err := s.quiet(fault.Limit); err != nil {
+			return err
+		}
 		return s.fail(fault.Limit, "more than %d memo entries (MaxMemo)", s.lim.MaxMemo)
 	}
 	return nil
@@ -669,19 +763,124 @@ func (s *scanner) record(module, name string) error {
 	return nil
 }
 
-// literalText returns the value CPython gives a string literal, and whether gopickle (which
-// does not decode escapes) would see the same text.
-func (s *scanner) literalText(it item) (string, bool, error) {
-	raw := s.buf[it.off : it.off+it.n]
-	switch it.enc {
+// decodeText returns the str CPython reads from a string literal's bytes under torch.load's
+// encoding='utf-8', or why CPython would raise (errSurrogate: it would not, but no tensor name
+// can hold the result).
+func decodeText(enc uint8, raw []byte) (string, error) {
+	switch enc {
 	case encEscape:
 		v, err := escapeDecode(raw)
-		return v, v == string(raw), err
+		if err == nil && !utf8.ValidString(v) {
+			err = errNotUTF8
+		}
+		return v, err
 	case encRawUESC:
-		v, err := rawUnicodeEscapeDecode(raw)
-		return v, v == string(raw), err
-	default:
-		return string(raw), true, nil
+		return rawUnicodeEscapeDecode(raw)
+	}
+	if !utf8.Valid(raw) {
+		return "", errNotUTF8
+	}
+	return string(raw), nil
+}
+
+var errNotUTF8 = errors.New("invalid UTF-8 (torch.load decodes it as UTF-8)")
+
+// errSurrogate marks a UNICODE escape of a lone UTF-16 surrogate: a valid Python str that no
+// UTF-8 tensor name or safetensors header can hold.
+var errSurrogate = errors.New("escape of a UTF-16 surrogate, which no UTF-8 name can hold")
+
+// text pushes a str literal whose bytes are buf[off:off+n], refusing what CPython refuses. When
+// collecting VM edits, a literal gopickle would read differently (it decodes no escape and no
+// Latin-1) is replaced by a BINUNICODE of the decoded text.
+func (s *scanner) text(enc uint8, off, n int64, what string) error {
+	raw := s.buf[off : off+n]
+	if enc == encRaw && utf8.Valid(raw) {
+		return s.literal(kStr, enc, off, n) // the common case, without copying the text
+	}
+	v, err := decodeText(enc, raw)
+	switch {
+	case errors.Is(err, errSurrogate):
+		return s.fail(fault.Unsupported, "%s: %v", what, err)
+	case err != nil:
+		return s.fail(fault.Malformed, "%s: %v", what, err)
+	case s.vm && v != string(raw):
+		s.edit(int64(len(s.buf))-s.op, binUnicode(v))
+	}
+	return s.literal(kStr, enc, off, n)
+}
+
+// binUnicode encodes a str push that gopickle reads verbatim.
+func binUnicode(v string) []byte {
+	if uint64(len(v)) <= math.MaxUint32 {
+		return append(append([]byte{opBinUnicode}, le32(uint32(len(v)))...), v...)
+	}
+	return append(binary.LittleEndian.AppendUint64([]byte{opBinUnicode8}, uint64(len(v))), v...)
+}
+
+func le32(n uint32) []byte { return binary.LittleEndian.AppendUint32(nil, n) }
+
+// gopickleBuiltins are the globals gopickle v0.3.0 resolves itself before any FindClass hook,
+// to constructors that drop dict(pairs) and OrderedDict(pairs) items or format their arguments
+// without bound. The VM's copy of the stream names them with vmAlias before the module, so
+// that they reach our FindClass instead (array._array_reconstructor is refused outright).
+var gopickleBuiltins = map[string]bool{
+	"collections.OrderedDict": true,
+	"builtins.list":           true,
+	"builtins.dict":           true,
+	"__builtin__.object":      true,
+	"copy_reg._reconstructor": true,
+}
+
+// vmAlias prefixes a module name in the VM's copy of a stream; no importable module starts
+// with it.
+const vmAlias = "\x00"
+
+// edit records that the n bytes from the current opcode's offset become repl in the VM's copy.
+func (s *scanner) edit(n int64, repl []byte) {
+	s.edits = append(s.edits, edit{off: s.op, n: n, repl: repl})
+}
+
+// edit is one rewrite of the VM's copy of a stream.
+type edit struct {
+	off, n int64
+	repl   []byte
+}
+
+// vmStream returns the stream with every collected edit applied and every FRAME length
+// adjusted to the edits inside its frame; with no edits, the stream itself.
+func (s *scanner) vmStream() []byte {
+	if len(s.edits) == 0 {
+		return s.buf
+	}
+	all := slices.Clone(s.edits)
+	for _, fo := range s.frames {
+		start := fo + 8
+		end := start + int64(binary.LittleEndian.Uint64(s.buf[fo:start]))
+		grow := int64(0)
+		i, _ := slices.BinarySearchFunc(s.edits, start, func(e edit, off int64) int { return cmp.Compare(e.off, off) })
+		for ; i < len(s.edits) && s.edits[i].off < end; i++ {
+			grow += int64(len(s.edits[i].repl)) - s.edits[i].n
+		}
+		if grow != 0 {
+			all = append(all, edit{off: fo, n: 8, repl: binary.LittleEndian.AppendUint64(nil, uint64(end-start+grow))})
+		}
+	}
+	slices.SortFunc(all, func(a, b edit) int { return cmp.Compare(a.off, b.off) })
+	var out []byte
+	prev := int64(0)
+	for _, e := range all {
+		out = append(append(out, s.buf[prev:e.off]...), e.repl...)
+		prev = e.off + e.n
+	}
+	return append(out, s.buf[prev:]...)
+}
+
+// renameBuiltin makes the VM's copy of the current GLOBAL or STACK_GLOBAL opcode, n bytes
+// long (pops bytes first: the two STACK_GLOBAL operands), name a gopickle builtin through
+// vmAlias.
+func (s *scanner) renameBuiltin(module, name string, n int64, pops string) {
+	if s.vm && gopickleBuiltins[module+"."+name] {
+		s.edit(n, []byte(pops+"c"+vmAlias+module+"\n"+name+"\n"))
 	}
 }
 
@@ -698,21 +897,18 @@ func (s *scanner) stackGlobal() error {
 	if nameIt.kind != kStr || modIt.kind != kStr {
 		return s.fail(fault.Unsafe, "STACK_GLOBAL with non-literal operands")
 	}
-	module, sameM, err := s.literalText(modIt)
-	if err != nil {
-		return s.fail(fault.Malformed, "STACK_GLOBAL module: %v", err)
+	if modIt.n > maxNameLine || nameIt.n > maxNameLine {
+		// Reports and error messages repeat the name: a 100 MB one is not recorded.
+		return s.fail(fault.Unsafe, "STACK_GLOBAL operand longer than %d bytes: no allowed global is named so", maxNameLine)
 	}
-	name, sameN, err := s.literalText(nameIt)
-	if err != nil {
-		return s.fail(fault.Malformed, "STACK_GLOBAL name: %v", err)
-	}
+	// Both literals were decoded without error when they were pushed.
+	module, _ := decodeText(modIt.enc, s.buf[modIt.off:modIt.off+modIt.n])
+	name, _ := decodeText(nameIt.enc, s.buf[nameIt.off:nameIt.off+nameIt.n])
 	if err := s.record(module, name); err != nil {
 		return err
 	}
-	if !sameM || !sameN {
-		return s.fail(fault.Unsafe, "STACK_GLOBAL operand uses escapes (Python and gopickle would read different names)")
-	}
-	return s.push(item{kind: kOther})
+	s.renameBuiltin(module, name, 1, string([]byte{opPop, opPop}))
+	return s.push(item{kind: kGlobal})
 }
 
 func (s *scanner) run() error {
@@ -738,12 +934,42 @@ func (s *scanner) run() error {
 	}
 }
 
+// salvage keeps walking after err, the stream's first refusal, up to STOP, to report the
+// globals CPython could still reach: most refusals here are valid Python (an empty LONG1,
+// bytes as a dict key, a container inside itself, every limit), and a payload placed after
+// one must not hide behind "malformed". Checks go on but no longer stop the walk; it ends
+// where no opcode boundary is known (the input is cut, an operand is too long to skip, an
+// opcode is unknown). It returns the first refusal as Unsafe, if any (an opcode outside the
+// allowlist, STACK_GLOBAL on operands that are not literals), else err. Memory stays within
+// the limits: a refused push, MARK or memo entry is not stored.
+func (s *scanner) salvage(err error) error {
+	s.salvaging = true
+	for unsafe := fault.KindOf(err) == fault.Unsafe; !s.stuck && !unsafe; {
+		if s.frameEnd >= 0 && s.pos() >= s.frameEnd {
+			s.frameEnd = -1
+		}
+		s.op = s.pos()
+		op, rerr := s.readByte("opcode")
+		if rerr != nil || op == opStop {
+			break
+		}
+		// While salvaging, every refusal but an unsafe one is errQuiet.
+		if _, serr := s.step(op); serr != nil && serr != errQuiet && fault.KindOf(serr) == fault.Unsafe {
+			err, unsafe = serr, true
+		}
+	}
+	return err
+}
+
 // step decodes one opcode; it reports true after STOP.
 func (s *scanner) step(op byte) (bool, error) {
 	var err error
 	switch op {
 	case opMark:
 		if len(s.marks) >= s.lim.MaxMarks {
+			if err := s.quiet(fault.Limit); err != nil {
+				return false, err
+			}
 			return false, s.fail(fault.Limit, "more than %d open MARKs (MaxMarks)", s.lim.MaxMarks)
 		}
 		s.marks = append(s.marks, len(s.stack))
@@ -756,6 +982,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 		if s.frameEnd >= 0 && s.frameEnd != s.pos() {
 			return false, s.fail(fault.Malformed, "STOP inside a frame that extends %d bytes further", s.frameEnd-s.pos())
+		}
+		if s.weight > aliasFactor*s.pos()+aliasFloor {
+			return false, s.fail(fault.Limit, "strings and integers fetched from the memo total %d bytes, more than %d times the %d-byte pickle", s.weight, aliasFactor, s.pos())
 		}
 		if !s.sawProto && s.sawBinary {
 			s.scan.Protocol = 1
@@ -818,21 +1047,21 @@ func (s *scanner) step(op byte) (bool, error) {
 		if len(t) < 2 || t[0] != t[len(t)-1] || (t[0] != '\'' && t[0] != '"') {
 			return false, s.fail(fault.Malformed, "STRING operand is not quoted")
 		}
-		err = s.literal(kStr, encEscape, a+1, b-a-2)
+		err = s.text(encEscape, a+1, b-a-2, "STRING")
 	case opBinString:
 		var off, n int64
 		if off, n, err = s.counted(4, true, "BINSTRING"); err == nil {
-			err = s.literal(kStr, encRaw, off, n)
+			err = s.text(encRaw, off, n, "BINSTRING")
 		}
 	case opShortBinString:
 		var off, n int64
 		if off, n, err = s.counted(1, false, "SHORT_BINSTRING"); err == nil {
-			err = s.literal(kStr, encRaw, off, n)
+			err = s.text(encRaw, off, n, "SHORT_BINSTRING")
 		}
 	case opUnicode:
 		var a, b int64
 		if a, b, err = s.readLine(0, "UNICODE"); err == nil {
-			err = s.literal(kStr, encRawUESC, a, b-a)
+			err = s.text(encRawUESC, a, b-a, "UNICODE")
 		}
 	case opBinUnicode:
 		err = s.unicode(4, "BINUNICODE")
@@ -870,6 +1099,9 @@ func (s *scanner) step(op byte) (bool, error) {
 	case opTuple1, opTuple2, opTuple3:
 		n := int(op-opTuple1) + 1
 		if len(s.stack)-s.base() < n {
+			if err := s.quiet(fault.Malformed); err != nil {
+				return false, err
+			}
 			return false, s.fail(fault.Malformed, "TUPLE%d: stack underflow", n)
 		}
 		items := s.stack[len(s.stack)-n:]
@@ -935,9 +1167,13 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 	case opBuild:
 		var st item
-		if st, err = s.pop("BUILD"); err == nil {
-			err = s.fill("BUILD", st.depth, st)
+		if st, err = s.pop("BUILD"); err != nil {
+			return false, err
 		}
+		if t, terr := s.top("BUILD"); terr == nil && t.kind == kGlobal {
+			return false, s.fail(fault.Unsafe, "BUILD on a global (it would set attributes of a class or function)")
+		}
+		err = s.fill("BUILD", st.depth, st)
 
 	case opGet:
 		var k uint64
@@ -985,10 +1221,11 @@ func (s *scanner) step(op byte) (bool, error) {
 		if err = s.record(module, name); err != nil {
 			return false, err
 		}
+		s.renameBuiltin(module, name, s.pos()-s.op, "")
 		if op == opInst {
 			return false, s.fail(fault.Unsafe, "opcode INST (%s.%s) is outside the allowlist", module, name)
 		}
-		err = s.push(item{kind: kOther})
+		err = s.push(item{kind: kGlobal})
 	case opStackGlobal:
 		err = s.stackGlobal()
 	case opReduce, opNewObj:
@@ -1003,6 +1240,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		if f, err = s.pop(what); err != nil {
 			return false, err
 		}
+		if f.kind != kGlobal {
+			return false, s.notGlobal(what)
+		}
 		err = s.object(max(a.depth, f.depth))
 	case opNewObjEx:
 		var kw, a, c item
@@ -1014,6 +1254,9 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 		if c, err = s.pop("NEWOBJ_EX"); err != nil {
 			return false, err
+		}
+		if c.kind != kGlobal {
+			return false, s.notGlobal("NEWOBJ_EX")
 		}
 		err = s.object(max(kw.depth, a.depth, c.depth))
 	case opBinPersID:
@@ -1028,7 +1271,7 @@ func (s *scanner) step(op byte) (bool, error) {
 			return false, err
 		}
 		if v > 5 {
-			return false, s.fail(fault.Malformed, "unsupported pickle protocol %d", v)
+			return false, s.halt(fault.Malformed, "unsupported pickle protocol %d", v)
 		}
 		s.scan.Protocol, s.sawProto = int(v), true
 	case opFrame:
@@ -1040,13 +1283,16 @@ func (s *scanner) step(op byte) (bool, error) {
 			return false, s.fail(fault.Malformed, "FRAME before the end of the current frame")
 		}
 		if u > math.MaxInt64 {
-			return false, s.fail(fault.Malformed, "FRAME: length %d exceeds the %d bytes left in the input", u, s.avail-s.pos())
+			return false, s.halt(fault.Malformed, "FRAME: length %d exceeds the %d bytes left in the input", u, s.avail-s.pos())
 		}
 		s.frameEnd = -1
 		if err = s.room(int64(u), "FRAME"); err != nil {
 			return false, err
 		}
 		s.frameEnd = s.pos() + int64(u)
+		if s.vm {
+			s.frames = append(s.frames, s.op+1)
+		}
 
 	case opPersID:
 		err = s.fail(fault.Unsafe, "opcode PERSID (text persistent id) is outside the allowlist")
@@ -1059,7 +1305,7 @@ func (s *scanner) step(op byte) (bool, error) {
 	case opReadOnlyBuffer:
 		err = s.fail(fault.Unsafe, "opcode READONLY_BUFFER (out-of-band data) is outside the allowlist")
 	default:
-		err = s.fail(fault.Malformed, "unknown %s", s.opName(op))
+		err = s.halt(fault.Malformed, "unknown %s", s.opName(op))
 	}
 	return false, err
 }
@@ -1174,6 +1420,9 @@ func rawUnicodeEscapeDecode(b []byte) (string, error) {
 		}
 		if r > utf8.MaxRune {
 			return "", errors.New(`\U escape out of range`)
+		}
+		if r >= 0xd800 && r <= 0xdfff {
+			return "", errSurrogate
 		}
 		sb.WriteRune(r)
 		i += 1 + n

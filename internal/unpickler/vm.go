@@ -14,6 +14,9 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"reflect"
+	"slices"
+	"strings"
 
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
@@ -86,17 +89,26 @@ func (p *PersistentIDs) Storages() map[string]*StorageRef { return p.byKey }
 // Load runs the VM over raw, a stream that Prescan accepted, and returns the root object.
 // Globals resolve through pol (allowed ones to sentinels, inert ones to opaque records);
 // anything else fails. A panic inside gopickle becomes a Malformed fault.
+//
+// gopickle reads protocol-0 strings without decoding them and resolves a few builtins itself,
+// so Load pre-scans raw again and runs gopickle over a copy with those opcodes rewritten (see
+// vmStream): what it builds is what CPython builds.
 func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits.Limits) (root any, err error) {
 	if pids.byKey == nil {
 		pids.byKey = map[string]*StorageRef{}
 	}
-	vm := &machine{entry: entry, pol: pol, lim: lim}
-	u := pickle.NewUnpickler(bytes.NewReader(raw))
+	s := newScanner(bytes.NewReader(raw), int64(len(raw)), entry, lim, pol)
+	s.vm = true
+	if err := s.run(); err != nil {
+		return nil, err
+	}
+	vm := &machine{entry: entry, pol: pol, lim: lim, copies: aliasFactor*int64(len(raw)) + aliasFloor}
+	u := pickle.NewUnpickler(bytes.NewReader(s.vmStream()))
 	u.FindClass = vm.findClass
 	u.PersistentLoad = func(pid any) (any, error) { return pids.load(pid, lim) }
 	defer func() {
 		if r := recover(); r != nil {
-			root, err = nil, fault.New(fault.Malformed, entry, "pickle VM: %v", r)
+			root, err = nil, fault.New(fault.Malformed, entry, "pickle VM panicked: %s", Describe(r))
 		}
 	}()
 	root, err = u.Load()
@@ -104,7 +116,8 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 		if _, ok := err.(*fault.Error); ok {
 			return nil, err
 		}
-		return nil, fault.Wrap(fault.Malformed, entry, err, "pickle VM")
+		// gopickle's own messages format stack values with %#v: keep only their start.
+		return nil, fault.New(fault.Malformed, entry, "pickle VM: %s", Describe(err))
 	}
 	return root, nil
 }
@@ -113,10 +126,23 @@ type machine struct {
 	entry string
 	pol   *Policy
 	lim   limits.Limits
+	// copies is how many more items dict, list and OrderedDict may copy from their argument:
+	// each call copies, so a list built once and passed to list() K times would otherwise cost
+	// K times its length from a few bytes per call.
+	copies int64
+}
+
+// copy takes n items from the copy budget.
+func (m *machine) copy(class string, n int) error {
+	m.copies -= int64(n)
+	if m.copies < 0 {
+		return fault.New(fault.Limit, m.entry, "%s: dict and list constructors copy more than %d times the pickle's length in items", class, aliasFactor)
+	}
+	return nil
 }
 
 func (m *machine) findClass(module, name string) (any, error) {
-	module, name = Normalize(module, name)
+	module, name = Normalize(strings.TrimPrefix(module, vmAlias), name)
 	q := module + "." + name
 	switch m.pol.Classify(module, name) {
 	case Allowed:
@@ -126,8 +152,16 @@ func (m *machine) findClass(module, name string) (any, error) {
 		return nil, fault.New(fault.Internal, m.entry, "allowed global %s has no sentinel", q)
 	case Inert:
 		switch q {
-		case "collections.defaultdict", "collections.Counter", "builtins.dict":
-			return dictClass{}, nil
+		case "builtins.dict":
+			return dictClass{m: m, name: q}, nil
+		case "collections.defaultdict":
+			return dictClass{m: m, name: q, factory: true}, nil
+		case "collections.Counter":
+			return dictClass{m: m, name: q, mappingOnly: true}, nil
+		case "builtins.list":
+			return listClass{m}, nil
+		case "copyreg._reconstructor":
+			return reconstructor{}, nil
 		}
 		return opaqueClass(q), nil
 	default:
@@ -152,7 +186,7 @@ func (m *machine) sentinel(module, name string) any {
 	case "torch.Size":
 		return sizeClass{}
 	case "collections.OrderedDict":
-		return &types.OrderedDictClass{}
+		return orderedDictClass{m}
 	case "torch.storage.UntypedStorage", "torch.UntypedStorage":
 		return storageClass{untyped: true}
 	case "torch.serialization._get_layout":
@@ -233,7 +267,7 @@ func (r rebuild) Call(args ...any) (any, error) {
 	t := &TensorRef{Storage: st, DType: st.DType}
 	var err error
 	if t.Offset, err = toInt64(args[1]); err != nil || t.Offset < 0 {
-		return nil, fault.New(fault.Malformed, entry, "%s: storage offset %v is not a non-negative integer", fn, args[1])
+		return nil, fault.New(fault.Malformed, entry, "%s: storage offset %s is not a non-negative integer", fn, Describe(args[1]))
 	}
 	if t.Shape, err = intTuple(args[2], r.m.lim.MaxDims); err != nil {
 		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: size", fn)
@@ -278,7 +312,7 @@ func (r rebuild) Call(args ...any) (any, error) {
 		return t, nil
 	}
 	if err := checkExtent(t); err != nil {
-		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: storage %q", fn, st.Key)
+		return nil, fault.Wrap(fault.Malformed, entry, err, "%s: storage %s", fn, Describe(st.Key))
 	}
 	return t, nil
 }
@@ -391,12 +425,127 @@ func (u unsupportedRebuild) Call(args ...any) (any, error) {
 	return &TensorRef{Unsupported: string(u)}, nil
 }
 
-// dictClass builds dicts for dict-like inert types (defaultdict, Counter): their factory or
-// counts are dropped, their items kept.
-type dictClass struct{}
+// dictClass builds the dicts of dict and the dict-like inert types from the positional
+// arguments their constructors take: dict(mapping or pairs), defaultdict(factory[, mapping or
+// pairs]) and Counter(mapping) (pickle writes Counter so; from an iterable it would count).
+// The default factory is dropped. NEWOBJ (cls.__new__) makes an empty dict, as in Python.
+type dictClass struct {
+	m           *machine
+	name        string
+	factory     bool
+	mappingOnly bool
+}
 
-func (dictClass) Call(args ...any) (any, error)  { return types.NewDict(), nil }
+func (c dictClass) Call(args ...any) (any, error) {
+	if c.factory && len(args) > 0 {
+		args = args[1:]
+	}
+	d := types.NewDict()
+	switch len(args) {
+	case 0:
+		return d, nil
+	case 1:
+		err := dictItems(c.name, args[0], c.mappingOnly, func(k, v any) error {
+			d.Set(k, v)
+			return c.m.copy(c.name, 1)
+		})
+		return d, err
+	}
+	return nil, fault.New(fault.Malformed, "", "%s: %d positional arguments, want at most 1", c.name, len(args))
+}
+
 func (dictClass) PyNew(args ...any) (any, error) { return types.NewDict(), nil }
+
+// orderedDictClass is collections.OrderedDict: OrderedDict() as torch writes it, and
+// OrderedDict(pairs) as Python 2 wrote it.
+type orderedDictClass struct{ m *machine }
+
+func (c orderedDictClass) Call(args ...any) (any, error) {
+	d := types.NewOrderedDict()
+	switch len(args) {
+	case 0:
+		return d, nil
+	case 1:
+		err := dictItems("collections.OrderedDict", args[0], false, func(k, v any) error {
+			if _, ok := k.([]byte); ok {
+				// gopickle's OrderedDict keys a Go map: bytes would panic.
+				return fault.New(fault.Unsupported, "", "collections.OrderedDict with a bytes key")
+			}
+			d.Set(k, v)
+			return c.m.copy("collections.OrderedDict", 1)
+		})
+		return d, err
+	}
+	return nil, fault.New(fault.Malformed, "", "collections.OrderedDict: %d positional arguments, want at most 1", len(args))
+}
+
+// dictItems passes to set, in order, the items dict(arg) holds: those of a dict, or the pairs
+// of a list or tuple of 2-item lists and tuples (unless mappingOnly). Other iterables (strings,
+// sets, pairs that are strings) are refused rather than guessed at.
+func dictItems(class string, arg any, mappingOnly bool, set func(k, v any) error) error {
+	switch a := arg.(type) {
+	case *types.Dict, *types.OrderedDict:
+		return eachChild(a, set)
+	case *types.List, *types.Tuple:
+		if mappingOnly {
+			break
+		}
+		return eachChild(a, func(i, pair any) error {
+			var kv []any
+			switch p := pair.(type) {
+			case *types.Tuple:
+				kv = *p
+			case *types.List:
+				kv = *p
+			}
+			if len(kv) != 2 {
+				return fault.New(fault.Unsupported, "", "%s: item %s is %s, not a (key, value) pair", class, Describe(i), Describe(pair))
+			}
+			return set(kv[0], kv[1])
+		})
+	}
+	return fault.New(fault.Unsupported, "", "%s built from %s", class, typeName(arg))
+}
+
+// listClass is builtins.list: list() and list(list or tuple); other iterables are refused.
+type listClass struct{ m *machine }
+
+func (c listClass) Call(args ...any) (any, error) {
+	switch len(args) {
+	case 0:
+		return types.NewList(), nil
+	case 1:
+		var items []any
+		switch a := args[0].(type) {
+		case *types.List:
+			items = *a
+		case *types.Tuple:
+			items = *a
+		default:
+			return nil, fault.New(fault.Unsupported, "", "builtins.list built from %s", typeName(args[0]))
+		}
+		if err := c.m.copy("builtins.list", len(items)); err != nil {
+			return nil, err
+		}
+		return types.NewListFromSlice(slices.Clone(items)), nil
+	}
+	return nil, fault.New(fault.Malformed, "", "builtins.list: %d arguments, want at most 1", len(args))
+}
+
+func (listClass) PyNew(args ...any) (any, error) { return types.NewList(), nil }
+
+// reconstructor is copyreg._reconstructor(cls, base, state), with which protocols 0 and 1
+// pickle plain objects (an argparse.Namespace of training arguments): the record is cls's.
+type reconstructor struct{}
+
+func (reconstructor) Call(args ...any) (any, error) {
+	if len(args) > 0 {
+		if c, ok := args[0].(opaqueClass); ok {
+			return &Opaque{Class: string(c), Args: args[1:]}, nil
+		}
+	}
+	return &Opaque{Class: "copyreg._reconstructor", Args: args}, nil
+}
 
 // opaqueClass is an inert global: calling or instantiating it yields an Opaque record.
 type opaqueClass string
@@ -418,7 +567,7 @@ func (p *PersistentIDs) load(pid any, lim limits.Limits) (any, error) {
 		return nil, fmt.Errorf("persistent id has %d elements, want %d", n, map[bool]int{false: 5, true: 6}[p.Legacy])
 	}
 	if s, err := toString(t.Get(0)); err != nil || s != "storage" {
-		return nil, fmt.Errorf("persistent id kind %v, want 'storage'", t.Get(0))
+		return nil, fmt.Errorf("persistent id kind %s, want 'storage'", Describe(t.Get(0)))
 	}
 	cls, ok := t.Get(1).(storageClass)
 	if !ok {
@@ -434,21 +583,21 @@ func (p *PersistentIDs) load(pid any, lim limits.Limits) (any, error) {
 	}
 	numel, err := toInt64(t.Get(4))
 	if err != nil || numel < 0 {
-		return nil, fmt.Errorf("storage %q: element count %v is not a non-negative integer", key, t.Get(4))
+		return nil, fmt.Errorf("storage %s: element count %s is not a non-negative integer", Describe(key), Describe(t.Get(4)))
 	}
 	if p.Legacy && t.Get(5) != nil {
-		return nil, fault.New(fault.Unsupported, "", "storage %q: legacy view metadata (torch <= 0.4 storage views)", key)
+		return nil, fault.New(fault.Unsupported, "", "storage %s: legacy view metadata (torch <= 0.4 storage views)", Describe(key))
 	}
 	ref := &StorageRef{Key: key, Location: loc, DType: cls.dt, Refused: cls.refused, NBytes: numel}
 	if size := int64(cls.dt.Size()); size > 0 {
 		if numel > math.MaxInt64/size {
-			return nil, fmt.Errorf("storage %q: byte size overflows", key)
+			return nil, fmt.Errorf("storage %s: byte size overflows", Describe(key))
 		}
 		ref.NBytes = numel * size
 	}
 	if prev, ok := p.byKey[key]; ok {
 		if prev.DType != ref.DType || prev.NBytes != ref.NBytes || prev.Refused != ref.Refused {
-			return nil, fmt.Errorf("storage %q referenced with two different types or sizes", key)
+			return nil, fmt.Errorf("storage %s referenced with two different types or sizes", Describe(key))
 		}
 		return prev, nil
 	}
@@ -498,7 +647,7 @@ func intTuple(v any, maxDims int) ([]int64, error) {
 	for i, it := range items {
 		n, err := toInt64(it)
 		if err != nil || n < 0 {
-			return nil, fmt.Errorf("dimension %d is %v, want a non-negative integer", i, it)
+			return nil, fmt.Errorf("dimension %d is %s, want a non-negative integer", i, Describe(it))
 		}
 		out[i] = n
 	}
@@ -550,6 +699,6 @@ func typeName(v any) string {
 	case opaqueClass:
 		return "class " + string(x)
 	default:
-		return fmt.Sprintf("%T", v)
+		return reflect.TypeOf(v).String()
 	}
 }
