@@ -47,10 +47,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var (
-	fixtures  = testkit.FixtureDir() + string(filepath.Separator)
-	malicious = filepath.Join(testkit.CorpusDir(), "picklescan__malicious0.pkl")
-)
+var fixtures = testkit.FixtureDir() + string(filepath.Separator)
+
+// systemPickle is the classic payload: a protocol-2 pickle that calls os.system("id") when
+// Python loads it (GLOBAL 'os system', the argument tuple, REDUCE). The tests only parse it.
+const systemPickle = "\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R."
+
+// malicious writes systemPickle to dir as a bare pickle file.
+func malicious(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "malicious.pkl")
+	if err := os.WriteFile(p, []byte(systemPickle), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 func testRunner() *Runner { return &Runner{Config: Config{Exe: childExe}} }
 
@@ -164,7 +175,7 @@ func TestErrorsMatchInProcess(t *testing.T) {
 		name, src string
 		kind      fault.Kind
 	}{
-		{"dangerous globals", malicious, fault.Unsafe},
+		{"dangerous globals", malicious(t, dir), fault.Unsafe},
 		{"truncated zip", truncated(t, dir), fault.Malformed},
 		{"missing file", filepath.Join(dir, "nope.pt"), fault.Internal},
 	}
@@ -199,7 +210,7 @@ func TestScanVerdicts(t *testing.T) {
 	}{
 		{"good zip", fixtures + "dtypes.pt", "safe"},
 		{"good legacy", fixtures + "module_state_dict_legacy_p2.pt", "safe"},
-		{"dangerous globals", malicious, "unsafe"},
+		{"dangerous globals", malicious(t, dir), "unsafe"},
 		{"truncated zip", truncated(t, dir), "malformed"},
 	}
 	for _, c := range cases {
@@ -273,16 +284,18 @@ func TestCancelKillsChild(t *testing.T) {
 	}
 }
 
-// TestNoPartialOutput kills a child after it wrote part of its temporary output file.
+// TestNoPartialOutput kills a child after it wrote part of its output and a scratch file: the
+// parent must leave the folder as it found it.
 func TestNoPartialOutput(t *testing.T) {
 	dir := t.TempDir()
 	keep := filepath.Join(dir, ".model.safetensors.unrelated.tmp.keep")
 	if err := os.WriteFile(keep, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := testRunner().run(context.Background(), &request{Op: "selftest-partial", Dst: filepath.Join(dir, "model.safetensors")})
-	if fault.KindOf(err) != fault.Internal {
-		t.Fatalf("got %v, want an internal error", err)
+	err := testRunner().withOutput(context.Background(), "selftest-partial", fixtures+"dtypes.pt", filepath.Join(dir, "model.safetensors"), convert.Options{},
+		func(*response) error { t.Fatal("the child answered"); return nil })
+	if fault.KindOf(err) != fault.Internal || !strings.Contains(err.Error(), "SIGKILL") {
+		t.Fatalf("got %v, want an internal error naming SIGKILL", err)
 	}
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 || ents[0].Name() != filepath.Base(keep) {
@@ -311,62 +324,99 @@ func TestSeccompDeniesEscape(t *testing.T) {
 	t.Logf("status %+v, probe %v", resp.Status, resp.Probe)
 }
 
-// TestLandlockConfinesFiles checks, from inside a child, that it can read its source and write
-// in its output's directory, and can neither read nor write anything else.
+// TestLandlockConfinesFiles checks, from inside a child set up as for a conversion, that it
+// reads and writes only through the descriptors it was given and opens no path at all but
+// files it creates in its private scratch directory: not its own source or output by name,
+// nothing beside the source, nothing in or below the output's directory (an authorized_keys
+// file there stays as it was), nothing in /tmp.
 func TestLandlockConfinesFiles(t *testing.T) {
 	in, out := t.TempDir(), t.TempDir()
 	src, secret := filepath.Join(in, "model.pt"), filepath.Join(in, "secret")
-	for _, p := range []string{src, secret} {
+	keys := filepath.Join(out, ".ssh", "authorized_keys")
+	if err := os.Mkdir(filepath.Dir(keys), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{src, secret, keys} {
 		if err := os.WriteFile(p, []byte("data"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	req := &request{Op: "selftest-files", Src: src, Dst: filepath.Join(out, "model.safetensors"), Arg: secret}
-	resp, err := testRunner().run(context.Background(), req)
-	if err != nil {
+	var resp *response
+	err := testRunner().withOutput(context.Background(), "selftest-files", src, filepath.Join(out, "model.safetensors"), convert.Options{},
+		func(r *response) error { resp = r; return errors.New("probe only") })
+	if resp == nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(resp.Status.Landlock, "abi ") {
 		t.Skipf("Landlock unavailable here (%s): nothing to test", resp.Status.Landlock)
 	}
 	want := map[string]string{
-		"read source":               "ok",
-		"read beside source":        "EACCES",
-		"read /etc/passwd":          "EACCES",
-		"list source directory":     "EACCES",
-		"write in output directory": "ok",
-		"write beside source":       "EACCES",
-		"overwrite source":          "EACCES",
+		"read source descriptor":        "ok",
+		"write output descriptor":       "ok",
+		"read source path":              "EACCES",
+		"write source path":             "EACCES",
+		"read beside source":            "EACCES",
+		"list source directory":         "EACCES",
+		"write beside source":           "EACCES",
+		"read output path":              "EACCES",
+		"write output path":             "EACCES",
+		"write in output directory":     "EACCES",
+		"append below output directory": "EACCES",
+		"write in /tmp":                 "EACCES",
+		"read /etc/passwd":              "EACCES",
+		"create in scratch":             "ok",
+		"write in scratch":              "ok",
+		"remove in scratch":             "ok",
+		"list scratch":                  "EACCES",
+		"mkdir in scratch":              "EACCES",
+		"symlink in scratch":            "EACCES",
 	}
 	for k, w := range want {
 		if got := resp.Probe[k]; got != w {
 			t.Errorf("%s: got %q, want %q", k, got, w)
 		}
 	}
-	if b, err := os.ReadFile(src); err != nil || string(b) != "data" {
-		t.Errorf("source after the child: %q, %v; want it untouched", b, err)
+	for _, p := range []string{src, keys} {
+		if b, err := os.ReadFile(p); err != nil || string(b) != "data" {
+			t.Errorf("%s after the child: %q, %v; want it untouched", p, b, err)
+		}
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 1 {
+		t.Errorf("output directory holds %d entries after a refused answer, want only .ssh", len(ents))
 	}
 	t.Logf("status %+v", resp.Status)
 }
 
 // TestNoInheritedDescriptors opens a descriptor without close-on-exec, as a careless parent
-// might, and checks that the child does not hold it when it reads input.
+// might, and checks that the child does not hold it when it reads input, while it does hold the
+// file it was given, as fd 3.
 func TestNoInheritedDescriptors(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	p, given := filepath.Join(dir, "secret"), filepath.Join(dir, "given")
+	for _, f := range []string{p, given} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	fd, err := syscall.Open(p, syscall.O_RDONLY, 0) // no O_CLOEXEC: inherited across exec
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
-	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"})
+	g, err := os.Open(given)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Probe) < 3 {
-		t.Fatalf("child saw %d open descriptors (%v), want at least stdin, stdout and stderr", len(resp.Probe), resp.Probe)
+	defer g.Close()
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Probe) < 4 {
+		t.Fatalf("child saw %d open descriptors (%v), want at least stdin, stdout, stderr and fd 3", len(resp.Probe), resp.Probe)
+	}
+	if resp.Probe["3"] != given {
+		t.Errorf("child's fd 3 -> %q, want the given file %s", resp.Probe["3"], given)
 	}
 	for n, target := range resp.Probe {
 		if target == p || strings.HasPrefix(target, "socket:") {
@@ -429,7 +479,7 @@ func TestWireErrorRoundTrip(t *testing.T) {
 // in-process, and checks the exit code, the one-line error and that no output is left.
 func TestCLIExitCodes(t *testing.T) {
 	dir := t.TempDir()
-	bad := truncated(t, dir)
+	bad, malicious := truncated(t, dir), malicious(t, dir)
 	cases := []struct {
 		name string
 		args []string
