@@ -567,3 +567,85 @@ func TestNoRecursion(t *testing.T) {
 		t.Fatalf("got %v, want the recursion guard", err)
 	}
 }
+
+// TestAnswerBounded has a child write far more than its limits allow on its stdout: the parent
+// stops reading at the limit, refuses the answer as over a limit and ends the child.
+func TestAnswerBounded(t *testing.T) {
+	lim := limits.Limits{MaxHeaderBytes: 1}
+	_, err := testRunner().run(context.Background(), &request{Op: "selftest-flood", Options: convert.Options{Limits: lim}})
+	want := fmt.Sprintf("answer exceeds %d bytes", responseLimit(lim.OrDefault()))
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want a limit fault saying %q", err, want)
+	}
+}
+
+// TestLongAnswerKeepsVerdict scans and converts a pickle that names os.system 300,000 times:
+// its scan manifest is longer than the answer a child may give, so the child leaves the lists
+// out, but the file is still unsafe, as in-process.
+func TestLongAnswerKeepsVerdict(t *testing.T) {
+	const n = 300_000
+	b := []byte("\x80\x02")
+	for range n {
+		b = append(b, "cos\nsystem\n0"...) // GLOBAL, POP
+	}
+	b = append(b, "N."...)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "many.pkl")
+	if err := os.WriteFile(src, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := convert.Options{Limits: limits.Limits{MaxHeaderBytes: 1000}}
+	want, err := convert.Scan(context.Background(), src, opts)
+	if err != nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
+		t.Fatalf("in-process scan: %v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
+	}
+	got, err := testRunner().Scan(context.Background(), src, opts)
+	if err != nil {
+		t.Fatalf("sandbox scan: %v", err)
+	}
+	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != "unsafe" || len(got.Globals) != 0 {
+		t.Errorf("sandbox scan: verdict %q, error %+v, %d globals; want unsafe, an unsafe error, the list left out", got.Verdict, got.Error, len(got.Globals))
+	}
+	_, err = testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
+	if fault.KindOf(err) != fault.Unsafe || !strings.Contains(err.Error(), "global os.system is known-dangerous") {
+		t.Errorf("sandbox convert: %.200v; want the unsafe fault", err)
+	}
+}
+
+// TestEncodeResponseLimit checks the child's side of the bound on a successful answer: too long
+// to send whole, it becomes a limit error rather than a verdict of safe without its tensors.
+func TestEncodeResponseLimit(t *testing.T) {
+	m := &convert.Manifest{Verdict: "safe", Tensors: make([]convert.Tensor, 1000)}
+	b, err := encodeResponse(&response{Manifest: toWire(m)}, 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 10_000 {
+		t.Errorf("answer of %d bytes, want at most 10000", len(b))
+	}
+	var resp response
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error == nil || fault.KindOf(resp.Error.decode()) != fault.Limit || len(resp.Manifest.Tensors) != 0 {
+		t.Errorf("got error %+v and %d tensors; want a limit error and no tensors", resp.Error, len(resp.Manifest.Tensors))
+	}
+	if b, _ := encodeResponse(&response{Manifest: toWire(m)}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
+		t.Errorf("an answer within the limit lost its tensors")
+	}
+
+	long := fault.At(fault.Unsafe, "archive/data.pkl", 2, "global os.system is known-dangerous (also: %s)", strings.Repeat("os.system@1, ", 20_000))
+	b, err = encodeResponse(&response{Error: encodeError(long)}, 200_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp = response{}
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	got := resp.Error.decode()
+	var fe *fault.Error
+	if len(b) > 200_000 || !errors.As(got, &fe) || fe.Kind != fault.Unsafe || fe.Entry != long.Entry || fe.Offset != long.Offset || !strings.HasSuffix(got.Error(), "(shortened)") {
+		t.Errorf("a long unsafe error: %d bytes, decoded %.100v; want it shortened, still unsafe at %s@%d", len(b), got, long.Entry, long.Offset)
+	}
+}
