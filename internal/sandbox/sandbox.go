@@ -323,18 +323,37 @@ func responseLimit(lim limits.Limits) int64 {
 	return 5*lim.MaxHeaderBytes + answerSlack
 }
 
-// addressSpace is the child's RLIMIT_AS for a conversion's limits: room for the largest
-// pickle the limits admit, as the parser holds it, and for the runtime and the streaming
-// buffers. See the constants for the measurements behind them.
+// addressSpace is the child's RLIMIT_AS for a conversion's limits: room for the runtime, for
+// the largest pickle the limits admit as the parser holds it, and for the most objects the
+// object-graph walk may visit. Measured with convert under RLIMIT_AS and GOMEMLIMIT at three
+// quarters of it, as in the child (64 MiB steps):
+//   - the smallest checkpoint needs 870 MiB: the runtime's reservations, thread stacks and the
+//     streaming buffers; base doubles it;
+//   - a data.pkl that is one string leaf needs 1.5 GiB above that at 128 MiB, 2.3 GiB at
+//     256 MiB: the stream as read (grown by appending, with the garbage of its growth) and the
+//     decoded value; perPickleByte covers that, 8 GiB for the default 1 GiB;
+//   - a pickle of small objects costs per object, not per byte: a list of 20 million small
+//     ints (a 40 MB data.pkl) held 2.8 GB, its dropped-leaf list included. Past MaxWalkNodes
+//     objects the walk refuses the file anyway; perWalkNode gives each object it admits 64
+//     bytes (its slot in its container and its own allocation).
+//
+// With the default limits that is 13 GiB of address space, a ceiling rather than a
+// reservation; lower the limits (or set Config.AddressSpace) to lower it.
 func addressSpace(lim limits.Limits) int64 {
 	const (
-		base      = 1 << 30
-		perPickle = 4
+		base          = 2 << 30
+		perPickleByte = 8
+		perWalkNode   = 64
+		most          = 1 << 62
 	)
-	if lim.MaxPickleBytes > (1<<62-base)/perPickle {
-		return 1 << 62
+	as := int64(base)
+	for _, term := range [][2]int64{{lim.MaxPickleBytes, perPickleByte}, {int64(lim.MaxWalkNodes), perWalkNode}} {
+		if term[0] > (most-as)/term[1] {
+			return most
+		}
+		as += term[0] * term[1]
 	}
-	return base + perPickle*lim.MaxPickleBytes
+	return as
 }
 
 // childLimits turns the configuration and the conversion's limits into the child's rlimits.

@@ -6,9 +6,12 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -647,5 +650,117 @@ func TestEncodeResponseLimit(t *testing.T) {
 	var fe *fault.Error
 	if len(b) > 200_000 || !errors.As(got, &fe) || fe.Kind != fault.Unsafe || fe.Entry != long.Entry || fe.Offset != long.Offset || !strings.HasSuffix(got.Error(), "(shortened)") {
 		t.Errorf("a long unsafe error: %d bytes, decoded %.100v; want it shortened, still unsafe at %s@%d", len(b), got, long.Entry, long.Offset)
+	}
+}
+
+// leafCheckpoint writes to path the dtypes.pt fixture with one more entry in its state dict:
+// "blob", a string of n bytes, so that its data.pkl is n plus about 1 KB long. The zip is
+// streamed, so the test's memory does not grow with n.
+func leafCheckpoint(t *testing.T, path string, n int64) {
+	t.Helper()
+	entries := testkit.FixtureEntries(t, "dtypes.pt")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zw := zip.NewWriter(f)
+	fill := bytes.Repeat([]byte("a"), 1<<20)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name, "/data.pkl") {
+			w, err := zw.CreateHeader(&zip.FileHeader{Name: e.Name, Method: zip.Store})
+			if err == nil {
+				_, err = w.Write(e.Data)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		// The fixture's pickle ends with SETITEMS, STOP: the dict is on the stack, and one more
+		// SETITEM before STOP adds the entry.
+		head := append(bytes.TrimSuffix(e.Data, []byte(".")), "X\x04\x00\x00\x00blobX"...)
+		head = binary.LittleEndian.AppendUint32(head, uint32(n))
+		tail := []byte("s.")
+		body := func(w io.Writer) error {
+			if _, err := w.Write(head); err != nil {
+				return err
+			}
+			for left := n; left > 0; left -= int64(len(fill)) {
+				if _, err := w.Write(fill[:min(left, int64(len(fill)))]); err != nil {
+					return err
+				}
+			}
+			_, err := w.Write(tail)
+			return err
+		}
+		crc := crc32.NewIEEE()
+		body(crc)
+		size := uint64(int64(len(head)) + n + int64(len(tail)))
+		w, err := zw.CreateRaw(&zip.FileHeader{Name: e.Name, Method: zip.Store, CRC32: crc.Sum32(), CompressedSize64: size, UncompressedSize64: size})
+		if err == nil {
+			err = body(w)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPickleNearLimitConverts converts, in a child confined by default (its address space
+// following the limits), a checkpoint whose data.pkl is 64 KiB under MaxPickleBytes: a string
+// leaf, which the parser holds as the stream and as the decoded value. The documented default
+// (1 GiB, with every other limit at its default) needs about 6 GB of memory and minutes of
+// CPU, so it is skipped in -short mode; a scaled-down limit, with a walk limit small enough
+// that the pickle's share of the address space is what is tested, always runs.
+func TestPickleNearLimitConverts(t *testing.T) {
+	cases := []limits.Limits{{MaxPickleBytes: 128 << 20, MaxWalkNodes: 1000}, limits.Default()}
+	for _, lim := range cases {
+		t.Run(fmt.Sprintf("MaxPickleBytes=%d", lim.MaxPickleBytes), func(t *testing.T) {
+			if lim.MaxPickleBytes > 128<<20 && testing.Short() {
+				t.Skip("needs about 6 GB of memory and minutes of CPU; runs without -short")
+			}
+			dir := t.TempDir()
+			src := filepath.Join(dir, "big.pt")
+			leafCheckpoint(t, src, lim.MaxPickleBytes-64<<10)
+			opts := convert.Options{Limits: lim}
+			m, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "big.safetensors"), opts)
+			if err != nil {
+				t.Fatalf("convert: %v (RLIMIT_AS %d)", err, addressSpace(opts.Limits.OrDefault()))
+			}
+			if len(m.Tensors) != 11 || len(m.Dropped) != 1 || m.Dropped[0].Path != "blob" {
+				t.Errorf("got %d tensors and dropped %+v; want the fixture's 11 tensors and the blob dropped", len(m.Tensors), m.Dropped)
+			}
+		})
+	}
+}
+
+// TestAddressSpaceFollowsLimits checks the child's RLIMIT_AS: it grows with the pickle and walk
+// limits, saturates instead of overflowing, and yields to an explicit Config.AddressSpace.
+func TestAddressSpaceFollowsLimits(t *testing.T) {
+	def := limits.Default()
+	bigger := def
+	bigger.MaxPickleBytes += 1 << 30
+	if got := addressSpace(bigger) - addressSpace(def); got != 8<<30 {
+		t.Errorf("1 GiB more pickle: %d more bytes of address space, want 8 GiB", got)
+	}
+	more := def
+	more.MaxWalkNodes += 1_000_000
+	if got := addressSpace(more) - addressSpace(def); got != 64_000_000 {
+		t.Errorf("a million more walk nodes: %d more bytes of address space, want 64 MB", got)
+	}
+	huge := def
+	huge.MaxPickleBytes = 1 << 62
+	if got := addressSpace(huge); got != 1<<62 {
+		t.Errorf("a pickle limit of 2^62: address space %d, want it saturated at 2^62", got)
+	}
+	if got := childLimits(Config{}, def).AddressSpace; got != uint64(addressSpace(def)) {
+		t.Errorf("default config: RLIMIT_AS %d, want %d", got, addressSpace(def))
+	}
+	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
+		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
 	}
 }
