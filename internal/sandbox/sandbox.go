@@ -1,16 +1,20 @@
 // Package sandbox runs the parsing and conversion of an untrusted checkpoint in a child process
 // of the same binary, so that a file which found a bug in the parser can at worst end its own
-// child: the child runs with a clean environment, no descriptors but stdin, stdout and stderr,
-// resource limits (address space, CPU time, open files, output file size, no core dumps), a
-// seccomp filter that denies process creation, tracing and network system calls, and Landlock
-// rules that let it read only its input files and write only in its output (or scratch)
-// directory.
+// child. The child gets file descriptors, not paths: the parent opens the input (refusing
+// anything but a regular file), creates the output's temporary file and a private, empty
+// scratch directory, and passes the descriptors. The child runs with a clean environment, no
+// other descriptors but stdin, stdout and stderr, resource limits (address space following the
+// conversion's limits, CPU time, open files, output file size, no core dumps), a seccomp
+// filter that denies process creation, tracing and network system calls, and Landlock rules
+// under which it can open no path at all but new files in its scratch directory.
 //
 // The parent sends the request as JSON on the child's stdin and reads the manifest or the
-// classified error as JSON from its stdout, rebuilt so that fault.KindOf and the error text are
-// what an in-process call would have given. A child that crashes, runs out of memory or CPU
-// time, or outlives its time becomes a *fault.Error (Limit for a limit, Internal for a crash),
-// never a panic in the parent, and leaves no output file behind.
+// classified error as JSON from its stdout, at most a bound that follows the limits, rebuilt
+// so that fault.KindOf and the error text are what an in-process call would have given. It
+// renames the output into place only after the child answered success. A child that crashes,
+// runs out of memory or CPU time, says too much, or outlives its time becomes a *fault.Error
+// (Limit for a limit, Internal for a crash), never a panic in the parent, and leaves nothing
+// behind: the parent removes the temporary output and the scratch directory.
 //
 // The package must never run a child operation in the calling process, and never relax the
 // confinement because a child failed.
