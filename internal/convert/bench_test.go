@@ -29,11 +29,15 @@ func BenchmarkStreamHash(b *testing.B) {
 		b.Run(format.String(), func(b *testing.B) {
 			src := benchCheckpoint(b, format)
 			m := newManifest(src, Options{})
-			f, p, err := open(src, Options{}, m)
+			f, err := OpenInput(src)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer f.Close()
+			p, err := open(f, Options{}, m)
+			if err != nil {
+				b.Fatal(err)
+			}
 			p.scratchDir = b.TempDir()
 			b.SetBytes(p.layout.Size)
 			b.ReportAllocs()

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
@@ -64,40 +65,59 @@ func newManifest(src string, opts Options) *Manifest {
 	}
 }
 
-// File converts the checkpoint at src into a safetensors file at dst and returns its manifest.
-// On any error no file exists at dst. Errors on bad input are *fault.Error values.
+// File converts the checkpoint at src into a safetensors file at dst and returns its manifest:
+// FileFD on src opened with OpenInput and a PendingFile for dst, committed on success. On any
+// error no file exists at dst. Errors on bad input are *fault.Error values.
 func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error) {
-	m := newManifest(src, opts)
+	in, err := OpenInput(src)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	out, err := CreatePending(dst)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Discard()
+	if opts.ScratchDir == "" {
+		opts.ScratchDir = filepath.Dir(dst) // the output's disk, not a RAM-backed /tmp
+	}
+	m, err := FileFD(ctx, in, out.File, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := out.Commit(); err != nil {
+		return nil, err
+	}
+	m.Output.Path = dst
+	return m, nil
+}
+
+// FileFD converts the checkpoint read from src (opened with OpenInput) into out, an empty file
+// open for reading and writing, and returns the manifest. out is written, read back, verified
+// and synced, but neither closed nor renamed: the caller commits it (see PendingFile), and the
+// manifest's Output.Path is out.Name() until then. Deflated records that need random access
+// are inflated into files in opts.ScratchDir (default os.TempDir()). It opens no path of its
+// own otherwise, so it runs in a sandbox child that may open none.
+func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
+	m := newManifest(src.Name(), opts)
 	lim := opts.Limits.OrDefault()
 	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
 	defer cancel()
 
-	f, p, err := open(src, opts, m)
+	p, err := open(src, opts, m)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	// The whole-file digest is a sequential pass of its own, overlapping the conversion.
 	srcSum := make(chan result, 1)
-	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(f, 0, m.Source.Size)) }()
+	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size)) }()
 
-	dir := filepath.Dir(dst)
-	p.scratchDir = dir
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp")
-	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "create output")
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	p.scratchDir = scratchDir(opts)
 	if err := p.checkHeader(); err != nil {
 		return nil, err
 	}
-	sums, out, err := p.write(ctx, tmp)
+	sums, outSum, err := p.write(ctx, out)
 	if err != nil {
 		return nil, err
 	}
@@ -105,28 +125,122 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	if src256.err != nil {
 		return nil, src256.err
 	}
-	// CreateTemp makes the file private (0600); the converted model is as readable as any
-	// file written by a plain create.
-	if err := tmp.Chmod(0o644); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "chmod output")
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "close output")
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "rename output")
-	}
-	committed = true
-	syncDir(dir)
-
 	m.Source.SHA256 = src256.sum
-	m.Output = &Output{Path: dst, Size: p.layout.Size, SHA256: out}
+	m.Output = &Output{Path: out.Name(), Size: p.layout.Size, SHA256: outSum}
 	m.Verdict = "safe"
 	for i, lt := range p.layout.Tensors {
 		m.Tensors[i].DataOffsets = &[2]int64{lt.Begin, lt.End}
 		m.Tensors[i].SHA256 = sums[i]
 	}
 	return m, nil
+}
+
+// scratchDir is where inflated records go: opts.ScratchDir, or the system's temporary directory.
+func scratchDir(opts Options) string {
+	if opts.ScratchDir != "" {
+		return opts.ScratchDir
+	}
+	return os.TempDir()
+}
+
+// OpenInput opens the file at path for reading as a conversion's input. Anything but a regular
+// file (a FIFO, socket, device or directory) is refused with a fault.Unsupported before a byte is
+// read: the file was never parsed, so it cannot be called malformed, and a converter reads
+// checkpoints from files by design. The path is checked with stat before it is opened, so that
+// no device's open routine runs, and the descriptor with fstat after, so that a path swapped in
+// between cannot bring another kind of file in; the open itself is O_NONBLOCK, so a FIFO
+// swapped in cannot make it wait for a writer (on a regular file, O_NONBLOCK changes nothing).
+func OpenInput(path string) (*os.File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+	}
+	if err := regular(st); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+	}
+	if st, err = f.Stat(); err != nil {
+		f.Close()
+		return nil, fault.Wrap(fault.Internal, "", err, "stat input")
+	}
+	if err := regular(st); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// regular refuses a file that is not a regular file, naming what it is.
+func regular(st os.FileInfo) error {
+	mode := st.Mode()
+	if mode.IsRegular() {
+		return nil
+	}
+	what := "a special file"
+	switch {
+	case mode.IsDir():
+		what = "a directory"
+	case mode&os.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case mode&os.ModeSocket != 0:
+		what = "a socket"
+	case mode&os.ModeCharDevice != 0:
+		what = "a character device"
+	case mode&os.ModeDevice != 0:
+		what = "a block device"
+	}
+	return fault.New(fault.Unsupported, "", "input is not a regular file: it is %s", what)
+}
+
+// PendingFile is an output being written under a unique temporary name in its destination's
+// directory. Commit moves it into place; until then nothing exists at the destination, and
+// Discard removes it.
+type PendingFile struct {
+	// File is the temporary file, open for reading and writing.
+	*os.File
+	dst       string
+	committed bool
+}
+
+// CreatePending creates the temporary file for dst: private (0600), beside dst so that the
+// rename is atomic, with a name unique to this call.
+func CreatePending(dst string) (*PendingFile, error) {
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "create output")
+	}
+	return &PendingFile{File: f, dst: dst}, nil
+}
+
+// Commit closes the file and renames it to its destination, then syncs the directory so that
+// the rename survives a crash. The file's data must already be synced (FileFD does that). The
+// file becomes as readable as one written by a plain create (0644).
+func (p *PendingFile) Commit() error {
+	if err := p.Chmod(0o644); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "chmod output")
+	}
+	if err := p.Close(); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "close output")
+	}
+	if err := os.Rename(p.Name(), p.dst); err != nil {
+		return fault.Wrap(fault.Internal, "", err, "rename output")
+	}
+	p.committed = true
+	syncDir(filepath.Dir(p.dst))
+	return nil
+}
+
+// Discard closes and removes the temporary file unless it was committed; deferring it right
+// after CreatePending leaves nothing behind on any error.
+func (p *PendingFile) Discard() {
+	if p.committed {
+		return
+	}
+	p.Close()
+	os.Remove(p.Name())
 }
 
 // write streams the header and every tensor into out, verifies it and syncs it. It is one
@@ -205,29 +319,40 @@ func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, buf []by
 	return nil
 }
 
-// Scan builds the same plan as File without writing anything. The manifest's Verdict and Error
-// say whether the file is safe; the returned error is set only when the scan itself could not
-// run (the file cannot be opened).
+// Scan builds the same plan as File without writing anything: ScanFD on src opened with
+// OpenInput. The manifest's Verdict and Error say whether the file is safe; the returned error
+// is set only when the scan itself could not run (the file cannot be opened, or is not a
+// regular file).
 func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
+	f, err := OpenInput(src)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ScanFD(ctx, f, opts)
+}
+
+// ScanFD scans the checkpoint read from src, opened with OpenInput; see Scan.
+func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	m := newManifest(src, opts)
-	f, _, err := open(src, opts, m)
-	if err != nil {
-		if fault.KindOf(err) == fault.Internal {
-			return nil, err
-		}
-		m.Verdict = verdictOf(err)
-		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
-		return m, nil
+	m := newManifest(src.Name(), opts)
+	_, err := open(src, opts, m)
+	if err != nil && fault.KindOf(err) == fault.Internal {
+		return nil, err
 	}
-	defer f.Close()
-	sum := hashReader(ctx, io.NewSectionReader(f, 0, m.Source.Size))
+	// The report names the exact bytes judged, whatever the verdict.
+	sum := hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size))
 	if sum.err != nil {
 		return nil, sum.err
 	}
 	m.Source.SHA256 = sum.sum
+	if err != nil {
+		m.Verdict = verdictOf(err)
+		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
+		return m, nil
+	}
 	m.Verdict = "safe"
 	return m, nil
 }

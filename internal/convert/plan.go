@@ -34,32 +34,23 @@ type planned struct {
 	record *torchzip.Record
 }
 
-// open reads the container, judges it and, when it is safe, builds the plan. The manifest is
-// filled as far as the file could be read, also on failure, so that scan can report it.
-func open(src string, opts Options, m *Manifest) (*os.File, *plan, error) {
+// open reads the container in f (an input from OpenInput, which the caller closes), judges it
+// and, when it is safe, builds the plan. The manifest is filled as far as the file could be
+// read, also on failure, so that scan can report it.
+func open(f *os.File, opts Options, m *Manifest) (*plan, error) {
 	lim := opts.Limits.OrDefault()
 	pol, err := policy(opts.AllowGlobals)
 	if err != nil {
-		return nil, nil, err
-	}
-	f, err := os.Open(src)
-	if err != nil {
-		return nil, nil, fault.Wrap(fault.Internal, "", err, "open input")
+		return nil, err
 	}
 	st, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return nil, nil, fault.Wrap(fault.Internal, "", err, "stat input")
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, nil, fault.New(fault.Malformed, "", "input is not a regular file")
+		return nil, fault.Wrap(fault.Internal, "", err, "stat input")
 	}
 	m.Source.Size = st.Size()
 	c, err := torchzip.Open(f, st.Size(), lim, pol)
 	if err != nil {
-		f.Close()
-		return nil, nil, fault.Wrap(fault.Internal, "", err, "read input")
+		return nil, fault.Wrap(fault.Internal, "", err, "read input")
 	}
 	m.Source.Container = string(c.Kind)
 	m.Source.Prefix = c.Prefix
@@ -74,15 +65,9 @@ func open(src string, opts Options, m *Manifest) (*os.File, *plan, error) {
 		m.Globals = append(m.Globals, GlobalRef{Entry: g.Entry, Global: g.Global})
 	}
 	if err := judge(c, globals); err != nil {
-		f.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	p, err := build(c, opts, lim, pol, m)
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, p, nil
+	return build(c, opts, lim, pol, m)
 }
 
 // policy builds the global policy, admitting --allow-global entries as inert records.

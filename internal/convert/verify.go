@@ -161,14 +161,28 @@ type Report struct {
 
 // Verify validates a safetensors file strictly and returns its digests. With source set it also
 // rebuilds every tensor from the source checkpoint and requires the same names, dtypes, shapes
-// and bytes.
+// and bytes. It is VerifyFD on the files opened with OpenInput.
 func Verify(ctx context.Context, path, source string, opts Options) (*Report, error) {
-	lim := opts.Limits.OrDefault()
-	f, err := os.Open(path)
+	f, err := OpenInput(path)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "open")
+		return nil, err
 	}
 	defer f.Close()
+	var src *os.File
+	if source != "" {
+		if src, err = OpenInput(source); err != nil {
+			return nil, err
+		}
+		defer src.Close()
+	}
+	return VerifyFD(ctx, f, src, opts)
+}
+
+// VerifyFD verifies the safetensors file read from f, and compares it with the checkpoint read
+// from source unless that is nil, both opened with OpenInput; see Verify. Deflated records of
+// the source that need random access are inflated into opts.ScratchDir (default os.TempDir()).
+func VerifyFD(ctx context.Context, f, source *os.File, opts Options) (*Report, error) {
+	lim := opts.Limits.OrDefault()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "stat")
@@ -181,24 +195,20 @@ func Verify(ctx context.Context, path, source string, opts Options) (*Report, er
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Path: path, Size: st.Size(), SHA256: fileSum, Tensors: make([]Tensor, len(sf.Tensors))}
+	rep := &Report{Path: f.Name(), Size: st.Size(), SHA256: fileSum, Tensors: make([]Tensor, len(sf.Tensors))}
 	for i, t := range sf.Tensors {
 		rep.Tensors[i] = Tensor{Name: t.Name, DType: t.DType.String(), Shape: nonNil(t.Shape), Bytes: t.End - t.Begin,
 			DataOffsets: &[2]int64{t.Begin, t.End}, SHA256: sums[i]}
 	}
-	if source == "" {
+	if source == nil {
 		return rep, nil
 	}
-	m := newManifest(source, opts)
-	sfd, p, err := open(source, opts, m)
+	m := newManifest(source.Name(), opts)
+	p, err := open(source, opts, m)
 	if err != nil {
 		return nil, err
 	}
-	defer sfd.Close()
-	p.scratchDir = opts.ScratchDir
-	if p.scratchDir == "" {
-		p.scratchDir = os.TempDir()
-	}
+	p.scratchDir = scratchDir(opts)
 	want, err := p.sourceDigests(ctx)
 	if err != nil {
 		return nil, err

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
@@ -17,10 +19,11 @@ import (
 // child. main dispatches it before any normal command.
 const ChildCommand = "__sandbox-child"
 
-// RunChild is the child's whole life: read the request from stdin, confine itself (resource
-// limits, inherited descriptors closed, seccomp filter, Landlock), run the one operation, and
-// write the response to stdout. It returns the process exit code: 0 whenever a response was
-// written, whatever the verdict; 1 when the request could not be read or the response written.
+// RunChild is the child's whole life: read the request from stdin, adopt the descriptors the
+// parent passed, confine itself (resource limits, other inherited descriptors closed, seccomp
+// filter, Landlock), run the one operation, and write the response to stdout. It returns the
+// process exit code: 0 whenever a response was written, whatever the verdict; 1 when the
+// request could not be read or the response written.
 //
 // It must never run in a process that does anything else: the limits and the filter last for
 // the life of the process.
@@ -30,13 +33,19 @@ func RunChild(stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sandbox child: read request: %v\n", err)
 		return 1
 	}
-	resp := serve(&req)
-	if err := json.NewEncoder(stdout).Encode(resp); err != nil {
+	b, err := encodeResponse(serve(&req), req.MaxResponse)
+	if err == nil {
+		_, err = stdout.Write(b)
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "sandbox child: write response: %v\n", err)
 		return 1
 	}
 	return 0
 }
+
+// firstFile is the descriptor of the first file the parent passes (exec.Cmd.ExtraFiles).
+const firstFile = 3
 
 // serve confines the process and runs the request. Confinement failures other than a kernel
 // without seccomp are errors: the child fails closed rather than parse input unconfined.
@@ -46,9 +55,13 @@ func serve(req *request) *response {
 		resp.Error = encodeError(fault.Wrap(fault.Internal, "", err, "sandbox"))
 		return resp
 	}
-	closed, err := closeInherited()
+	closed, err := closeInherited(firstFile + len(req.Files))
 	if err != nil {
 		return fail(fmt.Errorf("close inherited descriptors: %w", err))
+	}
+	files := make([]*os.File, len(req.Files))
+	for i, name := range req.Files {
+		files[i] = os.NewFile(uintptr(firstFile+i), name)
 	}
 	applied, err := setRlimits(req.Rlimits)
 	if err != nil {
@@ -63,7 +76,7 @@ func serve(req *request) *response {
 	}
 	st.Rlimits, st.ClosedFDs = applied, closed
 	// Landlock comes last: the seccomp check above reads /proc, which it would deny.
-	st.Landlock, err = restrictFiles(req.access())
+	st.Landlock, err = restrictFiles(req.Options.ScratchDir)
 	resp.Status = st
 	if err != nil {
 		return fail(fmt.Errorf("restrict file access: %w", err))
@@ -73,23 +86,86 @@ func serve(req *request) *response {
 	ctx := context.Background()
 	switch req.Op {
 	case opConvert:
-		m, err := convert.File(ctx, req.Src, req.Dst, req.Options)
+		if len(files) != 2 {
+			return fail(fmt.Errorf("convert wants 2 files (source, output), got %d", len(files)))
+		}
+		m, err := convert.FileFD(ctx, files[0], files[1], req.Options)
 		resp.Manifest, resp.Error = toWire(m), encodeError(outputLimit(err, req.Rlimits.FileSize))
 	case opScan:
-		m, err := convert.Scan(ctx, req.Src, req.Options)
+		if len(files) != 1 {
+			return fail(fmt.Errorf("scan wants 1 file (source), got %d", len(files)))
+		}
+		m, err := convert.ScanFD(ctx, files[0], req.Options)
 		resp.Manifest, resp.Error = toWire(m), encodeError(err)
 	case opVerify:
-		rep, err := convert.Verify(ctx, req.File, req.Src, req.Options)
+		if len(files) != 1 && len(files) != 2 {
+			return fail(fmt.Errorf("verify wants 1 or 2 files (file, source), got %d", len(files)))
+		}
+		var source *os.File
+		if len(files) == 2 {
+			source = files[1]
+		}
+		rep, err := convert.VerifyFD(ctx, files[0], source, req.Options)
 		resp.Report, resp.Error = rep, encodeError(err)
 	case opProbe:
 	default:
-		probe, ok := selftest(req)
+		probe, ok := selftest(req, files)
 		if !ok {
 			resp.Error = encodeError(fault.New(fault.Internal, "", "sandbox: unknown operation %q", req.Op))
 		}
 		resp.Probe = probe
 	}
 	return resp
+}
+
+// maxErrorText bounds each text of an error in an answer that had to be shortened.
+const maxErrorText = 64 << 10
+
+// encodeResponse encodes resp in at most max bytes (no bound when max is 0). An answer too
+// long for that loses its lists (tensors, globals, aliases, dropped; a report's tensors) and
+// the tail of its error texts, but never its verdict or its error's kind and location: an
+// unsafe file stays unsafe. When nothing else says the answer failed, a limit error does.
+func encodeResponse(resp *response, max int64) ([]byte, error) {
+	b, err := json.Marshal(resp)
+	if err != nil || max <= 0 || int64(len(b)) <= max {
+		return b, err
+	}
+	full := len(b)
+	if w := resp.Manifest; w != nil {
+		m := *w.Manifest
+		m.Tensors, m.Aliases, m.Dropped = []convert.Tensor{}, map[string]string{}, []convert.Dropped{}
+		resp.Manifest = &wireManifest{Manifest: &m, Globals: []wireGlobal{}}
+	}
+	if resp.Report != nil {
+		rep := *resp.Report
+		rep.Tensors = []convert.Tensor{}
+		resp.Report = &rep
+	}
+	if resp.Error == nil && (resp.Manifest == nil || resp.Manifest.Error == nil) {
+		resp.Error = encodeError(fault.New(fault.Limit, "", "the answer of %d bytes exceeds the %d-byte limit on a sandbox child's answer", full, max))
+	}
+	if e := resp.Error; e != nil {
+		e.Text = shorten(e.Text)
+		if e.Fault != nil {
+			e.Fault.Msg, e.Fault.Cause = shorten(e.Fault.Msg), shorten(e.Fault.Cause)
+		}
+	}
+	if m := resp.Manifest; m != nil && m.Error != nil {
+		m.Error.Detail = shorten(m.Error.Detail)
+	}
+	return json.Marshal(resp)
+}
+
+// shorten cuts s to maxErrorText bytes, on a rune boundary, marking the cut.
+func shorten(s string) string {
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "... (shortened)"
 }
 
 // outputLimit reclassifies a write refused by RLIMIT_FSIZE (EFBIG; the Go runtime ignores

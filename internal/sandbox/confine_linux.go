@@ -169,11 +169,12 @@ func threadModes() (int, []string, error) {
 	return len(tasks), bad, nil
 }
 
-// closeInherited closes the descriptors above stderr that came with the exec. Go opens every
+// closeInherited closes the descriptors from keep up that came with the exec (those below keep
+// are stdin, stdout, stderr and the files the parent passed on purpose). Go opens every
 // descriptor close-on-exec, but a parent that created one with a raw syscall would leak it. In a
 // freshly exec'd process a descriptor without FD_CLOEXEC can only have been inherited; the
 // runtime's own (epoll, eventfd, the cgroup CPU files it keeps open) all have the flag.
-func closeInherited() (int, error) {
+func closeInherited(keep int) (int, error) {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return 0, err
@@ -181,7 +182,7 @@ func closeInherited() (int, error) {
 	closed := 0
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd <= 2 {
+		if err != nil || fd < keep {
 			continue
 		}
 		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)

@@ -16,7 +16,7 @@ func installSeccomp() (Status, error) {
 	return Status{Seccomp: "unsupported: no seccomp on " + runtime.GOOS}, nil
 }
 
-func closeInherited() (int, error) { return 0, nil }
+func closeInherited(int) (int, error) { return 0, nil }
 
 func configure(cmd *exec.Cmd) {}
 
@@ -28,6 +28,6 @@ func signalFault(ps *os.ProcessState, _ rlimits, stderrLine string) error {
 	return fault.New(fault.Internal, "", "sandbox child crashed: %s %s", ps.String(), stderrLine)
 }
 
-func restrictFiles([]string, []string) (string, error) {
+func restrictFiles(string) (string, error) {
 	return "unsupported: no Landlock on " + runtime.GOOS, nil
 }

@@ -1,16 +1,20 @@
 // Package sandbox runs the parsing and conversion of an untrusted checkpoint in a child process
 // of the same binary, so that a file which found a bug in the parser can at worst end its own
-// child: the child runs with a clean environment, no descriptors but stdin, stdout and stderr,
-// resource limits (address space, CPU time, open files, output file size, no core dumps), a
-// seccomp filter that denies process creation, tracing and network system calls, and Landlock
-// rules that let it read only its input files and write only in its output (or scratch)
-// directory.
+// child. The child gets file descriptors, not paths: the parent opens the input (refusing
+// anything but a regular file), creates the output's temporary file and a private, empty
+// scratch directory, and passes the descriptors. The child runs with a clean environment, no
+// other descriptors but stdin, stdout and stderr, resource limits (address space following the
+// conversion's limits, CPU time, open files, output file size, no core dumps), a seccomp
+// filter that denies process creation, tracing and network system calls, and Landlock rules
+// under which it can open no path at all but new files in its scratch directory.
 //
 // The parent sends the request as JSON on the child's stdin and reads the manifest or the
-// classified error as JSON from its stdout, rebuilt so that fault.KindOf and the error text are
-// what an in-process call would have given. A child that crashes, runs out of memory or CPU
-// time, or outlives its time becomes a *fault.Error (Limit for a limit, Internal for a crash),
-// never a panic in the parent, and leaves no output file behind.
+// classified error as JSON from its stdout, at most a bound that follows the limits, rebuilt
+// so that fault.KindOf and the error text are what an in-process call would have given. It
+// renames the output into place only after the child answered success. A child that crashes,
+// runs out of memory or CPU time, says too much, or outlives its time becomes a *fault.Error
+// (Limit for a limit, Internal for a crash), never a panic in the parent, and leaves nothing
+// behind: the parent removes the temporary output and the scratch directory.
 //
 // The package must never run a child operation in the calling process, and never relax the
 // confinement because a child failed.
@@ -33,13 +37,11 @@ import (
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/limits"
 )
 
-// Defaults for Config.
-const (
-	DefaultAddressSpace = 4 << 30
-	DefaultOpenFiles    = 64
-)
+// DefaultOpenFiles is the child's RLIMIT_NOFILE when Config leaves it unset.
+const DefaultOpenFiles = 64
 
 // Config sets the confinement of each child. The zero value uses the running binary and the
 // defaults.
@@ -47,8 +49,9 @@ type Config struct {
 	// Exe is the converter binary started as the child; empty means os.Executable(). It must
 	// dispatch ChildCommand to RunChild.
 	Exe string
-	// AddressSpace is the child's RLIMIT_AS in bytes (default 4 GiB). The Go runtime's soft
-	// memory limit is set to three quarters of it.
+	// AddressSpace is the child's RLIMIT_AS in bytes; the default follows the conversion's
+	// limits (see addressSpace). The Go runtime's soft memory limit is set to three quarters of
+	// it.
 	AddressSpace int64
 	// OpenFiles is the child's RLIMIT_NOFILE (default 64).
 	OpenFiles int
@@ -79,19 +82,62 @@ func Scan(ctx context.Context, src string, opts convert.Options, cfg Config) (*c
 	return (&Runner{Config: cfg}).Scan(ctx, src, opts)
 }
 
-// Convert converts src into dst in a sandbox child; see convert.File for the contract. On any
-// error no file exists at dst and no temporary file the child made is left in dst's folder.
+// Convert converts src into dst in a sandbox child; see convert.File for the contract. The
+// parent opens src, creates the temporary output beside dst and a private scratch directory,
+// and hands the child the two descriptors; it renames the output into place only after the
+// child answered success. On any error no file exists at dst and nothing is left behind.
 func (r *Runner) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
-	resp, err := r.run(ctx, &request{Op: opConvert, Src: src, Dst: dst, Options: opts})
+	var m *convert.Manifest
+	err := r.withOutput(ctx, opConvert, src, dst, opts, func(resp *response) error {
+		var err error
+		if m, err = resp.result(); err == nil && m.Output == nil {
+			err = fault.New(fault.Internal, "", "sandbox: child reported success without an output")
+		}
+		return err
+	})
+	if err != nil {
+		return m, err
+	}
+	m.Output.Path = dst
+	return m, nil
+}
+
+// withOutput runs op (opConvert, or a test-only operation that needs the same descriptors and
+// grants) in a child given src opened for reading and a pending output for dst, and commits
+// the output when accept takes the child's response.
+func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts convert.Options, accept func(*response) error) error {
+	in, err := convert.OpenInput(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := convert.CreatePending(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Discard()
+	if opts.ScratchDir == "" {
+		opts.ScratchDir = filepath.Dir(dst) // the output's disk, as in-process
+	}
+	resp, err := r.withScratch(ctx, &request{Op: op, Options: opts}, in, out.File)
+	if err != nil {
+		return err
+	}
+	if err := accept(resp); err != nil {
+		return err
+	}
+	return out.Commit()
+}
+
+// Scan scans src in a sandbox child, which gets src's descriptor; see convert.Scan for the
+// contract.
+func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	in, err := convert.OpenInput(src)
 	if err != nil {
 		return nil, err
 	}
-	return resp.result()
-}
-
-// Scan scans src in a sandbox child; see convert.Scan for the contract.
-func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
-	resp, err := r.run(ctx, &request{Op: opScan, Src: src, Options: opts})
+	defer in.Close()
+	resp, err := r.run(ctx, &request{Op: opScan, Options: opts}, in)
 	if err != nil {
 		return nil, err
 	}
@@ -99,18 +145,25 @@ func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*c
 }
 
 // Verify checks a safetensors file, and compares it with the checkpoint source when that is
-// set, in a sandbox child; see convert.Verify for the contract. Deflated records the
-// comparison needs at random are inflated into a private directory that is removed afterwards.
+// set, in a sandbox child that gets their descriptors; see convert.Verify for the contract.
+// Deflated records the comparison needs at random are inflated into a private directory that
+// is removed afterwards.
 func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error) {
-	if source != "" && opts.ScratchDir == "" {
-		dir, err := os.MkdirTemp("", "converter-verify-*")
-		if err != nil {
-			return nil, fault.Wrap(fault.Internal, "", err, "sandbox: scratch directory")
-		}
-		defer os.RemoveAll(dir)
-		opts.ScratchDir = dir
+	f, err := convert.OpenInput(path)
+	if err != nil {
+		return nil, err
 	}
-	resp, err := r.run(ctx, &request{Op: opVerify, File: path, Src: source, Options: opts})
+	defer f.Close()
+	files := []*os.File{f}
+	if source != "" {
+		src, err := convert.OpenInput(source)
+		if err != nil {
+			return nil, err
+		}
+		defer src.Close()
+		files = append(files, src)
+	}
+	resp, err := r.withScratch(ctx, &request{Op: opVerify, Options: opts}, files...)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +174,20 @@ func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.O
 		return nil, fault.New(fault.Internal, "", "sandbox: child returned neither a report nor an error")
 	}
 	return resp.Report, nil
+}
+
+// withScratch runs req with a scratch directory of its own: a new, empty, private directory
+// made inside req.Options.ScratchDir (the system's temporary directory when unset), the only
+// path the child's Landlock rules let it create files in, and removed with whatever the child
+// left there when it ends.
+func (r *Runner) withScratch(ctx context.Context, req *request, files ...*os.File) (*response, error) {
+	dir, err := os.MkdirTemp(req.Options.ScratchDir, ".converter-scratch-*")
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: scratch directory")
+	}
+	defer os.RemoveAll(dir)
+	req.Options.ScratchDir = dir
+	return r.run(ctx, req, files...)
 }
 
 // Probe starts a child that confines itself and does nothing else, and returns how well it was
@@ -154,10 +221,6 @@ func (resp *response) result() (*convert.Manifest, error) {
 // child, so that the child's own timeout error (classified as in-process) normally comes first.
 const maxWallGrace = 30 * time.Second
 
-// maxResponseBytes bounds the response the parent reads from a child: generous for the
-// manifest of a checkpoint at every limit, but a child gone wrong cannot fill the parent's memory.
-const maxResponseBytes = 4 << 30
-
 // maxStderr bounds the child's stderr the parent keeps: the first line of a crash report is
 // what names the crash.
 const maxStderr = 8 << 10
@@ -167,9 +230,9 @@ const maxStderr = 8 << 10
 // hook, say) and must not start children of its own: that would recurse without end.
 const childEnv = "CONVERTER_SANDBOX_CHILD=1"
 
-// run starts one child, sends it req, and returns its response, or a classified error when it
-// gave none.
-func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
+// run starts one child, sends it req and the descriptors of files (its fds 3, 4, ... in
+// order), and returns its response, or a classified error when it gave none.
+func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*response, error) {
 	cfg := r.Config
 	if k, v, _ := strings.Cut(childEnv, "="); os.Getenv(k) == v {
 		return nil, fault.New(fault.Internal, "", "sandbox: refusing to start a child from inside a sandbox child (does the executable dispatch %s?)", ChildCommand)
@@ -182,8 +245,13 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 		}
 	}
 	lim := req.Options.Limits.OrDefault()
-	req.Rlimits = childLimits(cfg, lim.Timeout, lim.MaxOutputBytes, lim.MaxHeaderBytes)
+	req.Rlimits = childLimits(cfg, lim)
 	req.MemLimit = int64(req.Rlimits.AddressSpace / 4 * 3)
+	req.MaxResponse = responseLimit(lim)
+	req.Files = make([]string, len(files))
+	for i, f := range files {
+		req.Files[i] = f.Name()
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: encode request")
@@ -195,6 +263,7 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	cmd := exec.CommandContext(runCtx, exe, ChildCommand)
 	cmd.Env = []string{childEnv} // a clean environment: nothing from ours reaches the child
 	cmd.Stdin = bytes.NewReader(body)
+	cmd.ExtraFiles = files
 	stderr := &headBuffer{max: maxStderr}
 	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -204,10 +273,6 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: stdout pipe")
 	}
 
-	var before map[string]os.FileInfo
-	if req.Dst != "" {
-		before = leftovers(req.Dst)
-	}
 	// The child's parent-death signal fires when the OS thread that started it exits, not the
 	// process; keeping this goroutine on that thread until Wait returns stops the runtime from
 	// handing the thread to a goroutine that might end it.
@@ -216,25 +281,90 @@ func (r *Runner) run(ctx context.Context, req *request) (*response, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
 	}
-	var resp response
-	decErr := json.NewDecoder(io.LimitReader(stdout, maxResponseBytes)).Decode(&resp)
-	io.Copy(io.Discard, stdout)
+	answer, readErr := readAnswer(stdout, req.MaxResponse)
+	if readErr != nil {
+		cancel() // a child that says too much is not heard to the end
+	}
 	waitErr := cmd.Wait()
+	if readErr != nil {
+		return nil, readErr
+	}
+	var resp response
+	decErr := json.Unmarshal(answer, &resp)
 	if decErr == nil && waitErr == nil {
 		r.checkStatus(resp.Status)
 		return &resp, nil
 	}
-	if req.Dst != "" {
-		removeLeftovers(req.Dst, before)
-	}
 	return nil, classify(ctx, runCtx, cmd.ProcessState, stderr.String(), req.Rlimits, wall, errors.Join(decErr, waitErr))
 }
 
+// readAnswer reads the child's whole answer, refusing one of more than max bytes with a limit
+// fault: whatever the child does, the parent holds no more than that of it.
+func readAnswer(r io.Reader, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, max+1))
+	if n > max {
+		return nil, fault.New(fault.Limit, "", "sandbox child's answer exceeds %d bytes", max)
+	}
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: read child's answer")
+	}
+	return buf.Bytes(), nil
+}
+
+// responseLimit bounds the answer a child may give for one conversion's limits. The answer is
+// mostly the manifest, whose largest part is the tensor list: each tensor's entry repeats what
+// the safetensors header holds for it (name, dtype, shape and offsets; all of them together at
+// most MaxHeaderBytes, also in a scan, whose plan lays the header out) and adds its SHA-256 in
+// hex, byte count, storage key and field names, about 200 bytes, while a header entry takes at
+// least 50: five times the header covers the list. The rest (the globals torch memoizes once,
+// the capped dropped list, an error message) is small, and answerSlack covers it.
+func responseLimit(lim limits.Limits) int64 {
+	const answerSlack = 16 << 20
+	if lim.MaxHeaderBytes > (1<<62-answerSlack)/5 {
+		return 1 << 62 // a header limit beyond any memory: the child's address space is the bound
+	}
+	return 5*lim.MaxHeaderBytes + answerSlack
+}
+
+// addressSpace is the child's RLIMIT_AS for a conversion's limits: room for the runtime, for
+// the largest pickle the limits admit as the parser holds it, and for the most objects the
+// object-graph walk may visit. Measured with convert under RLIMIT_AS and GOMEMLIMIT at three
+// quarters of it, as in the child (64 MiB steps):
+//   - the smallest checkpoint needs 870 MiB: the runtime's reservations, thread stacks and the
+//     streaming buffers; base doubles it;
+//   - a data.pkl that is one string leaf needs 1.5 GiB above that at 128 MiB, 2.3 GiB at
+//     256 MiB: the stream as read (grown by appending, with the garbage of its growth) and the
+//     decoded value; perPickleByte covers that, 8 GiB for the default 1 GiB;
+//   - a pickle of small objects costs per object, not per byte: a list of 20 million small
+//     ints (a 40 MB data.pkl) held 2.8 GB, its dropped-leaf list included. Past MaxWalkNodes
+//     objects the walk refuses the file anyway; perWalkNode gives each object it admits 64
+//     bytes (its slot in its container and its own allocation).
+//
+// With the default limits that is 13 GiB of address space, a ceiling rather than a
+// reservation; lower the limits (or set Config.AddressSpace) to lower it.
+func addressSpace(lim limits.Limits) int64 {
+	const (
+		base          = 2 << 30
+		perPickleByte = 8
+		perWalkNode   = 64
+		most          = 1 << 62
+	)
+	as := int64(base)
+	for _, term := range [][2]int64{{lim.MaxPickleBytes, perPickleByte}, {int64(lim.MaxWalkNodes), perWalkNode}} {
+		if term[0] > (most-as)/term[1] {
+			return most
+		}
+		as += term[0] * term[1]
+	}
+	return as
+}
+
 // childLimits turns the configuration and the conversion's limits into the child's rlimits.
-func childLimits(cfg Config, timeout time.Duration, maxOut, maxHeader int64) rlimits {
+func childLimits(cfg Config, lim limits.Limits) rlimits {
 	as := cfg.AddressSpace
 	if as <= 0 {
-		as = DefaultAddressSpace
+		as = addressSpace(lim)
 	}
 	nofile := cfg.OpenFiles
 	if nofile <= 0 {
@@ -242,13 +372,13 @@ func childLimits(cfg Config, timeout time.Duration, maxOut, maxHeader int64) rli
 	}
 	cpu := cfg.CPUTime
 	if cpu <= 0 {
-		cpu = 2 * timeout
+		cpu = 2 * lim.Timeout
 	}
 	// The output is an 8-byte length, the header and the tensor bytes; a margin covers the
 	// header's padding.
 	const margin = 1 << 20
-	fsize := uint64(maxOut)
-	for _, add := range []uint64{uint64(maxHeader), 8, margin} {
+	fsize := uint64(lim.MaxOutputBytes)
+	for _, add := range []uint64{uint64(lim.MaxHeaderBytes), 8, margin} {
 		if fsize+add < fsize {
 			fsize = ^uint64(0) >> 1 // saturate: effectively unlimited
 			break
@@ -325,53 +455,6 @@ func firstLine(s string) string {
 		}
 	}
 	return ""
-}
-
-// leftovers lists the files in dst's folder that a killed child could have left: convert's
-// output temporaries (.BASE.*.tmp), its inflate scratch files (.inflate-*), and dst itself.
-func leftovers(dst string) map[string]os.FileInfo {
-	dir, base := filepath.Split(dst)
-	if dir == "" {
-		dir = "."
-	}
-	found := map[string]os.FileInfo{}
-	for _, pat := range []string{"." + base + ".*.tmp", ".inflate-*"} {
-		names, _ := filepath.Glob(filepath.Join(dir, escapeGlob(pat)))
-		for _, n := range names {
-			if fi, err := os.Lstat(n); err == nil {
-				found[n] = fi
-			}
-		}
-	}
-	if fi, err := os.Lstat(dst); err == nil {
-		found[dst] = fi
-	}
-	return found
-}
-
-// escapeGlob escapes the glob metacharacters in pat other than its own '*'.
-func escapeGlob(pat string) string {
-	var b strings.Builder
-	for _, c := range pat {
-		switch c {
-		case '?', '[', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
-}
-
-// removeLeftovers removes every leftover that was not there, as the same file, before the
-// child started. A dst the child renamed into place before it died goes too: a failed
-// conversion leaves no output.
-func removeLeftovers(dst string, before map[string]os.FileInfo) {
-	for name, fi := range leftovers(dst) {
-		if old, ok := before[name]; ok && os.SameFile(old, fi) {
-			continue
-		}
-		os.Remove(name)
-	}
 }
 
 // headBuffer keeps the first max bytes written to it.

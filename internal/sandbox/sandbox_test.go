@@ -6,9 +6,12 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -47,10 +50,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var (
-	fixtures  = testkit.FixtureDir() + string(filepath.Separator)
-	malicious = filepath.Join(testkit.CorpusDir(), "picklescan__malicious0.pkl")
-)
+var fixtures = testkit.FixtureDir() + string(filepath.Separator)
+
+// systemPickle is the classic payload: a protocol-2 pickle that calls os.system("id") when
+// Python loads it (GLOBAL 'os system', the argument tuple, REDUCE). The tests only parse it.
+const systemPickle = "\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R."
+
+// malicious writes systemPickle to dir as a bare pickle file.
+func malicious(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "malicious.pkl")
+	if err := os.WriteFile(p, []byte(systemPickle), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 func testRunner() *Runner { return &Runner{Config: Config{Exe: childExe}} }
 
@@ -164,7 +178,7 @@ func TestErrorsMatchInProcess(t *testing.T) {
 		name, src string
 		kind      fault.Kind
 	}{
-		{"dangerous globals", malicious, fault.Unsafe},
+		{"dangerous globals", malicious(t, dir), fault.Unsafe},
 		{"truncated zip", truncated(t, dir), fault.Malformed},
 		{"missing file", filepath.Join(dir, "nope.pt"), fault.Internal},
 	}
@@ -199,7 +213,7 @@ func TestScanVerdicts(t *testing.T) {
 	}{
 		{"good zip", fixtures + "dtypes.pt", "safe"},
 		{"good legacy", fixtures + "module_state_dict_legacy_p2.pt", "safe"},
-		{"dangerous globals", malicious, "unsafe"},
+		{"dangerous globals", malicious(t, dir), "unsafe"},
 		{"truncated zip", truncated(t, dir), "malformed"},
 	}
 	for _, c := range cases {
@@ -273,16 +287,18 @@ func TestCancelKillsChild(t *testing.T) {
 	}
 }
 
-// TestNoPartialOutput kills a child after it wrote part of its temporary output file.
+// TestNoPartialOutput kills a child after it wrote part of its output and a scratch file: the
+// parent must leave the folder as it found it.
 func TestNoPartialOutput(t *testing.T) {
 	dir := t.TempDir()
 	keep := filepath.Join(dir, ".model.safetensors.unrelated.tmp.keep")
 	if err := os.WriteFile(keep, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := testRunner().run(context.Background(), &request{Op: "selftest-partial", Dst: filepath.Join(dir, "model.safetensors")})
-	if fault.KindOf(err) != fault.Internal {
-		t.Fatalf("got %v, want an internal error", err)
+	err := testRunner().withOutput(context.Background(), "selftest-partial", fixtures+"dtypes.pt", filepath.Join(dir, "model.safetensors"), convert.Options{},
+		func(*response) error { t.Fatal("the child answered"); return nil })
+	if fault.KindOf(err) != fault.Internal || !strings.Contains(err.Error(), "SIGKILL") {
+		t.Fatalf("got %v, want an internal error naming SIGKILL", err)
 	}
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 || ents[0].Name() != filepath.Base(keep) {
@@ -311,62 +327,99 @@ func TestSeccompDeniesEscape(t *testing.T) {
 	t.Logf("status %+v, probe %v", resp.Status, resp.Probe)
 }
 
-// TestLandlockConfinesFiles checks, from inside a child, that it can read its source and write
-// in its output's directory, and can neither read nor write anything else.
+// TestLandlockConfinesFiles checks, from inside a child set up as for a conversion, that it
+// reads and writes only through the descriptors it was given and opens no path at all but
+// files it creates in its private scratch directory: not its own source or output by name,
+// nothing beside the source, nothing in or below the output's directory (an authorized_keys
+// file there stays as it was), nothing in /tmp.
 func TestLandlockConfinesFiles(t *testing.T) {
 	in, out := t.TempDir(), t.TempDir()
 	src, secret := filepath.Join(in, "model.pt"), filepath.Join(in, "secret")
-	for _, p := range []string{src, secret} {
+	keys := filepath.Join(out, ".ssh", "authorized_keys")
+	if err := os.Mkdir(filepath.Dir(keys), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{src, secret, keys} {
 		if err := os.WriteFile(p, []byte("data"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	req := &request{Op: "selftest-files", Src: src, Dst: filepath.Join(out, "model.safetensors"), Arg: secret}
-	resp, err := testRunner().run(context.Background(), req)
-	if err != nil {
+	var resp *response
+	err := testRunner().withOutput(context.Background(), "selftest-files", src, filepath.Join(out, "model.safetensors"), convert.Options{},
+		func(r *response) error { resp = r; return errors.New("probe only") })
+	if resp == nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(resp.Status.Landlock, "abi ") {
 		t.Skipf("Landlock unavailable here (%s): nothing to test", resp.Status.Landlock)
 	}
 	want := map[string]string{
-		"read source":               "ok",
-		"read beside source":        "EACCES",
-		"read /etc/passwd":          "EACCES",
-		"list source directory":     "EACCES",
-		"write in output directory": "ok",
-		"write beside source":       "EACCES",
-		"overwrite source":          "EACCES",
+		"read source descriptor":        "ok",
+		"write output descriptor":       "ok",
+		"read source path":              "EACCES",
+		"write source path":             "EACCES",
+		"read beside source":            "EACCES",
+		"list source directory":         "EACCES",
+		"write beside source":           "EACCES",
+		"read output path":              "EACCES",
+		"write output path":             "EACCES",
+		"write in output directory":     "EACCES",
+		"append below output directory": "EACCES",
+		"write in /tmp":                 "EACCES",
+		"read /etc/passwd":              "EACCES",
+		"create in scratch":             "ok",
+		"write in scratch":              "ok",
+		"remove in scratch":             "ok",
+		"list scratch":                  "EACCES",
+		"mkdir in scratch":              "EACCES",
+		"symlink in scratch":            "EACCES",
 	}
 	for k, w := range want {
 		if got := resp.Probe[k]; got != w {
 			t.Errorf("%s: got %q, want %q", k, got, w)
 		}
 	}
-	if b, err := os.ReadFile(src); err != nil || string(b) != "data" {
-		t.Errorf("source after the child: %q, %v; want it untouched", b, err)
+	for _, p := range []string{src, keys} {
+		if b, err := os.ReadFile(p); err != nil || string(b) != "data" {
+			t.Errorf("%s after the child: %q, %v; want it untouched", p, b, err)
+		}
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 1 {
+		t.Errorf("output directory holds %d entries after a refused answer, want only .ssh", len(ents))
 	}
 	t.Logf("status %+v", resp.Status)
 }
 
 // TestNoInheritedDescriptors opens a descriptor without close-on-exec, as a careless parent
-// might, and checks that the child does not hold it when it reads input.
+// might, and checks that the child does not hold it when it reads input, while it does hold the
+// file it was given, as fd 3.
 func TestNoInheritedDescriptors(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	p, given := filepath.Join(dir, "secret"), filepath.Join(dir, "given")
+	for _, f := range []string{p, given} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	fd, err := syscall.Open(p, syscall.O_RDONLY, 0) // no O_CLOEXEC: inherited across exec
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
-	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"})
+	g, err := os.Open(given)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Probe) < 3 {
-		t.Fatalf("child saw %d open descriptors (%v), want at least stdin, stdout and stderr", len(resp.Probe), resp.Probe)
+	defer g.Close()
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Probe) < 4 {
+		t.Fatalf("child saw %d open descriptors (%v), want at least stdin, stdout, stderr and fd 3", len(resp.Probe), resp.Probe)
+	}
+	if resp.Probe["3"] != given {
+		t.Errorf("child's fd 3 -> %q, want the given file %s", resp.Probe["3"], given)
 	}
 	for n, target := range resp.Probe {
 		if target == p || strings.HasPrefix(target, "socket:") {
@@ -429,7 +482,7 @@ func TestWireErrorRoundTrip(t *testing.T) {
 // in-process, and checks the exit code, the one-line error and that no output is left.
 func TestCLIExitCodes(t *testing.T) {
 	dir := t.TempDir()
-	bad := truncated(t, dir)
+	bad, malicious := truncated(t, dir), malicious(t, dir)
 	cases := []struct {
 		name string
 		args []string
@@ -515,5 +568,199 @@ func TestNoRecursion(t *testing.T) {
 	_, err := testRunner().Scan(context.Background(), fixtures+"dtypes.pt", convert.Options{})
 	if err == nil || !strings.Contains(err.Error(), "inside a sandbox child") {
 		t.Fatalf("got %v, want the recursion guard", err)
+	}
+}
+
+// TestAnswerBounded has a child write far more than its limits allow on its stdout: the parent
+// stops reading at the limit, refuses the answer as over a limit and ends the child.
+func TestAnswerBounded(t *testing.T) {
+	lim := limits.Limits{MaxHeaderBytes: 1}
+	_, err := testRunner().run(context.Background(), &request{Op: "selftest-flood", Options: convert.Options{Limits: lim}})
+	want := fmt.Sprintf("answer exceeds %d bytes", responseLimit(lim.OrDefault()))
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want a limit fault saying %q", err, want)
+	}
+}
+
+// TestLongAnswerKeepsVerdict scans and converts a pickle that names os.system 300,000 times:
+// its scan manifest is longer than the answer a child may give, so the child leaves the lists
+// out, but the file is still unsafe, as in-process.
+func TestLongAnswerKeepsVerdict(t *testing.T) {
+	const n = 300_000
+	b := []byte("\x80\x02")
+	for range n {
+		b = append(b, "cos\nsystem\n0"...) // GLOBAL, POP
+	}
+	b = append(b, "N."...)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "many.pkl")
+	if err := os.WriteFile(src, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := convert.Options{Limits: limits.Limits{MaxHeaderBytes: 1000}}
+	want, err := convert.Scan(context.Background(), src, opts)
+	if err != nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
+		t.Fatalf("in-process scan: %v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
+	}
+	got, err := testRunner().Scan(context.Background(), src, opts)
+	if err != nil {
+		t.Fatalf("sandbox scan: %v", err)
+	}
+	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != "unsafe" || len(got.Globals) != 0 {
+		t.Errorf("sandbox scan: verdict %q, error %+v, %d globals; want unsafe, an unsafe error, the list left out", got.Verdict, got.Error, len(got.Globals))
+	}
+	_, err = testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
+	if fault.KindOf(err) != fault.Unsafe || !strings.Contains(err.Error(), "global os.system is known-dangerous") {
+		t.Errorf("sandbox convert: %.200v; want the unsafe fault", err)
+	}
+}
+
+// TestEncodeResponseLimit checks the child's side of the bound on a successful answer: too long
+// to send whole, it becomes a limit error rather than a verdict of safe without its tensors.
+func TestEncodeResponseLimit(t *testing.T) {
+	m := &convert.Manifest{Verdict: "safe", Tensors: make([]convert.Tensor, 1000)}
+	b, err := encodeResponse(&response{Manifest: toWire(m)}, 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 10_000 {
+		t.Errorf("answer of %d bytes, want at most 10000", len(b))
+	}
+	var resp response
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error == nil || fault.KindOf(resp.Error.decode()) != fault.Limit || len(resp.Manifest.Tensors) != 0 {
+		t.Errorf("got error %+v and %d tensors; want a limit error and no tensors", resp.Error, len(resp.Manifest.Tensors))
+	}
+	if b, _ := encodeResponse(&response{Manifest: toWire(m)}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
+		t.Errorf("an answer within the limit lost its tensors")
+	}
+
+	long := fault.At(fault.Unsafe, "archive/data.pkl", 2, "global os.system is known-dangerous (also: %s)", strings.Repeat("os.system@1, ", 20_000))
+	b, err = encodeResponse(&response{Error: encodeError(long)}, 200_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp = response{}
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	got := resp.Error.decode()
+	var fe *fault.Error
+	if len(b) > 200_000 || !errors.As(got, &fe) || fe.Kind != fault.Unsafe || fe.Entry != long.Entry || fe.Offset != long.Offset || !strings.HasSuffix(got.Error(), "(shortened)") {
+		t.Errorf("a long unsafe error: %d bytes, decoded %.100v; want it shortened, still unsafe at %s@%d", len(b), got, long.Entry, long.Offset)
+	}
+}
+
+// leafCheckpoint writes to path the dtypes.pt fixture with one more entry in its state dict:
+// "blob", a string of n bytes, so that its data.pkl is n plus about 1 KB long. The zip is
+// streamed, so the test's memory does not grow with n.
+func leafCheckpoint(t *testing.T, path string, n int64) {
+	t.Helper()
+	entries := testkit.FixtureEntries(t, "dtypes.pt")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zw := zip.NewWriter(f)
+	fill := bytes.Repeat([]byte("a"), 1<<20)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name, "/data.pkl") {
+			w, err := zw.CreateHeader(&zip.FileHeader{Name: e.Name, Method: zip.Store})
+			if err == nil {
+				_, err = w.Write(e.Data)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		// The fixture's pickle ends with SETITEMS, STOP: the dict is on the stack, and one more
+		// SETITEM before STOP adds the entry.
+		head := append(bytes.TrimSuffix(e.Data, []byte(".")), "X\x04\x00\x00\x00blobX"...)
+		head = binary.LittleEndian.AppendUint32(head, uint32(n))
+		tail := []byte("s.")
+		body := func(w io.Writer) error {
+			if _, err := w.Write(head); err != nil {
+				return err
+			}
+			for left := n; left > 0; left -= int64(len(fill)) {
+				if _, err := w.Write(fill[:min(left, int64(len(fill)))]); err != nil {
+					return err
+				}
+			}
+			_, err := w.Write(tail)
+			return err
+		}
+		crc := crc32.NewIEEE()
+		body(crc)
+		size := uint64(int64(len(head)) + n + int64(len(tail)))
+		w, err := zw.CreateRaw(&zip.FileHeader{Name: e.Name, Method: zip.Store, CRC32: crc.Sum32(), CompressedSize64: size, UncompressedSize64: size})
+		if err == nil {
+			err = body(w)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPickleNearLimitConverts converts, in a child confined by default (its address space
+// following the limits), a checkpoint whose data.pkl is 64 KiB under MaxPickleBytes: a string
+// leaf, which the parser holds as the stream and as the decoded value. The documented default
+// (1 GiB, with every other limit at its default) needs about 6 GB of memory and minutes of
+// CPU, so it is skipped in -short mode; a scaled-down limit, with a walk limit small enough
+// that the pickle's share of the address space is what is tested, always runs.
+func TestPickleNearLimitConverts(t *testing.T) {
+	cases := []limits.Limits{{MaxPickleBytes: 128 << 20, MaxWalkNodes: 1000}, limits.Default()}
+	for _, lim := range cases {
+		t.Run(fmt.Sprintf("MaxPickleBytes=%d", lim.MaxPickleBytes), func(t *testing.T) {
+			if lim.MaxPickleBytes > 128<<20 && testing.Short() {
+				t.Skip("needs about 6 GB of memory and minutes of CPU; runs without -short")
+			}
+			dir := t.TempDir()
+			src := filepath.Join(dir, "big.pt")
+			leafCheckpoint(t, src, lim.MaxPickleBytes-64<<10)
+			opts := convert.Options{Limits: lim}
+			m, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "big.safetensors"), opts)
+			if err != nil {
+				t.Fatalf("convert: %v (RLIMIT_AS %d)", err, addressSpace(opts.Limits.OrDefault()))
+			}
+			if len(m.Tensors) != 11 || len(m.Dropped) != 1 || m.Dropped[0].Path != "blob" {
+				t.Errorf("got %d tensors and dropped %+v; want the fixture's 11 tensors and the blob dropped", len(m.Tensors), m.Dropped)
+			}
+		})
+	}
+}
+
+// TestAddressSpaceFollowsLimits checks the child's RLIMIT_AS: it grows with the pickle and walk
+// limits, saturates instead of overflowing, and yields to an explicit Config.AddressSpace.
+func TestAddressSpaceFollowsLimits(t *testing.T) {
+	def := limits.Default()
+	bigger := def
+	bigger.MaxPickleBytes += 1 << 30
+	if got := addressSpace(bigger) - addressSpace(def); got != 8<<30 {
+		t.Errorf("1 GiB more pickle: %d more bytes of address space, want 8 GiB", got)
+	}
+	more := def
+	more.MaxWalkNodes += 1_000_000
+	if got := addressSpace(more) - addressSpace(def); got != 64_000_000 {
+		t.Errorf("a million more walk nodes: %d more bytes of address space, want 64 MB", got)
+	}
+	huge := def
+	huge.MaxPickleBytes = 1 << 62
+	if got := addressSpace(huge); got != 1<<62 {
+		t.Errorf("a pickle limit of 2^62: address space %d, want it saturated at 2^62", got)
+	}
+	if got := childLimits(Config{}, def).AddressSpace; got != uint64(addressSpace(def)) {
+		t.Errorf("default config: RLIMIT_AS %d, want %d", got, addressSpace(def))
+	}
+	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
+		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
 	}
 }

@@ -4,6 +4,7 @@ package sandbox
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 // selftest runs the test-only operations, inside the confined child, so that tests can show
 // each limit and each denied syscall doing its job. They are compiled only with -tags
 // sandboxtest.
-func selftest(req *request) (map[string]string, bool) {
+func selftest(req *request, files []*os.File) (map[string]string, bool) {
 	switch req.Op {
 	case "selftest-alloc":
 		// Keep every chunk reachable and touched until the address-space limit ends the process.
@@ -46,14 +47,22 @@ func selftest(req *request) (map[string]string, bool) {
 		time.Sleep(time.Minute)
 		return nil, true
 	case "selftest-partial":
-		// Leave a temporary file where convert would, then die mid-write.
-		f, err := os.CreateTemp(filepath.Dir(req.Dst), "."+filepath.Base(req.Dst)+".*.tmp")
-		if err == nil {
+		// Run as a conversion: write part of the output and a scratch file, then die mid-write.
+		files[1].Write(make([]byte, 1024))
+		if f, err := os.CreateTemp(req.Options.ScratchDir, ".inflate-*"); err == nil {
 			f.Write(make([]byte, 1024))
 		}
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		time.Sleep(time.Minute)
 		return nil, true
+	case "selftest-flood":
+		// Say far more than the parent reads, bypassing the bounded encoder.
+		chunk := make([]byte, 1<<20)
+		for {
+			if _, err := os.Stdout.Write(chunk); err != nil {
+				return nil, true
+			}
+		}
 	case "selftest-fds":
 		// Every open descriptor, found with fcntl (Landlock denies listing /proc/self/fd),
 		// named by its /proc link (readlink is not a Landlock right).
@@ -71,23 +80,46 @@ func selftest(req *request) (map[string]string, bool) {
 		}
 		return probe, true
 	case "selftest-files":
-		// What Landlock lets the child do: read its source and work in its output's directory,
-		// but read nothing else (req.Arg is a file beside the source) and write nowhere else.
+		// Run as a conversion: what Landlock lets the child do. It reads and writes through the
+		// descriptors it was given, creates and removes files in its scratch directory, and
+		// opens no other path: not its own source or output by name, nothing beside them (the
+		// test puts a file named "secret" beside the source), nothing in the output's directory
+		// or below it, nothing in /tmp.
+		src, out, scratch := files[0], files[1], req.Options.ScratchDir
+		outDir := filepath.Dir(out.Name())
 		probe := map[string]string{}
-		_, err := os.ReadFile(req.Src)
-		probe["read source"] = errString(err)
-		_, err = os.ReadFile(req.Arg)
+		_, err := io.ReadAll(src)
+		probe["read source descriptor"] = errString(err)
+		_, err = out.Write([]byte("x"))
+		probe["write output descriptor"] = errString(err)
+		_, err = os.ReadFile(src.Name())
+		probe["read source path"] = errString(err)
+		probe["write source path"] = errString(os.WriteFile(src.Name(), []byte("x"), 0o600))
+		_, err = os.ReadFile(filepath.Join(filepath.Dir(src.Name()), "secret"))
 		probe["read beside source"] = errString(err)
+		_, err = os.ReadDir(filepath.Dir(src.Name()))
+		probe["list source directory"] = errString(err)
+		probe["write beside source"] = errString(os.WriteFile(filepath.Join(filepath.Dir(src.Name()), "planted"), []byte("x"), 0o600))
+		_, err = os.ReadFile(out.Name())
+		probe["read output path"] = errString(err)
+		probe["write output path"] = errString(os.WriteFile(out.Name(), []byte("x"), 0o600))
+		probe["write in output directory"] = errString(os.WriteFile(filepath.Join(outDir, "planted"), []byte("x"), 0o600))
+		probe["append below output directory"] = errString(appendTo(filepath.Join(outDir, ".ssh", "authorized_keys")))
+		probe["write in /tmp"] = errString(os.WriteFile(filepath.Join("/tmp", "converter-planted"), []byte("x"), 0o600))
 		_, err = os.ReadFile("/etc/passwd")
 		probe["read /etc/passwd"] = errString(err)
-		_, err = os.ReadDir(filepath.Dir(req.Src))
-		probe["list source directory"] = errString(err)
-		err = os.WriteFile(filepath.Join(filepath.Dir(req.Dst), "scratch"), []byte("x"), 0o600)
-		probe["write in output directory"] = errString(err)
-		err = os.WriteFile(filepath.Join(filepath.Dir(req.Src), "planted"), []byte("x"), 0o600)
-		probe["write beside source"] = errString(err)
-		err = os.WriteFile(req.Src, []byte("x"), 0o600)
-		probe["overwrite source"] = errString(err)
+		f, err := os.CreateTemp(scratch, ".inflate-*")
+		probe["create in scratch"] = errString(err)
+		if err == nil {
+			_, err = f.Write([]byte("x"))
+			f.Close()
+			probe["write in scratch"] = errString(err)
+			probe["remove in scratch"] = errString(os.Remove(f.Name()))
+		}
+		_, err = os.ReadDir(scratch)
+		probe["list scratch"] = errString(err)
+		probe["mkdir in scratch"] = errString(os.Mkdir(filepath.Join(scratch, "d"), 0o700))
+		probe["symlink in scratch"] = errString(os.Symlink("/etc/passwd", filepath.Join(scratch, "l")))
 		return probe, true
 	case "selftest-escape":
 		probe := map[string]string{}
@@ -129,6 +161,17 @@ func newThreads(n int) string {
 	close(start)
 	wg.Wait()
 	return "ok"
+}
+
+// appendTo appends to an existing file, as a child would to plant a key.
+func appendTo(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteString("x")
+	return err
 }
 
 func errString(err error) string {

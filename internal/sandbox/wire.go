@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/convert"
@@ -21,40 +20,26 @@ const (
 	opProbe   = "probe"
 )
 
-// maxRequestBytes bounds the request a child reads from its parent (paths and options only).
+// maxRequestBytes bounds the request a child reads from its parent (names and options only).
 const maxRequestBytes = 1 << 20
 
 // request is what the parent sends the child on stdin.
 type request struct {
-	Op  string `json:"op"`
-	Src string `json:"src,omitempty"`
-	Dst string `json:"dst,omitempty"`
-	// File is the safetensors file verify checks (against Src when set).
-	File    string          `json:"file,omitempty"`
+	Op string `json:"op"`
+	// Files names the descriptors the parent passes from fd 3 on, in the operation's order
+	// (convert: source, output; scan: source; verify: file, then source when compared). The
+	// names appear in the manifest and in messages only: the child opens no path but its
+	// scratch directory.
+	Files   []string        `json:"files,omitempty"`
 	Options convert.Options `json:"options"`
 	Rlimits rlimits         `json:"rlimits"`
 	// MemLimit is the Go runtime's soft memory limit (GOMEMLIMIT), kept below the
 	// address-space limit so the collector works hard before an allocation fails.
 	MemLimit int64 `json:"mem_limit"`
+	// MaxResponse is the most the parent reads of the child's answer.
+	MaxResponse int64 `json:"max_response"`
 	// Arg parameterises test-only operations.
 	Arg string `json:"arg,omitempty"`
-}
-
-// access lists what the child's operation may touch: the files it reads, and the directories
-// it creates files in (the output's, and verify's scratch directory).
-func (r *request) access() (reads, dirs []string) {
-	for _, f := range []string{r.Src, r.File} {
-		if f != "" {
-			reads = append(reads, f)
-		}
-	}
-	if r.Dst != "" {
-		dirs = append(dirs, filepath.Dir(r.Dst))
-	}
-	if r.Options.ScratchDir != "" {
-		dirs = append(dirs, r.Options.ScratchDir)
-	}
-	return reads, dirs
 }
 
 // rlimits are the resource limits the child sets on itself before it reads any input.
@@ -77,11 +62,11 @@ type Status struct {
 	TSync bool `json:"tsync"`
 	// Threads is the number of threads checked in /proc/self/task.
 	Threads int `json:"threads"`
-	// Landlock is "abi N" when file system access is confined to the source file and the
-	// output's directory, otherwise it says why not ("unsupported: ...").
+	// Landlock is "abi N" when the child may open no path but its private scratch directory,
+	// otherwise it says why not ("unsupported: ...").
 	Landlock string `json:"landlock"`
-	// ClosedFDs counts descriptors beyond stdin/stdout/stderr that the child found inherited
-	// and closed before reading input.
+	// ClosedFDs counts descriptors beyond stdin/stdout/stderr and the files the parent passed
+	// that the child found inherited and closed before reading input.
 	ClosedFDs int `json:"closed_fds,omitempty"`
 }
 
