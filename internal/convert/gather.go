@@ -16,6 +16,10 @@ const maxSpanInMemory = 32 << 20
 // million small views of one record) reads only what it needs instead.
 const maxSpanWaste = 8
 
+// minSpanRead is a span always worth reading whole when it fits memLimit: one read of a page
+// costs about what one read of an element does.
+const minSpanRead = 4 << 10
+
 // stridedPiece is the most of a strided run's span read at once, and maxPieceStride the
 // largest distance between its elements (in bytes) for which reading the span beats one read
 // per element.
@@ -38,7 +42,7 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 	}
 	// origin is the storage byte offset that position 0 of src stands for.
 	origin, spanLen := int64(0), (last-t.Offset+1)*isz
-	inMemory := spanLen <= memLimit && spanLen <= maxSpanWaste*t.Numel()*isz
+	inMemory := spanLen <= memLimit && spanLen <= max(maxSpanWaste*t.Numel()*isz, minSpanRead)
 	if !inMemory {
 		if p, ok := tileDim(t, memLimit/2); ok {
 			return gatherTiled(t, src, s, p, memLimit/2)
