@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
@@ -195,14 +196,14 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		shape   string
 		stride  string
 	}
-	kept := map[viewKey]string{}
+	kept := make(map[viewKey]string, len(tree.Tensors))
 	names := make([]unpickler.Named, len(tree.Tensors))
 	copy(names, tree.Tensors)
 	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
 	budget := lim.OutputBudget(m.Source.Size)
 	var total int64
 	entries := make([]safetensors.Entry, 0, len(names))
-	byName := map[string]planned{}
+	byName := make(map[string]planned, len(names))
 	meta := map[string]string{"format": "pt"}
 	for _, n := range names {
 		t := n.Tensor
@@ -216,7 +217,7 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		if rec.Size != t.Storage.NBytes {
 			return nil, fault.New(fault.Malformed, rec.Entry, "record holds %d bytes, the pickle declares %d for storage %q", rec.Size, t.Storage.NBytes, t.Storage.Key)
 		}
-		k := viewKey{t.Storage.Key, t.DType, t.Offset, fmt.Sprint(t.Shape), fmt.Sprint(t.Stride)}
+		k := viewKey{t.Storage.Key, t.DType, t.Offset, intsKey(t.Shape), intsKey(t.Stride)}
 		if keep, ok := kept[k]; ok && n.Name != "format" {
 			m.Aliases[n.Name] = keep
 			meta[n.Name] = keep
@@ -246,6 +247,8 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		return nil, overBudget(fmt.Sprintf("output of %d bytes", layout.Size), m.Source.Size, lim)
 	}
 	p.layout = layout
+	p.tensors = make([]planned, 0, len(layout.Tensors))
+	m.Tensors = make([]Tensor, 0, len(layout.Tensors))
 	for _, lt := range layout.Tensors {
 		pl := byName[lt.Name]
 		p.tensors = append(p.tensors, pl)
@@ -256,6 +259,15 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		return nil, err
 	}
 	return p, nil
+}
+
+// intsKey encodes a shape or stride as a map key.
+func intsKey(v []int64) string {
+	b := make([]byte, 0, 8*len(v))
+	for _, x := range v {
+		b = binary.AppendVarint(b, x)
+	}
+	return string(b)
 }
 
 // overBudget is the limit fault for planned output or scratch bytes over
