@@ -2,6 +2,7 @@ package convert
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -61,6 +62,32 @@ func BenchmarkConvert(b *testing.B) {
 		if _, err := File(context.Background(), src, dst, Options{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkManyViews converts checkpoints of 10,000 and 100,000 small transposed views into one
+// deflated 4 MiB storage record, and verifies each output against its source: the shape of a
+// hostile file that once made every view inflate its record again.
+func BenchmarkManyViews(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		v := synth.Views{Format: synth.ZipDeflated, StorageElems: 1 << 20, Count: n,
+			Shape: []int64{4, 4}, Stride: []int64{1, 64}, Step: 97, Seed: 1}
+		src := writeViews(b, b.TempDir(), v)
+		dst := filepath.Join(b.TempDir(), "model.safetensors")
+		b.Run(fmt.Sprintf("convert/views=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := File(context.Background(), src, dst, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("verify-source/views=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := Verify(context.Background(), dst, src, Options{ScratchDir: b.TempDir()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -37,10 +37,10 @@ type Options struct {
 	// ScratchDir is where Verify inflates deflated records that need random access (default
 	// os.TempDir(); File uses the output's directory).
 	ScratchDir string
-	// ReserveBytes is the free space the output's file system must keep after the planned output
-	// is written: checked by convert before writing (0: no check). The service passes its
-	// free-space reserve (--min-free-bytes).
-	ReserveBytes int64
+	// MinFreeBytes, when positive, is the free space File must leave on the output's file
+	// system: a conversion whose planned output (and scratch files) would leave less is refused
+	// with a limit fault before any byte is written.
+	MinFreeBytes int64
 }
 
 // Validate checks options that do not depend on the input: every --allow-global entry must be
@@ -115,6 +115,9 @@ func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 
 	p.scratchDir = scratchDir(opts)
 	if err := p.checkHeader(); err != nil {
+		return nil, err
+	}
+	if err := p.checkFree(out, opts.MinFreeBytes); err != nil {
 		return nil, err
 	}
 	sums, outSum, err := p.write(ctx, out)
@@ -277,6 +280,27 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
 	return d.finish(), hex.EncodeToString(whole.Sum(nil)), nil
+}
+
+// checkFree refuses a conversion that would leave less than reserve bytes free on the file
+// system of out (the empty output file; the scratch files go to the same directory), counting
+// the planned output and scratch bytes as written.
+func (p *plan) checkFree(out *os.File, reserve int64) error {
+	if reserve <= 0 {
+		return nil
+	}
+	free, known, err := freeBytes(out)
+	if err != nil {
+		return fault.Wrap(fault.Internal, "", err, "free space of the output's file system")
+	}
+	if !known {
+		return fault.New(fault.Internal, "", "free space of the output's file system is unknown on this system; cannot keep %d bytes free", reserve)
+	}
+	if need := p.layout.Size + p.scratchBytes; free-need < reserve {
+		return fault.New(fault.Limit, "", "output of %d bytes (and %d scratch bytes) would leave less than %d bytes free on its file system (%d free)",
+			p.layout.Size, p.scratchBytes, reserve, free)
+	}
+	return nil
 }
 
 // stage starts a goroutine in g that applies do to every chunk from in and passes it on, in

@@ -2,16 +2,23 @@ package convert
 
 import (
 	"io"
-	"os"
 
 	"github.com/ptsafe/converter/internal/fault"
-	"github.com/ptsafe/converter/internal/torchzip"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // maxSpanInMemory bounds the storage span a strided view is gathered from in memory; larger
 // spans are gathered with positioned reads, so memory stays flat whatever the tensor size.
 const maxSpanInMemory = 32 << 20
+
+// maxSpanWaste bounds the storage bytes per gathered byte that reading a view's whole span may
+// cost: a view that picks a few elements from a wide span (a column of a matrix, or each of a
+// million small views of one record) reads only what it needs instead.
+const maxSpanWaste = 8
+
+// minSpanRead is a span always worth reading whole when it fits memLimit: one read of a page
+// costs about what one read of an element does.
+const minSpanRead = 4 << 10
 
 // stridedPiece is the most of a strided run's span read at once, and maxPieceStride the
 // largest distance between its elements (in bytes) for which reading the span beats one read
@@ -21,32 +28,9 @@ const (
 	maxPieceStride = 4 << 10
 )
 
-// randomAccess returns positioned-read access to a record's bytes: the file itself for stored
-// records, or a temporary file the record is inflated into (disk, never memory) for deflated
-// ones.
-func (p *plan) randomAccess(rec *torchzip.Record) (io.ReaderAt, func(), error) {
-	if rec.Stored() {
-		return rec.ReaderAt(), func() {}, nil
-	}
-	tmp, err := os.CreateTemp(p.scratchDir, ".inflate-*")
-	if err != nil {
-		return nil, nil, fault.Wrap(fault.Internal, rec.Entry, err, "scratch file")
-	}
-	release := func() {
-		tmp.Close()
-		os.Remove(tmp.Name())
-	}
-	r, _ := rec.Open()
-	if _, err := io.Copy(tmp, r); err != nil {
-		release()
-		return nil, nil, readErr(rec, err)
-	}
-	return tmp, release, nil
-}
-
 // gather puts a strided view's elements into s in row-major order, holding at most memLimit
 // bytes of storage (maxSpanInMemory; tests pass less). The span of storage the view covers is
-// read into memory when it fits; otherwise a view whose elements lie contiguously along some
+// read into memory when it fits and is not much larger than the view (maxSpanWaste); otherwise a view whose elements lie contiguously along some
 // outer dimension (a transposed or permuted tensor) is gathered in tiles (gatherTiled), and
 // any other view run by run, or element by element, where it lies.
 func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) error {
@@ -58,7 +42,8 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 	}
 	// origin is the storage byte offset that position 0 of src stands for.
 	origin, spanLen := int64(0), (last-t.Offset+1)*isz
-	if spanLen > memLimit {
+	inMemory := spanLen <= memLimit && spanLen <= max(maxSpanWaste*t.Numel()*isz, minSpanRead)
+	if !inMemory {
 		if p, ok := tileDim(t, memLimit/2); ok {
 			return gatherTiled(t, src, s, p, memLimit/2)
 		}
@@ -72,7 +57,7 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 		inner, innerStride = t.Shape[dims-1], t.Stride[dims-1]
 	}
 	var piece []byte
-	if spanLen <= memLimit {
+	if inMemory {
 		buf := make([]byte, spanLen)
 		if _, err := src.ReadAt(buf, t.Offset*isz); err != nil {
 			return fault.Wrap(fault.Malformed, "", err, "read view span")

@@ -21,6 +21,9 @@ type Manifest struct {
 	Tensors          []Tensor          `json:"tensors"`
 	Aliases          map[string]string `json:"aliases"`
 	Dropped          []Dropped         `json:"dropped"`
+	// DroppedMore counts the dropped leaves beyond the first max-dropped-listed, which Dropped
+	// lists.
+	DroppedMore int `json:"dropped_more,omitempty"`
 }
 
 // Source describes the input checkpoint.

@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
@@ -25,6 +26,11 @@ type plan struct {
 	swap    bool // source data is big-endian
 	// scratchDir is where deflated records that need random access are inflated.
 	scratchDir string
+	// inflate counts, for each deflated record that is inflated to a scratch file, the tensors
+	// that read it: the file is made at the first and released after the last.
+	inflate map[*torchzip.Record]int
+	// scratchBytes is what those scratch files take in all.
+	scratchBytes int64
 }
 
 // planned is one output tensor and where its bytes come from.
@@ -156,7 +162,11 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range tree.Dropped {
+	for i, d := range tree.Dropped {
+		if i == lim.MaxDroppedListed {
+			m.DroppedMore = len(tree.Dropped) - i
+			break
+		}
 		path := d.Path
 		if d.Type != "not selected" {
 			path = joinPath(tree.Selected, d.Path)
@@ -171,13 +181,14 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		shape   string
 		stride  string
 	}
-	kept := map[viewKey]string{}
+	kept := make(map[viewKey]string, len(tree.Tensors))
 	names := make([]unpickler.Named, len(tree.Tensors))
 	copy(names, tree.Tensors)
 	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
+	budget := lim.OutputBudget(m.Source.Size)
 	var total int64
 	entries := make([]safetensors.Entry, 0, len(names))
-	byName := map[string]planned{}
+	byName := make(map[string]planned, len(names))
 	meta := map[string]string{"format": "pt"}
 	for _, n := range names {
 		t := n.Tensor
@@ -191,18 +202,22 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 		if rec.Size != t.Storage.NBytes {
 			return nil, fault.New(fault.Malformed, rec.Entry, "record holds %d bytes, the pickle declares %d for storage %q", rec.Size, t.Storage.NBytes, t.Storage.Key)
 		}
-		k := viewKey{t.Storage.Key, t.DType, t.Offset, fmt.Sprint(t.Shape), fmt.Sprint(t.Stride)}
+		k := viewKey{t.Storage.Key, t.DType, t.Offset, intsKey(t.Shape), intsKey(t.Stride)}
 		if keep, ok := kept[k]; ok && n.Name != "format" {
 			m.Aliases[n.Name] = keep
 			meta[n.Name] = keep
 			continue
 		}
 		kept[k] = n.Name
+		// A broadcast (stride-0) view counts at the size it is written at, not its storage's.
 		nbytes := t.Numel() * int64(t.DType.Size())
 		if nbytes > math.MaxInt64-total || total+nbytes > lim.MaxOutputBytes {
 			return nil, fault.New(fault.Limit, "", "output exceeds limit max-output-bytes %d", lim.MaxOutputBytes)
 		}
 		total += nbytes
+		if total > budget {
+			return nil, overBudget(fmt.Sprintf("output of at least %d tensor bytes", total), m.Source.Size, lim)
+		}
 		entries = append(entries, safetensors.Entry{Name: n.Name, DType: t.DType, Shape: t.Shape})
 		byName[n.Name] = planned{name: n.Name, ref: t, record: rec}
 	}
@@ -213,14 +228,69 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 	if err != nil {
 		return nil, err
 	}
+	if layout.Size > budget {
+		return nil, overBudget(fmt.Sprintf("output of %d bytes", layout.Size), m.Source.Size, lim)
+	}
 	p.layout = layout
+	p.tensors = make([]planned, 0, len(layout.Tensors))
+	m.Tensors = make([]Tensor, 0, len(layout.Tensors))
 	for _, lt := range layout.Tensors {
 		pl := byName[lt.Name]
 		p.tensors = append(p.tensors, pl)
 		m.Tensors = append(m.Tensors, Tensor{Name: lt.Name, DType: lt.DType.String(), Shape: nonNil(lt.Shape),
 			Bytes: lt.End - lt.Begin, Storage: pl.ref.Storage.Key})
 	}
+	if err := p.planScratch(budget, m.Source.Size); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// intsKey encodes a shape or stride as a map key.
+func intsKey(v []int64) string {
+	b := make([]byte, 0, 8*len(v))
+	for _, x := range v {
+		b = binary.AppendVarint(b, x)
+	}
+	return string(b)
+}
+
+// overBudget is the limit fault for planned output or scratch bytes over
+// max-output-ratio x the input size + max-output-slack, refused before any byte is written.
+func overBudget(what string, input int64, lim limits.Limits) error {
+	return fault.New(fault.Limit, "", "%s exceeds limit max-output-ratio %d x the %d-byte input + max-output-slack %d (%d bytes)",
+		what, lim.MaxOutputRatio, input, lim.MaxOutputSlack, lim.OutputBudget(input))
+}
+
+// planScratch decides how each deflated record is read. A record that one tensor reads as a
+// contiguous run streams, inflated once on the way; any other (several tensors, or a strided
+// view) is inflated once into a scratch file that every view of it then reads at random, so
+// that the work stays linear however many views share a record. The scratch files together
+// may take at most budget bytes.
+func (p *plan) planScratch(budget, input int64) error {
+	readers := map[*torchzip.Record]int{}
+	stream := map[*torchzip.Record]bool{} // for a record with one reader: whether it streams
+	for _, t := range p.tensors {
+		if t.record.Stored() || t.ref.Numel() == 0 {
+			continue
+		}
+		readers[t.record]++
+		stream[t.record] = contiguous(t.ref)
+	}
+	p.inflate = map[*torchzip.Record]int{}
+	for _, t := range p.tensors {
+		rec := t.record
+		n := readers[rec]
+		if n == 0 || n == 1 && stream[rec] || p.inflate[rec] > 0 {
+			continue
+		}
+		if rec.Size > budget-p.scratchBytes {
+			return overBudget(fmt.Sprintf("inflating record %q (%d bytes) after %d scratch bytes", rec.Entry, rec.Size, p.scratchBytes), input, p.lim)
+		}
+		p.inflate[rec] = n
+		p.scratchBytes += rec.Size
+	}
+	return nil
 }
 
 // locateLegacy reads the sorted key list and finds every storage in the raw area.

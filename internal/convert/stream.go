@@ -3,6 +3,8 @@ package convert
 import (
 	"context"
 	"io"
+	"maps"
+	"os"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/torchzip"
@@ -110,13 +112,15 @@ func (s tensorSink) put(b []byte) {
 func (p *plan) produce(ctx context.Context, pool <-chan []byte, out chan<- chunk) error {
 	defer close(out)
 	k := &chunker{ctx: ctx, pool: pool, out: out}
+	sc := p.newScratch(ctx)
+	defer sc.closeAll()
 	checked := map[*torchzip.Record]bool{}
 	for _, t := range p.tensors {
 		s := tensorSink{k: k, size: t.ref.DType.Size()}
 		if p.swap {
 			s.swap = t.ref.DType.SwapUnit()
 		}
-		whole, err := p.readTensor(t, s)
+		whole, err := p.readTensor(t, s, sc)
 		if err != nil {
 			return err
 		}
@@ -139,57 +143,125 @@ func (p *plan) produce(ctx context.Context, pool <-chan []byte, out chan<- chunk
 	return nil
 }
 
-// readTensor puts one tensor's bytes into s. It reports whether it read its whole record
-// through the CRC-checking stream.
-func (p *plan) readTensor(t planned, s sink) (bool, error) {
+// readTensor puts one tensor's bytes into s. It reports whether its record has been read whole
+// through the CRC-checking stream (by this tensor, or into a scratch file).
+func (p *plan) readTensor(t planned, s sink, sc *scratch) (bool, error) {
 	ref := t.ref
 	isz := int64(ref.DType.Size())
 	n := ref.Numel() * isz
 	if n == 0 {
 		return false, nil
 	}
-	if !contiguous(ref) {
-		src, release, err := p.randomAccess(t.record)
+	start := ref.Offset * isz
+	switch {
+	case p.inflate[t.record] > 0:
+		f, err := sc.get(t.record)
 		if err != nil {
 			return false, err
 		}
-		defer release()
-		return false, gather(ref, src, s, maxSpanInMemory)
-	}
-	start := ref.Offset * isz
-	var r io.Reader
-	whole := start == 0 && n == t.record.Size
-	switch {
-	case whole:
-		r, _ = t.record.Open()
-	case t.record.Stored():
-		r = io.NewSectionReader(t.record.ReaderAt(), start, n)
-	default:
-		rd, _ := t.record.Open()
-		if _, err := io.CopyN(io.Discard, rd, start); err != nil {
-			return false, err
+		defer sc.release(t.record)
+		if !contiguous(ref) {
+			return true, gather(ref, f, s, maxSpanInMemory)
 		}
-		r = io.LimitReader(rd, n)
+		return true, copyTo(s, io.NewSectionReader(f, start, n), n, t.record)
+	case !contiguous(ref):
+		return false, gather(ref, t.record.ReaderAt(), s, maxSpanInMemory)
+	case t.record.Stored() && (start != 0 || n != t.record.Size):
+		return false, copyTo(s, io.NewSectionReader(t.record.ReaderAt(), start, n), n, t.record)
 	}
+	// The record's only reader (deflated), or one that reads it whole: one pass through the
+	// stream, which checks the CRC, and that nothing follows, when it is read to its end.
+	r, _ := t.record.Open()
+	if _, err := io.CopyN(io.Discard, r, start); err != nil {
+		return false, readErr(t.record, err)
+	}
+	if err := copyTo(s, r, n, t.record); err != nil {
+		return false, err
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return false, readErr(t.record, err)
+	}
+	return true, nil
+}
+
+// copyTo puts the next n bytes of r into s.
+func copyTo(s sink, r io.Reader, n int64, rec *torchzip.Record) error {
 	for left := n; left > 0; {
 		b, err := s.space()
 		if err != nil {
-			return false, err
+			return err
 		}
 		b = b[:min(int64(len(b)), left)]
 		if _, err := io.ReadFull(r, b); err != nil {
-			return false, readErr(t.record, err)
+			return readErr(rec, err)
 		}
 		s.put(b)
 		left -= int64(len(b))
 	}
-	if whole {
-		// Read to EOF so the stream checks the CRC and that nothing follows.
-		if _, err := io.Copy(io.Discard, r); err != nil {
-			return false, readErr(t.record, err)
-		}
+	return nil
+}
+
+// scratch holds one stream's scratch files: each deflated record the plan inflates is inflated
+// once, at its first reader, into an unlinked temporary file (disk, never memory; nothing is
+// left behind however the process ends) that is closed after its last reader.
+type scratch struct {
+	ctx   context.Context
+	dir   string
+	files map[*torchzip.Record]*os.File
+	left  map[*torchzip.Record]int
+}
+
+func (p *plan) newScratch(ctx context.Context) *scratch {
+	return &scratch{ctx: ctx, dir: p.scratchDir, files: map[*torchzip.Record]*os.File{}, left: maps.Clone(p.inflate)}
+}
+
+// get returns rec's scratch file, inflating the record into it on first use.
+func (sc *scratch) get(rec *torchzip.Record) (*os.File, error) {
+	if f, ok := sc.files[rec]; ok {
+		return f, nil
 	}
-	return whole, nil
+	f, err := os.CreateTemp(sc.dir, ".inflate-*")
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, rec.Entry, err, "scratch file")
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fault.Wrap(fault.Internal, rec.Entry, err, "unlink scratch file")
+	}
+	sc.files[rec] = f
+	r, _ := rec.Open()
+	if _, err := io.Copy(f, ctxReader{sc.ctx, r}); err != nil {
+		return nil, readErr(rec, err)
+	}
+	return f, nil
+}
+
+// release records that one reader of rec is done, closing its file after the last.
+func (sc *scratch) release(rec *torchzip.Record) {
+	if sc.left[rec]--; sc.left[rec] == 0 {
+		sc.files[rec].Close()
+		delete(sc.files, rec)
+	}
+}
+
+// closeAll closes the files of a stream that ended early.
+func (sc *scratch) closeAll() {
+	for _, f := range sc.files {
+		f.Close()
+	}
+}
+
+// ctxReader ends a copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 func readErr(rec *torchzip.Record, err error) error {

@@ -196,8 +196,8 @@ func TestConverterGetsConfiguredOptions(t *testing.T) {
 	if want := lim.OrDefault(); opts.Limits != want {
 		t.Errorf("Limits = %+v, want %+v", opts.Limits, want)
 	}
-	if opts.ReserveBytes != 12345 || opts.Select != "state_dict" || opts.SourceName != "m.pt" {
-		t.Errorf("ReserveBytes %d, Select %q, SourceName %q; want 12345, state_dict, m.pt", opts.ReserveBytes, opts.Select, opts.SourceName)
+	if opts.MinFreeBytes != 12345 || opts.Select != "state_dict" || opts.SourceName != "m.pt" {
+		t.Errorf("MinFreeBytes %d, Select %q, SourceName %q; want 12345, state_dict, m.pt", opts.MinFreeBytes, opts.Select, opts.SourceName)
 	}
 }
 

@@ -44,7 +44,7 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// MinFreeBytes is the free space the data directory keeps: an upload that would leave less
 	// (counting an output as large as it) is refused with ErrInsufficientStorage, and each
-	// conversion gets it as convert.Options.ReserveBytes, checked against the planned output
+	// conversion gets it as convert.Options.MinFreeBytes, checked against the planned output
 	// before writing (default DefaultMinFreeBytes).
 	MinFreeBytes int64
 }

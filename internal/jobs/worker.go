@@ -86,7 +86,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		Select:       r.Select,
 		SourceName:   r.Filename,
 		Limits:       s.cfg.Limits,
-		ReserveBytes: s.cfg.MinFreeBytes,
+		MinFreeBytes: s.cfg.MinFreeBytes,
 	})
 	s.metrics.readBytes.Add(float64(r.InputSize))
 	if err == nil {

@@ -8,6 +8,7 @@ package limits
 import (
 	"flag"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 )
@@ -23,8 +24,15 @@ type Limits struct {
 	MaxTensors int
 	// MaxDims bounds the rank of one tensor.
 	MaxDims int
-	// MaxOutputBytes bounds the total tensor bytes written.
+	// MaxOutputBytes bounds the total tensor bytes written, whatever the input size.
 	MaxOutputBytes int64
+	// MaxOutputRatio and MaxOutputSlack bound the output relative to the input: the output file
+	// (header and tensor bytes, broadcast views at their full size) may take at most
+	// MaxOutputRatio x the input size + MaxOutputSlack bytes, and so may the deflated records
+	// inflated to scratch files. Real checkpoints write about their own size; a hostile one
+	// cannot turn a few bytes into gigabytes.
+	MaxOutputRatio int
+	MaxOutputSlack int64
 	// MaxNesting bounds container nesting in a pickle and the depth of the object graph walk.
 	MaxNesting int
 	// MaxMemo bounds the number of memo entries in one pickle.
@@ -40,6 +48,9 @@ type Limits struct {
 	MaxZipEntries int
 	// MaxHeaderBytes bounds a safetensors header (the reference reader refuses > 100,000,000).
 	MaxHeaderBytes int64
+	// MaxDroppedListed bounds the dropped (non-tensor) leaves a manifest lists one by one; the
+	// rest are only counted, so a small pickle of millions of None leaves makes a small manifest.
+	MaxDroppedListed int
 	// Timeout bounds the wall time of one conversion.
 	Timeout time.Duration
 }
@@ -47,19 +58,22 @@ type Limits struct {
 // Default returns the limits used when nothing is configured.
 func Default() Limits {
 	return Limits{
-		MaxFileBytes:   1 << 40, // 1 TiB
-		MaxPickleBytes: 1 << 30, // 1 GiB: ~5M tensors' worth of pickle
-		MaxTensors:     5_000_000,
-		MaxDims:        64,
-		MaxOutputBytes: 1 << 40,
-		MaxNesting:     1000,
-		MaxMemo:        1 << 24,
-		MaxMarks:       1 << 16,
-		MaxLongBytes:   64,
-		MaxWalkNodes:   50_000_000,
-		MaxZipEntries:  10_000_000,
-		MaxHeaderBytes: 100_000_000,
-		Timeout:        6 * time.Hour,
+		MaxFileBytes:     1 << 40, // 1 TiB
+		MaxPickleBytes:   1 << 30, // 1 GiB: ~5M tensors' worth of pickle
+		MaxTensors:       5_000_000,
+		MaxDims:          64,
+		MaxOutputBytes:   1 << 40,
+		MaxOutputRatio:   16,
+		MaxOutputSlack:   64 << 20,
+		MaxNesting:       1000,
+		MaxMemo:          1 << 24,
+		MaxMarks:         1 << 16,
+		MaxLongBytes:     64,
+		MaxWalkNodes:     50_000_000,
+		MaxZipEntries:    10_000_000,
+		MaxHeaderBytes:   100_000_000,
+		MaxDroppedListed: 1000,
+		Timeout:          6 * time.Hour,
 	}
 }
 
@@ -81,6 +95,8 @@ func (l Limits) OrDefault() Limits {
 	pick(&l.MaxTensors, d.MaxTensors)
 	pick(&l.MaxDims, d.MaxDims)
 	pick64(&l.MaxOutputBytes, d.MaxOutputBytes)
+	pick(&l.MaxOutputRatio, d.MaxOutputRatio)
+	pick64(&l.MaxOutputSlack, d.MaxOutputSlack)
 	pick(&l.MaxNesting, d.MaxNesting)
 	pick(&l.MaxMemo, d.MaxMemo)
 	pick(&l.MaxMarks, d.MaxMarks)
@@ -88,10 +104,22 @@ func (l Limits) OrDefault() Limits {
 	pick(&l.MaxWalkNodes, d.MaxWalkNodes)
 	pick(&l.MaxZipEntries, d.MaxZipEntries)
 	pick64(&l.MaxHeaderBytes, d.MaxHeaderBytes)
+	pick(&l.MaxDroppedListed, d.MaxDroppedListed)
 	if l.Timeout == 0 {
 		l.Timeout = d.Timeout
 	}
 	return l
+}
+
+// OutputBudget returns the most bytes MaxOutputRatio and MaxOutputSlack allow the output (or the
+// scratch files) of an input of inputBytes to take; it saturates at math.MaxInt64 instead of
+// overflowing.
+func (l Limits) OutputBudget(inputBytes int64) int64 {
+	ratio, slack, in := int64(max(l.MaxOutputRatio, 0)), max(l.MaxOutputSlack, 0), max(inputBytes, 0)
+	if in > 0 && ratio > (math.MaxInt64-slack)/in {
+		return math.MaxInt64
+	}
+	return ratio*in + slack
 }
 
 // RegisterFlags binds every limit to a flag named limit-NAME, whose default comes from the
@@ -109,6 +137,8 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) err
 		{"max-tensors", "most tensors in one checkpoint", nil, &l.MaxTensors},
 		{"max-dims", "highest tensor rank", nil, &l.MaxDims},
 		{"max-output-bytes", "most tensor bytes written", &l.MaxOutputBytes, nil},
+		{"max-output-ratio", "most output (and scratch) bytes per input byte, beyond max-output-slack", nil, &l.MaxOutputRatio},
+		{"max-output-slack", "output (and scratch) bytes allowed beyond max-output-ratio x the input size", &l.MaxOutputSlack, nil},
 		{"max-nesting", "deepest container nesting in a pickle", nil, &l.MaxNesting},
 		{"max-memo", "most memo entries in one pickle", nil, &l.MaxMemo},
 		{"max-marks", "most open MARKs in one pickle", nil, &l.MaxMarks},
@@ -116,6 +146,7 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) err
 		{"max-walk-nodes", "most object-graph nodes visited", nil, &l.MaxWalkNodes},
 		{"max-zip-entries", "most zip entries", nil, &l.MaxZipEntries},
 		{"max-header-bytes", "largest safetensors header in bytes", &l.MaxHeaderBytes, nil},
+		{"max-dropped-listed", "most dropped non-tensor leaves listed in a manifest (the rest are counted)", nil, &l.MaxDroppedListed},
 	}
 	for _, f := range fields {
 		env := envName(f.name)

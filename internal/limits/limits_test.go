@@ -3,6 +3,7 @@ package limits_test
 import (
 	"flag"
 	"io"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -155,5 +156,28 @@ func TestRegisterFlags(t *testing.T) {
 				t.Errorf("limits after env %v and args %v: %+v", c.env, c.args, *l)
 			}
 		})
+	}
+}
+
+// TestOutputBudget checks the relative output bound, including inputs and ratios whose product
+// would overflow.
+func TestOutputBudget(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		l     limits.Limits
+		input int64
+		want  int64
+	}{
+		{"defaults, 486-byte input", limits.Default(), 486, 16*486 + 64<<20},
+		{"defaults, 1 GiB input", limits.Default(), 1 << 30, 16<<30 + 64<<20},
+		{"empty input gets the slack", limits.Limits{MaxOutputRatio: 16, MaxOutputSlack: 100}, 0, 100},
+		{"overflow saturates", limits.Limits{MaxOutputRatio: 1 << 30, MaxOutputSlack: 1}, 1 << 40, math.MaxInt64},
+		{"negative fields count as zero", limits.Limits{MaxOutputRatio: -3, MaxOutputSlack: -5}, 1000, 0},
+	}
+	for _, c := range cases {
+		if got := c.l.OutputBudget(c.input); got != c.want {
+			t.Errorf("%s: OutputBudget(%d) = %d; want %d", c.name, c.input, got, c.want)
+		}
 	}
 }

@@ -157,13 +157,6 @@ func (s *skeleton) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
-
 // TestZip64MatchesTorch: a storage of 2^32+100 bytes and a storage whose record starts past
 // 4 GiB get ZIP64 extra fields in the local header and the central directory, 24-byte data
 // descriptors and a clamped end record exactly as torch writes them.

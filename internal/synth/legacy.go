@@ -25,13 +25,13 @@ var (
 // sorted key list, then for each key in that order an int64 little-endian element count and the
 // storage bytes.
 func writeLegacy(w io.Writer, tensors []Tensor) error {
-	byKey := make(map[string]*Tensor, len(tensors))
-	keys := make([]string, 0, len(tensors))
-	for i := range tensors {
-		t := &tensors[i]
-		if _, dup := byKey[t.Key]; dup {
-			return fmt.Errorf("storage key %q used twice", t.Key)
-		}
+	sts, err := storages(tensors)
+	if err != nil {
+		return err
+	}
+	byKey := make(map[string]*Tensor, len(sts))
+	keys := make([]string, 0, len(sts))
+	for _, t := range sts {
 		byKey[t.Key] = t
 		keys = append(keys, t.Key)
 	}

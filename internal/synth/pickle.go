@@ -172,20 +172,22 @@ func (p *pickler) intTuple(vs []int64) {
 }
 
 // tensor writes one tensor as torch.Tensor.__reduce_ex__ yields it:
-// _rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict()), the storage being a
+// _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()), the storage being a
 // persistent id. legacy selects the legacy 6-tuple id ('storage', cls, key, 'cpu', numel, None)
-// instead of the zip 5-tuple.
+// instead of the zip 5-tuple. The storage key is one string object per storage, as torch's
+// id_map gives it: memoized where first written, a memo reference where a view shares it.
 func (p *pickler) tensor(t *Tensor, legacy bool) {
+	st := t.storage()
 	p.global("torch._utils", "_rebuild_tensor_v2")
 	p.b = append(p.b, opMark)
 
 	// persistent id, saved with save_persistent_id=False, then BINPERSID.
 	p.b = append(p.b, opMark)
 	p.sharedStr("storage")
-	p.global("torch", storageClass[t.DType])
-	p.str(t.Key)
+	p.global("torch", storageClass[st.DType])
+	p.sharedStr(st.Key)
 	p.sharedStr("cpu")
-	p.int(t.Numel())
+	p.int(st.Numel())
 	if legacy {
 		p.b = append(p.b, opNone)
 	}
@@ -193,9 +195,13 @@ func (p *pickler) tensor(t *Tensor, legacy bool) {
 	p.put()
 	p.b = append(p.b, opBinPersID)
 
-	p.int(0) // storage_offset
+	offset, stride := int64(0), contiguousStrides(t.Shape)
+	if t.view != nil {
+		offset, stride = t.view.offset, t.view.stride
+	}
+	p.int(offset)
 	p.intTuple(t.Shape)
-	p.intTuple(contiguousStrides(t.Shape))
+	p.intTuple(stride)
 	p.b = append(p.b, opNewFalse) // requires_grad
 	// backward_hooks: a fresh empty OrderedDict, reduced as OrderedDict() with no items.
 	p.global("collections", "OrderedDict")

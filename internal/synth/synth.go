@@ -162,6 +162,8 @@ type Tensor struct {
 	// src, when set, replaces the generated content; the tests use it to reproduce torch-made
 	// fixtures byte for byte.
 	src func() io.Reader
+	// view, when set, makes the tensor a view of another tensor's storage (see Views).
+	view *view
 }
 
 // Numel returns the number of elements.

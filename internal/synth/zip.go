@@ -77,13 +77,12 @@ func writeZip(w io.Writer, prefix string, tensors []Tensor, deflate, byteOrder b
 		}
 	}
 	// torch 1.6 to 2.6 write the storages in sorted key order (string order: 0, 1, 10, 11, 2, ...).
-	order := make([]int, len(tensors))
-	for i := range order {
-		order[i] = i
+	sts, err := storages(tensors)
+	if err != nil {
+		return err
 	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(tensors[a].Key, tensors[b].Key) })
-	for _, i := range order {
-		t := &tensors[i]
+	slices.SortFunc(sts, func(a, b *Tensor) int { return strings.Compare(a.Key, b.Key) })
+	for _, t := range sts {
 		if err := z.record(prefix+"/data/"+t.Key, t.Size(), t.Content()); err != nil {
 			return err
 		}
