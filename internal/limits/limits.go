@@ -20,7 +20,9 @@ type Limits struct {
 	MaxFileBytes int64
 	// MaxPickleBytes bounds one pickle stream (a zip's data.pkl, one legacy pickle).
 	MaxPickleBytes int64
-	// MaxTensors bounds the number of tensors (and of storages) in one checkpoint.
+	// MaxTensors bounds the number of tensors (and of storages) in one checkpoint. Real models
+	// hold at most tens of thousands; the default of a million leaves a wide margin while keeping the parser's memory for a file
+	// at the limit to a few GB.
 	MaxTensors int
 	// MaxDims bounds the rank of one tensor.
 	MaxDims int
@@ -37,6 +39,13 @@ type Limits struct {
 	MaxNesting int
 	// MaxMemo bounds the number of memo entries in one pickle.
 	MaxMemo int
+	// MaxObjects bounds the values one pickle creates: every constant, number, string, container,
+	// global and call's result an opcode pushes (DUP and memo GETs, which push a value again,
+	// are not counted). The parser's memory grows with this count, not with the pickle's
+	// length: ten million one-byte None pushes cost more than a 1 GiB string. A tensor in a
+	// torch state dict takes 14-30 values (a training checkpoint with optimizer state about
+	// 56), so the default admits MaxTensors tensors with room to spare.
+	MaxObjects int
 	// MaxMarks bounds the number of MARK opcodes that may be open at once.
 	MaxMarks int
 	// MaxLongBytes bounds the encoded length of a LONG1/LONG4/text INT/LONG integer.
@@ -59,14 +68,15 @@ type Limits struct {
 func Default() Limits {
 	return Limits{
 		MaxFileBytes:     1 << 40, // 1 TiB
-		MaxPickleBytes:   1 << 30, // 1 GiB: ~5M tensors' worth of pickle
-		MaxTensors:       5_000_000,
+		MaxPickleBytes:   1 << 30, // 1 GiB: ~1M tensors take ~100 MB of pickle
+		MaxTensors:       1_000_000,
 		MaxDims:          64,
 		MaxOutputBytes:   1 << 40,
 		MaxOutputRatio:   16,
 		MaxOutputSlack:   64 << 20,
 		MaxNesting:       1000,
 		MaxMemo:          1 << 24,
+		MaxObjects:       32_000_000, // 32 per tensor at MaxTensors; torch writes 14-30 (56 with optimizer state)
 		MaxMarks:         1 << 16,
 		MaxLongBytes:     64,
 		MaxWalkNodes:     50_000_000,
@@ -99,6 +109,7 @@ func (l Limits) OrDefault() Limits {
 	pick64(&l.MaxOutputSlack, d.MaxOutputSlack)
 	pick(&l.MaxNesting, d.MaxNesting)
 	pick(&l.MaxMemo, d.MaxMemo)
+	pick(&l.MaxObjects, d.MaxObjects)
 	pick(&l.MaxMarks, d.MaxMarks)
 	pick(&l.MaxLongBytes, d.MaxLongBytes)
 	pick(&l.MaxWalkNodes, d.MaxWalkNodes)
@@ -141,6 +152,7 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) err
 		{"max-output-slack", "output (and scratch) bytes allowed beyond max-output-ratio x the input size", &l.MaxOutputSlack, nil},
 		{"max-nesting", "deepest container nesting in a pickle", nil, &l.MaxNesting},
 		{"max-memo", "most memo entries in one pickle", nil, &l.MaxMemo},
+		{"max-objects", "most values one pickle creates", nil, &l.MaxObjects},
 		{"max-marks", "most open MARKs in one pickle", nil, &l.MaxMarks},
 		{"max-long-bytes", "longest encoded pickle integer in bytes", nil, &l.MaxLongBytes},
 		{"max-walk-nodes", "most object-graph nodes visited", nil, &l.MaxWalkNodes},

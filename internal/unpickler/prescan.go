@@ -61,8 +61,9 @@ const (
 //     empty LONG1/LONG4 is refused (gopickle panics on it);
 //   - a symbolic stack: underflow, DICT/SETITEMS with an odd item count, bytes used as a
 //     dict or set key (gopickle panics on all of these), more than lim.MaxMarks open MARKs,
-//     more than lim.MaxMemo memo entries or stack items, container nesting built on the stack
-//     beyond lim.MaxNesting, a GET of a memo key never set, and anything but exactly one item
+//     more than lim.MaxMemo memo entries or stack items, more than lim.MaxObjects values
+//     created (constants, literals, containers, globals, calls' results), container nesting
+//     built on the stack beyond lim.MaxNesting, a GET of a memo key never set, and anything but exactly one item
 //     and no open MARK at STOP;
 //   - STACK_GLOBAL operands must be string literals (pushed by a string opcode, directly or
 //     through the memo); array._array_reconstructor is refused (gopickle resolves it before
@@ -111,9 +112,30 @@ func newScanner(src Source, avail int64, entry string, lim limits.Limits, pol *P
 	return s
 }
 
+// grow makes room for n more bytes in the copy of the stream. The copy doubles with the bytes
+// actually read, never with a claimed length, and never past s.max (room and readByte keep
+// every read within it); once doubling would reach a quarter of s.max it takes s.max at once.
+// For a zip record (s.max is its size) a pickle that fills it then costs at most 1.25 times
+// its size while the last copy is made, not the 3 times of doubling past it (the old array,
+// and a new one twice as large). A legacy stream's s.max runs to the end of the file; one that
+// grows that far is allotted at most MaxPickleBytes, which the sandbox's address space covers.
+func (s *scanner) grow(n int) {
+	need := len(s.buf) + n
+	if need <= cap(s.buf) {
+		return
+	}
+	c := 2 * cap(s.buf)
+	if int64(c) >= s.max/4 {
+		c = int(s.max)
+	}
+	c = max(c, need)
+	grown := make([]byte, len(s.buf), c)
+	copy(grown, s.buf)
+	s.buf = grown
+}
+
 const (
-	// initialBuf is the starting capacity of the copy of the stream; it grows with the bytes
-	// actually read, never with a claimed length.
+	// initialBuf is the starting capacity of the copy of the stream (see grow).
 	initialBuf = 4 << 10
 	// readChunk is the largest single allocation step when reading a long payload.
 	readChunk = 1 << 20
@@ -215,6 +237,7 @@ type scanner struct {
 	marks     []int // stack length at each open MARK
 	memo      memoTable
 	ids       int64 // last container identity handed out
+	objects   int64 // values created so far (see add)
 	sawBinary bool  // a protocol-1+ opcode was seen (for Scan.Protocol without PROTO)
 	sawProto  bool
 
@@ -400,7 +423,7 @@ func (s *scanner) read(n int64, what string) (int64, error) {
 	start := s.pos()
 	for n > 0 {
 		step := min(n, readChunk)
-		s.buf = slices.Grow(s.buf, int(step))
+		s.grow(int(step))
 		p := len(s.buf)
 		s.buf = s.buf[:p+int(step)]
 		if step <= 8 {
@@ -427,6 +450,7 @@ func (s *scanner) readByte(what string) (byte, error) {
 		if err != nil {
 			return 0, s.readErr(err, what)
 		}
+		s.grow(1)
 		s.buf = append(s.buf, c)
 		return c, nil
 	}
@@ -471,6 +495,21 @@ func (s *scanner) readLine(maxLen int64, what string) (int64, int64, error) {
 			return 0, 0, s.halt(fault.Limit, "%s: line longer than %d bytes", what, maxLen)
 		}
 	}
+}
+
+// add pushes a value the current opcode creates, counted against MaxObjects: gopickle builds
+// one Go value (and CPython one object) for each, whatever its size in the stream, so their
+// number, not the stream's length, bounds the memory of a pickle of many small values. DUP and
+// memo GETs push a reference to a value already counted.
+func (s *scanner) add(it item) error {
+	if s.objects >= int64(s.lim.MaxObjects) {
+		if err := s.quiet(fault.Limit); err != nil {
+			return err
+		}
+		return s.fail(fault.Limit, "pickle builds more than %d objects (limit max-objects %d)", s.lim.MaxObjects, s.lim.MaxObjects)
+	}
+	s.objects++
+	return s.push(it)
 }
 
 func (s *scanner) push(it item) error {
@@ -570,7 +609,7 @@ func maxDepth(items []item) int32 {
 // object pushes a new container or object of nesting depth d with a fresh identity.
 func (s *scanner) object(d int32) error {
 	s.ids++
-	return s.push(item{kind: kOther, off: s.ids, depth: d})
+	return s.add(item{kind: kOther, off: s.ids, depth: d})
 }
 
 // container pushes a container built from items.
@@ -620,7 +659,7 @@ func (s *scanner) noBytesKeys(items []item, step int, what string) error {
 
 // literal pushes a string or bytes literal whose bytes are buf[off:off+n].
 func (s *scanner) literal(kind, enc uint8, off, n int64) error {
-	return s.push(item{kind: kind, enc: enc, off: off, n: n})
+	return s.add(item{kind: kind, enc: enc, off: off, n: n})
 }
 
 // counted reads a length-prefixed payload: lenBytes of little-endian length, then the data.
@@ -663,7 +702,7 @@ func (s *scanner) long(lenBytes int64, what string) error {
 	if n > int64(s.lim.MaxLongBytes) {
 		return s.fail(fault.Limit, "%s of %d bytes exceeds %d (MaxLongBytes)", what, n, s.lim.MaxLongBytes)
 	}
-	return s.push(item{kind: kOther, n: n})
+	return s.add(item{kind: kOther, n: n})
 }
 
 // textInt checks a text INT or LONG operand: an optional sign, at most MaxLongBytes digits,
@@ -691,7 +730,7 @@ func (s *scanner) textInt(long bool, what string) error {
 			return s.fail(fault.Malformed, "%s: %q is not a decimal integer", what, s.buf[a:b])
 		}
 	}
-	return s.push(item{kind: kOther, n: int64(len(t))})
+	return s.add(item{kind: kOther, n: int64(len(t))})
 }
 
 // memoKey reads a text memo index.
@@ -908,7 +947,7 @@ func (s *scanner) stackGlobal() error {
 		return err
 	}
 	s.renameBuiltin(module, name, 1, string([]byte{opPop, opPop}))
-	return s.push(item{kind: kGlobal})
+	return s.add(item{kind: kGlobal})
 }
 
 func (s *scanner) run() error {
@@ -1008,22 +1047,22 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 
 	case opNone, opNewTrue, opNewFalse:
-		err = s.push(item{kind: kOther})
+		err = s.add(item{kind: kOther})
 	case opBinInt1:
 		if _, err = s.read(1, "BININT1"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 	case opBinInt2:
 		if _, err = s.read(2, "BININT2"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 	case opBinInt:
 		if _, err = s.read(4, "BININT"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 	case opBinFloat:
 		if _, err = s.read(8, "BINFLOAT"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 	case opInt:
 		err = s.textInt(false, "INT")
@@ -1031,7 +1070,7 @@ func (s *scanner) step(op byte) (bool, error) {
 		err = s.textInt(true, "LONG")
 	case opFloat:
 		if _, _, err = s.readLine(maxFloatLine, "FLOAT"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 	case opLong1:
 		err = s.long(1, "LONG1")
@@ -1082,7 +1121,7 @@ func (s *scanner) step(op byte) (bool, error) {
 		}
 	case opByteArray8:
 		if _, _, err = s.counted(8, false, "BYTEARRAY8"); err == nil {
-			err = s.push(item{kind: kOther})
+			err = s.add(item{kind: kOther})
 		}
 
 	case opEmptyList, opEmptyDict, opEmptyTuple, opEmptySet:
@@ -1225,7 +1264,7 @@ func (s *scanner) step(op byte) (bool, error) {
 		if op == opInst {
 			return false, s.fail(fault.Unsafe, "opcode INST (%s.%s) is outside the allowlist", module, name)
 		}
-		err = s.push(item{kind: kGlobal})
+		err = s.add(item{kind: kGlobal})
 	case opStackGlobal:
 		err = s.stackGlobal()
 	case opReduce, opNewObj:
@@ -1262,7 +1301,7 @@ func (s *scanner) step(op byte) (bool, error) {
 	case opBinPersID:
 		var pid item
 		if pid, err = s.pop("BINPERSID"); err == nil {
-			err = s.push(item{kind: kOther, depth: pid.depth})
+			err = s.add(item{kind: kOther, depth: pid.depth})
 		}
 
 	case opProto:

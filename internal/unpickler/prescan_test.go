@@ -862,3 +862,81 @@ func TestIsOpcode(t *testing.T) {
 		}
 	}
 }
+
+// TestPrescanObjectLimit checks that every opcode family creating a value counts against
+// MaxObjects, and nothing else does: each pickle passes with MaxObjects at its exact count
+// and is refused one below it, at the opcode creating the last value.
+func TestPrescanObjectLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		data    []byte
+		objects int
+		offset  int64 // of the opcode creating the last value
+	}{
+		{"None", []byte("\x80\x02N."), 1, 2},
+		{"booleans and a tuple", []byte("\x80\x02(\x88\x89t."), 3, 5},
+		{"binary integers and a list", cat("\x80\x02(K\x01M\x01\x00J", le(1, 4), "\x8a\x01\x01\x8b", le(1, 4), "\x01l."), 6, 22},
+		{"text numbers and floats", cat("(I1\nL2L\nF1.5\nG", le(0, 8), "l."), 5, 22},
+		{"strings and bytes", cat("\x80\x04(\x8c\x01aX", le(1, 4), "bU\x01cC\x01dB", le(1, 4), "e\x8d", le(1, 8), "fVg\nS'h'\n\x96", le(1, 8), "il."), 10, 52},
+		{"empty containers and sets", []byte("\x80\x04(]})\x8f(\x91(dl."), 7, 11},
+		{"short tuples", []byte("\x80\x02NN\x86NN\x87\x85."), 7, 8},
+		{"GLOBAL and REDUCE", []byte("\x80\x02ccollections\nOrderedDict\n)R."), 3, 28},
+		{"STACK_GLOBAL and NEWOBJ", []byte("\x80\x04\x8c\x05torch\x8c\x04Size\x93)\x81."), 5, 17},
+		{"NEWOBJ_EX", []byte("\x80\x04\x8c\x05torch\x8c\x04Size\x93)}\x92."), 6, 18},
+		{"persistent id", []byte("\x80\x02N\x85Q."), 3, 4},
+		{"memo GETs and DUP are not counted", []byte("\x80\x02(Nq\x00h\x00g0\n2t."), 2, 12},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lim := limits.Default()
+			lim.MaxObjects = tc.objects
+			if _, _, err := prescanBytes(t, tc.data, lim); err != nil {
+				t.Fatalf("with max-objects %d (its count): %v", tc.objects, err)
+			}
+			lim.MaxObjects = tc.objects - 1
+			_, _, err := prescanBytes(t, tc.data, lim)
+			var fe *fault.Error
+			if !errors.As(err, &fe) || fe.Kind != fault.Limit || fe.Offset != tc.offset {
+				t.Fatalf("with max-objects %d: got %v, want a limit fault at offset %d", lim.MaxObjects, err, tc.offset)
+			}
+			if want := fmt.Sprintf("pickle builds more than %d objects (limit max-objects %d)", lim.MaxObjects, lim.MaxObjects); fe.Msg != want {
+				t.Errorf("message %q, want %q", fe.Msg, want)
+			}
+		})
+	}
+}
+
+// TestPrescanCopyFitsStream checks the memory of the stream's copy for a pickle filling its
+// record, just past a power of two (where doubling costs most: the copy would take twice the
+// stream and every smaller array before it): Prescan allocates about 1.5 times the stream in
+// all, and Load's second walk no second copy (gopickle itself reads the string's bytes and
+// converts them, twice the string).
+func TestPrescanCopyFitsStream(t *testing.T) {
+	n := 16<<20 + 1
+	data := cat("\x80\x04\x8e", le(uint64(n), 8), string(make([]byte, n)), ".")
+	allocs := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	var raw []byte
+	got := allocs(func() {
+		var err error
+		if _, raw, err = Prescan(bytes.NewReader(data), int64(len(data)), "test.pkl", limits.Default(), nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if bound := uint64(len(data))*8/5 + 1<<20; got > bound {
+		t.Errorf("Prescan allocated %d bytes for a %d-byte stream, want under %d", got, len(data), bound)
+	}
+	got = allocs(func() {
+		if _, err := Load(raw, "test.pkl", nil, &PersistentIDs{}, limits.Default()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if bound := uint64(2*n) + 1<<20; got > bound {
+		t.Errorf("Load allocated %d bytes for a %d-byte stream, want under %d", got, len(data), bound)
+	}
+}

@@ -98,6 +98,9 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 		pids.byKey = map[string]*StorageRef{}
 	}
 	s := newScanner(bytes.NewReader(raw), int64(len(raw)), entry, lim, pol)
+	// The scanner copies what it reads into its buffer; pointed at raw itself, it writes each
+	// byte over the same byte, so this second walk costs no second copy of the stream.
+	s.buf = raw[:0:len(raw)]
 	s.vm = true
 	if err := s.run(); err != nil {
 		return nil, err
