@@ -2,7 +2,10 @@
 // that each can be named in an error, configured by a flag or an environment variable, and
 // reviewed in one place.
 //
-// The defaults admit any real model up to 1 TB while keeping a hostile file's cost bounded.
+// The defaults admit any real model up to 1 TB while keeping a hostile file's cost bounded. The
+// parser's memory follows MaxPickleBytes, MaxObjects and MaxWalkNodes, and the sandbox child's
+// address space is derived from them (about 13 GiB at the defaults): raise them only on a
+// machine with the memory for it.
 package limits
 
 import (
@@ -21,8 +24,8 @@ type Limits struct {
 	// MaxPickleBytes bounds one pickle stream (a zip's data.pkl, one legacy pickle).
 	MaxPickleBytes int64
 	// MaxTensors bounds the number of tensors (and of storages) in one checkpoint. Real models
-	// hold at most tens of thousands; the default of a million leaves a wide margin while keeping the parser's memory for a file
-	// at the limit to a few GB.
+	// hold at most tens of thousands; the default (250,000) leaves a wide margin and agrees
+	// with MaxObjects at the 14-30 objects torch writes per tensor.
 	MaxTensors int
 	// MaxDims bounds the rank of one tensor.
 	MaxDims int
@@ -51,7 +54,8 @@ type Limits struct {
 	// MaxLongBytes bounds the encoded length of a LONG1/LONG4/text INT/LONG integer.
 	MaxLongBytes int
 	// MaxWalkNodes bounds the number of object-graph nodes visited (paths, not unique nodes),
-	// so a DAG that reaches one tensor through 2^100 paths ends quickly.
+	// so a DAG that reaches one tensor through 2^100 paths ends quickly. Each path costs memory
+	// even through shared objects; the default is a few times what MaxTensors tensors need.
 	MaxWalkNodes int
 	// MaxZipEntries bounds the number of entries in a zip central directory.
 	MaxZipEntries int
@@ -67,19 +71,19 @@ type Limits struct {
 // Default returns the limits used when nothing is configured.
 func Default() Limits {
 	return Limits{
-		MaxFileBytes:     1 << 40, // 1 TiB
-		MaxPickleBytes:   1 << 30, // 1 GiB: ~1M tensors take ~100 MB of pickle
-		MaxTensors:       1_000_000,
+		MaxFileBytes:     1 << 40,   // 1 TiB
+		MaxPickleBytes:   512 << 20, // torch writes ~100 bytes of pickle per tensor
+		MaxTensors:       250_000,
 		MaxDims:          64,
 		MaxOutputBytes:   1 << 40,
 		MaxOutputRatio:   16,
 		MaxOutputSlack:   64 << 20,
 		MaxNesting:       1000,
 		MaxMemo:          1 << 24,
-		MaxObjects:       32_000_000, // 32 per tensor at MaxTensors; torch writes 14-30 (56 with optimizer state)
+		MaxObjects:       8_000_000, // 32 per tensor at MaxTensors; torch writes 14-30 (56 with optimizer state)
 		MaxMarks:         1 << 16,
 		MaxLongBytes:     64,
-		MaxWalkNodes:     50_000_000,
+		MaxWalkNodes:     10_000_000,
 		MaxZipEntries:    10_000_000,
 		MaxHeaderBytes:   100_000_000,
 		MaxDroppedListed: 1000,

@@ -327,31 +327,41 @@ func responseLimit(lim limits.Limits) int64 {
 }
 
 // addressSpace is the child's RLIMIT_AS for a conversion's limits: room for the runtime, for
-// the largest pickle the limits admit as the parser holds it, and for the most objects the
-// object-graph walk may visit. Measured with convert under RLIMIT_AS and GOMEMLIMIT at three
-// quarters of it, as in the child (64 MiB steps):
-//   - the smallest checkpoint needs 870 MiB: the runtime's reservations, thread stacks and the
-//     streaming buffers; base doubles it;
-//   - a data.pkl that is one string leaf needs 1.5 GiB above that at 128 MiB, 2.3 GiB at
-//     256 MiB: the stream as read (grown by appending, with the garbage of its growth) and the
-//     decoded value; perPickleByte covers that, 8 GiB for the default 1 GiB;
-//   - a pickle of small objects costs per object, not per byte: a list of 20 million small
-//     ints (a 40 MB data.pkl) held 2.8 GB, 140 bytes an object, most of it a dropped-leaf
-//     entry of the manifest for each, which the cap on that list removes. Past MaxWalkNodes
-//     objects the walk refuses the file anyway; perWalkNode gives each object it admits 64
-//     bytes (its slot in its container and its own allocation).
+// the largest pickle the limits admit as the parser holds it, for the most objects it may
+// build and for the most paths the object-graph walk may visit. Each term was measured as the
+// smallest RLIMIT_AS (128 MiB steps) under which converter scan --sandbox=false ends as it
+// does unconfined, with GOMEMLIMIT at three quarters of it as in the child (prlimit --as):
+//   - the smallest checkpoint needs 808 MiB: the runtime's reservations, thread stacks and the
+//     streaming buffers; base is 1 GiB;
+//   - a data.pkl that is a list of one string needs 1,848 MiB above that at 256 MB, 2,744 MiB
+//     at 512 MiB (7.6 and 5.4 bytes per pickle byte): the stream's copy (about its size, see
+//     the pre-scanner), gopickle's read of the string (twice its size) and the heap's growth
+//     around them; perPickleByte is 8;
+//   - a pickle's objects cost per object, not per byte: 3M empty dicts (a 3 MB data.pkl, the
+//     costliest value: a Go map each) need 2,776 MiB, 688 bytes a dict; 10M None leaves
+//     3,616 MiB, 294 bytes each, their entry in the walk's list of dropped leaves included;
+//     perObject is 704;
+//   - a walk's path costs even when it reaches a shared object: a list of 3,000 references to
+//     one list of 3,000 None (9M paths, 6,000 objects) needs 2,864 MiB, 228 bytes a path
+//     (its dropped-leaf entry); perWalkNode is 256.
 //
-// With the default limits that is 13 GiB of address space, a ceiling rather than a
-// reservation; lower the limits (or set Config.AddressSpace) to lower it.
+// Each limit reached alone fits with the others' terms to spare. With the default limits that
+// is 12.6 GiB of address space, a ceiling rather than a reservation; lower the limits (or set
+// Config.AddressSpace) to lower it.
 func addressSpace(lim limits.Limits) int64 {
 	const (
-		base          = 2 << 30
+		base          = 1 << 30
 		perPickleByte = 8
-		perWalkNode   = 64
+		perObject     = 704
+		perWalkNode   = 256
 		most          = 1 << 62
 	)
 	as := int64(base)
-	for _, term := range [][2]int64{{lim.MaxPickleBytes, perPickleByte}, {int64(lim.MaxWalkNodes), perWalkNode}} {
+	for _, term := range [][2]int64{
+		{lim.MaxPickleBytes, perPickleByte},
+		{int64(lim.MaxObjects), perObject},
+		{int64(lim.MaxWalkNodes), perWalkNode},
+	} {
 		if term[0] > (most-as)/term[1] {
 			return most
 		}

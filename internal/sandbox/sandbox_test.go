@@ -13,6 +13,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -673,6 +674,50 @@ func TestEncodeResponseLimit(t *testing.T) {
 // streamed, so the test's memory does not grow with n.
 func leafCheckpoint(t *testing.T, path string, n int64) {
 	t.Helper()
+	head := binary.LittleEndian.AppendUint32([]byte("X"), uint32(n))
+	fill := bytes.Repeat([]byte("a"), 1<<20)
+	blobCheckpoint(t, path, int64(len(head))+n, func(w io.Writer) error {
+		if _, err := w.Write(head); err != nil {
+			return err
+		}
+		for left := n; left > 0; left -= int64(len(fill)) {
+			if _, err := w.Write(fill[:min(left, int64(len(fill)))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// dictsCheckpoint writes to path the dtypes.pt fixture with one more entry in its state dict:
+// "blob", a list of n empty dicts, the value that costs the parser most memory per object (a
+// Go map each), so that its pickle creates n + dtypesObjects objects.
+func dictsCheckpoint(t *testing.T, path string, n int) {
+	t.Helper()
+	batch := append(append([]byte("("), bytes.Repeat([]byte("}"), 1000)...), 'e')
+	blobCheckpoint(t, path, int64(1+n/1000*len(batch)+n%1000+2), func(w io.Writer) error {
+		if _, err := w.Write([]byte("]")); err != nil {
+			return err
+		}
+		for range n / 1000 {
+			if _, err := w.Write(batch); err != nil {
+				return err
+			}
+		}
+		_, err := w.Write(append(append([]byte("("), bytes.Repeat([]byte("}"), n%1000)...), 'e'))
+		return err
+	})
+}
+
+// dtypesObjects is the number of objects dictsCheckpoint's pickle creates besides the dicts:
+// the dtypes.pt fixture's 204, the key "blob" and the list.
+const dtypesObjects = 204 + 2
+
+// blobCheckpoint writes to path the dtypes.pt fixture with one more entry in its state dict,
+// "blob", whose value blob writes as n bytes of pickle. The zip is streamed, so the test's
+// memory does not grow with n.
+func blobCheckpoint(t *testing.T, path string, n int64, blob func(io.Writer) error) {
+	t.Helper()
 	entries := testkit.FixtureEntries(t, "dtypes.pt")
 	f, err := os.Create(path)
 	if err != nil {
@@ -680,7 +725,6 @@ func leafCheckpoint(t *testing.T, path string, n int64) {
 	}
 	defer f.Close()
 	zw := zip.NewWriter(f)
-	fill := bytes.Repeat([]byte("a"), 1<<20)
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name, "/data.pkl") {
 			w, err := zw.CreateHeader(&zip.FileHeader{Name: e.Name, Method: zip.Store})
@@ -694,23 +738,22 @@ func leafCheckpoint(t *testing.T, path string, n int64) {
 		}
 		// The fixture's pickle ends with SETITEMS, STOP: the dict is on the stack, and one more
 		// SETITEM before STOP adds the entry.
-		head := append(bytes.TrimSuffix(e.Data, []byte(".")), "X\x04\x00\x00\x00blobX"...)
-		head = binary.LittleEndian.AppendUint32(head, uint32(n))
+		head := append(bytes.TrimSuffix(e.Data, []byte(".")), "X\x04\x00\x00\x00blob"...)
 		tail := []byte("s.")
 		body := func(w io.Writer) error {
 			if _, err := w.Write(head); err != nil {
 				return err
 			}
-			for left := n; left > 0; left -= int64(len(fill)) {
-				if _, err := w.Write(fill[:min(left, int64(len(fill)))]); err != nil {
-					return err
-				}
+			if err := blob(w); err != nil {
+				return err
 			}
 			_, err := w.Write(tail)
 			return err
 		}
 		crc := crc32.NewIEEE()
-		body(crc)
+		if err := body(crc); err != nil {
+			t.Fatal(err)
+		}
 		size := uint64(int64(len(head)) + n + int64(len(tail)))
 		w, err := zw.CreateRaw(&zip.FileHeader{Name: e.Name, Method: zip.Store, CRC32: crc.Sum32(), CompressedSize64: size, UncompressedSize64: size})
 		if err == nil {
@@ -728,7 +771,7 @@ func leafCheckpoint(t *testing.T, path string, n int64) {
 // TestPickleNearLimitConverts converts, in a child confined by default (its address space
 // following the limits), a checkpoint whose data.pkl is 64 KiB under MaxPickleBytes: a string
 // leaf, which the parser holds as the stream and as the decoded value. The documented default
-// (1 GiB, with every other limit at its default) needs about 6 GB of memory and minutes of
+// (512 MiB, with every other limit at its default) needs about 3 GB of memory and a minute of
 // CPU, so it is skipped in -short mode; a scaled-down limit, with a walk limit small enough
 // that the pickle's share of the address space is what is tested, always runs.
 func TestPickleNearLimitConverts(t *testing.T) {
@@ -736,7 +779,7 @@ func TestPickleNearLimitConverts(t *testing.T) {
 	for _, lim := range cases {
 		t.Run(fmt.Sprintf("MaxPickleBytes=%d", lim.MaxPickleBytes), func(t *testing.T) {
 			if lim.MaxPickleBytes > 128<<20 && testing.Short() {
-				t.Skip("needs about 6 GB of memory and minutes of CPU; runs without -short")
+				t.Skip("needs about 3 GB of memory and a minute of CPU; runs without -short")
 			}
 			dir := t.TempDir()
 			src := filepath.Join(dir, "big.pt")
@@ -753,29 +796,67 @@ func TestPickleNearLimitConverts(t *testing.T) {
 	}
 }
 
-// TestAddressSpaceFollowsLimits checks the child's RLIMIT_AS: it grows with the pickle and walk
-// limits, saturates instead of overflowing, and yields to an explicit Config.AddressSpace.
+// TestAddressSpaceFollowsLimits checks the child's RLIMIT_AS: it grows with the pickle, object
+// and walk limits, saturates instead of overflowing, and yields to an explicit
+// Config.AddressSpace.
 func TestAddressSpaceFollowsLimits(t *testing.T) {
 	def := limits.Default()
-	bigger := def
-	bigger.MaxPickleBytes += 1 << 30
-	if got := addressSpace(bigger) - addressSpace(def); got != 8<<30 {
-		t.Errorf("1 GiB more pickle: %d more bytes of address space, want 8 GiB", got)
-	}
-	more := def
-	more.MaxWalkNodes += 1_000_000
-	if got := addressSpace(more) - addressSpace(def); got != 64_000_000 {
-		t.Errorf("a million more walk nodes: %d more bytes of address space, want 64 MB", got)
+	for _, tc := range []struct {
+		name string
+		more func(*limits.Limits)
+		want int64
+	}{
+		{"1 GiB more pickle", func(l *limits.Limits) { l.MaxPickleBytes += 1 << 30 }, 8 << 30},
+		{"a million more objects", func(l *limits.Limits) { l.MaxObjects += 1_000_000 }, 704_000_000},
+		{"a million more walk nodes", func(l *limits.Limits) { l.MaxWalkNodes += 1_000_000 }, 256_000_000},
+	} {
+		l := def
+		tc.more(&l)
+		if got := addressSpace(l) - addressSpace(def); got != tc.want {
+			t.Errorf("%s: %d more bytes of address space, want %d", tc.name, got, tc.want)
+		}
 	}
 	huge := def
-	huge.MaxPickleBytes = 1 << 62
+	huge.MaxObjects = math.MaxInt
 	if got := addressSpace(huge); got != 1<<62 {
-		t.Errorf("a pickle limit of 2^62: address space %d, want it saturated at 2^62", got)
+		t.Errorf("an object limit of MaxInt: address space %d, want it saturated at 2^62", got)
 	}
 	if got := childLimits(Config{}, def).AddressSpace; got != uint64(addressSpace(def)) {
 		t.Errorf("default config: RLIMIT_AS %d, want %d", got, addressSpace(def))
 	}
 	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
 		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
+	}
+}
+
+// TestObjectsAtLimitConvert converts, in a child confined by default, a checkpoint whose pickle
+// creates exactly MaxObjects objects, nearly all of them empty dicts (the costliest value per
+// object), with the pickle and walk limits just large enough for it: the address space must
+// follow the object limit. One object fewer allowed is a limit fault. Two million objects
+// always run (about 15 s); eight million, the default, only without -short (about a minute
+// and 6 GB of memory).
+func TestObjectsAtLimitConvert(t *testing.T) {
+	for _, n := range []int{2_000_000, limits.Default().MaxObjects - dtypesObjects} {
+		t.Run(fmt.Sprint(n+dtypesObjects), func(t *testing.T) {
+			if n > 2_000_000 && testing.Short() {
+				t.Skip("needs about a minute and 6 GB of memory; runs without -short")
+			}
+			dir := t.TempDir()
+			src := filepath.Join(dir, "dicts.pt")
+			dictsCheckpoint(t, src, n)
+			lim := limits.Limits{MaxPickleBytes: int64(n) + 1<<20, MaxObjects: n + dtypesObjects, MaxWalkNodes: n + 1000}
+			m, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), convert.Options{Limits: lim})
+			if err != nil {
+				t.Fatalf("convert: %v (RLIMIT_AS %d)", err, addressSpace(lim.OrDefault()))
+			}
+			if len(m.Tensors) != 11 {
+				t.Errorf("got %d tensors, want the fixture's 11", len(m.Tensors))
+			}
+			lim.MaxObjects--
+			_, err = testRunner().Convert(context.Background(), src, filepath.Join(dir, "over.safetensors"), convert.Options{Limits: lim})
+			if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "limit max-objects") {
+				t.Errorf("one object over the limit: got %v, want a max-objects limit fault", err)
+			}
+		})
 	}
 }
