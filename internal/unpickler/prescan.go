@@ -500,16 +500,18 @@ func (s *scanner) readLine(maxLen int64, what string) (int64, int64, error) {
 // add pushes a value the current opcode creates, counted against MaxObjects: gopickle builds
 // one Go value (and CPython one object) for each, whatever its size in the stream, so their
 // number, not the stream's length, bounds the memory of a pickle of many small values. DUP and
-// memo GETs push a reference to a value already counted.
+// memo GETs push a reference to a value already counted. The value is pushed even when it is
+// one too many, so that salvage walks on over the stack CPython would have (a missing global
+// would make a later REDUCE look unsafe); salvage's own memory is bounded by the stack limit.
 func (s *scanner) add(it item) error {
-	if s.objects >= int64(s.lim.MaxObjects) {
-		if err := s.quiet(fault.Limit); err != nil {
-			return err
-		}
-		return s.fail(fault.Limit, "pickle builds more than %d objects (limit max-objects %d)", s.lim.MaxObjects, s.lim.MaxObjects)
+	if err := s.push(it); err != nil {
+		return err
 	}
 	s.objects++
-	return s.push(it)
+	if s.objects <= int64(s.lim.MaxObjects) || s.salvaging {
+		return nil
+	}
+	return s.fail(fault.Limit, "pickle builds more than %d objects (limit max-objects %d)", s.lim.MaxObjects, s.lim.MaxObjects)
 }
 
 func (s *scanner) push(it item) error {

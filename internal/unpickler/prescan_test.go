@@ -880,7 +880,7 @@ func TestPrescanObjectLimit(t *testing.T) {
 		{"strings and bytes", cat("\x80\x04(\x8c\x01aX", le(1, 4), "bU\x01cC\x01dB", le(1, 4), "e\x8d", le(1, 8), "fVg\nS'h'\n\x96", le(1, 8), "il."), 10, 52},
 		{"empty containers and sets", []byte("\x80\x04(]})\x8f(\x91(dl."), 7, 11},
 		{"short tuples", []byte("\x80\x02NN\x86NN\x87\x85."), 7, 8},
-		{"GLOBAL and REDUCE", []byte("\x80\x02ccollections\nOrderedDict\n)R."), 3, 28},
+		{"GLOBAL and REDUCE", []byte("\x80\x02(Nccollections\nOrderedDict\n)Rl."), 5, 31},
 		{"STACK_GLOBAL and NEWOBJ", []byte("\x80\x04\x8c\x05torch\x8c\x04Size\x93)\x81."), 5, 17},
 		{"NEWOBJ_EX", []byte("\x80\x04\x8c\x05torch\x8c\x04Size\x93)}\x92."), 6, 18},
 		{"persistent id", []byte("\x80\x02N\x85Q."), 3, 4},
@@ -900,6 +900,14 @@ func TestPrescanObjectLimit(t *testing.T) {
 			}
 			if want := fmt.Sprintf("pickle builds more than %d objects (limit max-objects %d)", lim.MaxObjects, lim.MaxObjects); fe.Msg != want {
 				t.Errorf("message %q, want %q", fe.Msg, want)
+			}
+			// Refused at any earlier object, the pickle stays a limit fault: the walk past the
+			// refusal sees every value pushed (a GLOBAL missing from the stack would make its
+			// REDUCE look unsafe).
+			for lim.MaxObjects = 1; lim.MaxObjects < tc.objects-1; lim.MaxObjects++ {
+				if _, _, err := prescanBytes(t, tc.data, lim); fault.KindOf(err) != fault.Limit {
+					t.Errorf("with max-objects %d: got %v, want a limit fault", lim.MaxObjects, err)
+				}
 			}
 		})
 	}
