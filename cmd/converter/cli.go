@@ -302,24 +302,14 @@ func checkTargets(src, out, manifest string, force bool) (string, error) {
 func readable(what, path string) (fs.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, cause(err))
+		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, fault.PathFree(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, cause(err))
+		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, fault.PathFree(err))
 	}
 	return st, nil
-}
-
-// cause strips the operation and path from an *fs.PathError, which the caller's message
-// already names.
-func cause(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // checkTarget refuses a path the command would write (what names it in the message) when it is
@@ -329,7 +319,7 @@ func checkTarget(in fs.FileInfo, what, path string, force bool) error {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
-		return fmt.Errorf("cannot use %s %s: %w", what, path, cause(err))
+		return fmt.Errorf("cannot use %s %s: %w", what, path, fault.PathFree(err))
 	}
 	st, err := os.Stat(path)
 	switch {
@@ -372,7 +362,7 @@ func writeManifest(path string, m *convert.Manifest, force bool) error {
 		return fmt.Errorf("--manifest %s appeared during the conversion: --force replaces it", path)
 	}
 	if err != nil {
-		return fmt.Errorf("write --manifest %s: %w", path, cause(err))
+		return fmt.Errorf("write --manifest %s: %w", path, fault.PathFree(err))
 	}
 	return nil
 }
@@ -384,8 +374,8 @@ func withAllowHint(ctx context.Context, eng engine, src string, opts convert.Opt
 	if fault.KindOf(err) != fault.Unsafe {
 		return err
 	}
-	m, serr := eng.Scan(ctx, src, opts)
-	if serr != nil || m.Verdict != "unsafe" {
+	m, _ := eng.Scan(ctx, src, opts)
+	if m == nil || m.Verdict != "unsafe" {
 		return err
 	}
 	if hint := allowHint(m.Globals); hint != "" {
@@ -430,7 +420,7 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	m, err := in.engine(stderr).Scan(ctx, pos[0], opts)
-	if err != nil {
+	if m == nil {
 		return err
 	}
 	if *asJSON {
@@ -442,20 +432,11 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	} else {
 		printScan(stdout, m)
 	}
-	if m.Error == nil {
-		return nil
+	if hint := allowHint(m.Globals); fault.KindOf(err) == fault.Unsafe && hint != "" {
+		return fmt.Errorf("%w; %s", err, hint)
 	}
-	detail := m.Error.Detail
-	if hint := allowHint(m.Globals); m.Verdict == "unsafe" && hint != "" {
-		detail += "; " + hint
-	}
-	return reported{kind: m.Error.Type, detail: detail}
+	return err
 }
-
-// reported is a scan verdict already printed in full: the exit code follows its kind.
-type reported struct{ kind, detail string }
-
-func (r reported) Error() string { return r.detail }
 
 func printScan(w io.Writer, m *convert.Manifest) {
 	fmt.Fprintf(w, "file:      %s (%d bytes)\n", m.Source.Path, m.Source.Size)
@@ -507,21 +488,4 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	fmt.Fprintf(stdout, "%s: %s (%d tensors, sha256 %s)\n", rep.Path, what, len(rep.Tensors), rep.SHA256)
 	return nil
-}
-
-// exitCode maps a command's failure other than a usage error (exit 2) to the exit code
-// contract.
-func exitCode(err error) int {
-	var r reported
-	switch {
-	case errors.As(err, &r):
-		switch r.kind {
-		case "unsafe":
-			return 3
-		case "malformed", "unsupported", "limit":
-			return 4
-		}
-		return 1
-	}
-	return fault.KindOf(err).ExitCode()
 }

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
 )
 
@@ -57,8 +58,8 @@ type outputJSON struct {
 }
 
 type errorJSON struct {
-	Type   jobs.ErrorType `json:"type"`
-	Detail string         `json:"detail"`
+	Type   fault.Kind `json:"type"`
+	Detail string     `json:"detail"`
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -50,14 +50,19 @@ func (o Options) Validate() error {
 	return err
 }
 
-func newManifest(src string, opts Options) *Manifest {
-	name := src
-	if opts.SourceName != "" {
-		name = opts.SourceName
+// DisplayName is the name the source at path goes by in manifests and messages: SourceName
+// when set, else path as the caller gave it.
+func (o Options) DisplayName(path string) string {
+	if o.SourceName != "" {
+		return o.SourceName
 	}
+	return path
+}
+
+func newManifest(src string, opts Options) *Manifest {
 	return &Manifest{
 		ConverterVersion: Version,
-		Source:           Source{Path: name},
+		Source:           Source{Path: opts.DisplayName(src)},
 		Globals:          []GlobalRef{},
 		Tensors:          []Tensor{},
 		Aliases:          map[string]string{},
@@ -146,7 +151,8 @@ func scratchDir(opts Options) string {
 	return os.TempDir()
 }
 
-// OpenInput opens the file at path for reading as a conversion's input. Anything but a regular
+// OpenInput opens the file at path for reading as a conversion's input. Its errors do not name
+// the path, which may be a server's. Anything but a regular
 // file (a FIFO, socket, device or directory) is refused with a fault.Unsupported before a byte is
 // read: the file was never parsed, so it cannot be called malformed, and a converter reads
 // checkpoints from files by design. The path is checked with stat before it is opened, so that
@@ -156,18 +162,18 @@ func scratchDir(opts Options) string {
 func OpenInput(path string) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "open input")
 	}
 	if err := regular(st); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "open input")
 	}
 	if st, err = f.Stat(); err != nil {
 		f.Close()
-		return nil, fault.Wrap(fault.Internal, "", err, "stat input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "stat input")
 	}
 	if err := regular(st); err != nil {
 		f.Close()
@@ -213,7 +219,7 @@ type PendingFile struct {
 func CreatePending(dst string) (*PendingFile, error) {
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "create output")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "create output")
 	}
 	return &PendingFile{File: f, dst: dst}, nil
 }
@@ -344,9 +350,10 @@ func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, buf []by
 }
 
 // Scan builds the same plan as File without writing anything: ScanFD on src opened with
-// OpenInput. The manifest's Verdict and Error say whether the file is safe; the returned error
-// is set only when the scan itself could not run (the file cannot be opened, or is not a
-// regular file).
+// OpenInput. When the file was judged, the manifest is returned, its Verdict and Error saying
+// whether it is safe, and the error is the classified reason it is not (nil when safe); when
+// the scan could not run (the file cannot be opened or read, or is not a regular file), the
+// manifest is nil.
 func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
 	f, err := OpenInput(src)
 	if err != nil {
@@ -374,8 +381,8 @@ func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) 
 	m.Source.SHA256 = sum.sum
 	if err != nil {
 		m.Verdict = verdictOf(err)
-		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
-		return m, nil
+		m.Error = &ErrorInfo{Type: fault.KindOf(err), Detail: err.Error()}
+		return m, err
 	}
 	m.Verdict = "safe"
 	return m, nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 )
 
 // State is where a job is in its lifecycle. The zero value is invalid.
@@ -41,21 +42,10 @@ func (s State) Valid() bool {
 	return false
 }
 
-// ErrorType classifies why a job failed; it is the API's stable error vocabulary.
-type ErrorType string
-
-// Error types of failed and canceled jobs.
-const (
-	ErrorUnsafe    ErrorType = "unsafe"
-	ErrorMalformed ErrorType = "malformed"
-	ErrorLimit     ErrorType = "limit"
-	ErrorInternal  ErrorType = "internal"
-	ErrorCanceled  ErrorType = "canceled"
-)
-
-// JobError is the classified failure of a job.
+// JobError is the classified failure of a job. Type is the converter's own classification; its
+// text is the API's error type and what the job store keeps.
 type JobError struct {
-	Type   ErrorType
+	Type   fault.Kind
 	Detail string
 }
 

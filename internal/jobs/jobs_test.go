@@ -94,13 +94,13 @@ func TestFailureClassification(t *testing.T) {
 	cases := []struct {
 		name     string
 		err      error
-		wantType jobs.ErrorType
+		wantType fault.Kind
 		detail   string
 	}{
-		{"unsafe global", fault.New(fault.Unsafe, "archive/data.pkl", "global os.system is known-dangerous"), jobs.ErrorUnsafe, "os.system"},
-		{"malformed", fault.At(fault.Malformed, "archive/data.pkl", 12, "truncated"), jobs.ErrorMalformed, "truncated"},
-		{"unsupported is malformed", fault.New(fault.Unsupported, "", "TorchScript archives"), jobs.ErrorMalformed, "unsupported"},
-		{"limit", fault.New(fault.Limit, "", "more than 5 tensors"), jobs.ErrorLimit, "5 tensors"},
+		{"unsafe global", fault.New(fault.Unsafe, "archive/data.pkl", "global os.system is known-dangerous"), fault.Unsafe, "os.system"},
+		{"malformed", fault.At(fault.Malformed, "archive/data.pkl", 12, "truncated"), fault.Malformed, "truncated"},
+		{"unsupported", fault.New(fault.Unsupported, "", "TorchScript archives"), fault.Unsupported, "TorchScript"},
+		{"limit", fault.New(fault.Limit, "", "more than 5 tensors"), fault.Limit, "5 tensors"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -138,14 +138,39 @@ func TestInternalErrorGivesUp(t *testing.T) {
 	var calls atomic.Int32
 	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 		calls.Add(1)
-		return nil, errors.New("disk broken at " + src)
+		return nil, errors.New("disk broken")
 	}), 0)
 	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
-	if j.State != jobs.StateFailed || j.Error.Type != jobs.ErrorInternal || calls.Load() != 3 {
+	if j.State != jobs.StateFailed || j.Error.Type != fault.Internal || calls.Load() != 3 {
 		t.Errorf("job = %s %+v after %d calls, want failed internal after 3", j.State, j.Error, calls.Load())
 	}
-	if strings.Contains(j.Error.Detail, "/input") {
-		t.Errorf("detail reveals server paths: %q", j.Error.Detail)
+}
+
+// TestErrorDetailNamesNoServerPath runs the real in-process converter on a job whose input it
+// cannot open and on one it judges malformed: the details name no part of the data directory,
+// since the converter's errors carry file names, not paths.
+func TestErrorDetailNamesNoServerPath(t *testing.T) {
+	cases := map[string]func(src string){
+		"input gone": func(src string) { os.Remove(src) },
+		"malformed":  func(string) {},
+	}
+	for name, before := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+				before(src)
+				return convert.File(ctx, src, dst, opts)
+			}), 0)
+			j := waitFor(t, s, submit(t, s, "not a checkpoint").ID, "finished", terminal)
+			if j.State != jobs.StateFailed || j.Error == nil {
+				t.Fatalf("job = %+v, want failed", j)
+			}
+			for _, part := range strings.Split(dir, string(os.PathSeparator)) {
+				if len(part) > 3 && strings.Contains(j.Error.Detail, part) {
+					t.Errorf("detail %q names %q, part of the data directory %s", j.Error.Detail, part, dir)
+				}
+			}
+		})
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/riverqueue/river/rivermigrate"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 )
 
@@ -265,7 +266,7 @@ func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error
 	action := "requeued"
 	if j.Attempts >= s.cfg.MaxAttempts {
 		action = "failed"
-		je := JobError{Type: ErrorInternal, Detail: fmt.Sprintf("conversion interrupted %d times (the server stopped while converting)", j.Attempts)}
+		je := JobError{Type: fault.Internal, Detail: fmt.Sprintf("conversion interrupted %d times (the server stopped while converting)", j.Attempts)}
 		if _, err := markFinished(ctx, tx, j.ID, StateFailed, je, now, StateQueued, StateRunning); err != nil {
 			return err
 		}
@@ -285,7 +286,7 @@ func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error
 		return fmt.Errorf("recover job %s: %w", j.ID, err)
 	}
 	if action == "failed" {
-		s.metrics.finished.WithLabelValues(string(ErrorInternal)).Inc()
+		s.metrics.finished.WithLabelValues(fault.Internal.String()).Inc()
 		_ = s.blobs.removeInput(j.ID)
 	}
 	s.metrics.recovered.WithLabelValues(action).Inc()
@@ -524,7 +525,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	case StateSucceeded, StateFailed:
 		return s.withExpiry(r.Job), ErrConflict
 	}
-	je := JobError{Type: ErrorCanceled, Detail: "canceled by request"}
+	je := JobError{Type: fault.Canceled, Detail: "canceled by request"}
 	if _, err := markFinished(ctx, tx, id, StateCanceled, je, now, StateQueued, StateRunning); err != nil {
 		return Job{}, err
 	}
@@ -536,7 +537,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	}
 	s.stopConversion(id)
 	_ = s.blobs.removeInput(id)
-	s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
+	s.metrics.finished.WithLabelValues(fault.Canceled.String()).Inc()
 	return s.Get(ctx, tenant, id)
 }
 
@@ -574,7 +575,7 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 		if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
 			return err
 		}
-		s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
+		s.metrics.finished.WithLabelValues(fault.Canceled.String()).Inc()
 	}
 	if err := deleteJob(ctx, tx, id); err != nil {
 		return err

@@ -103,7 +103,10 @@ func scanJob(s scanner) (row, error) {
 	r.OutputSize = outSize.Int64
 	r.OutputSHA256 = outSHA.String
 	if errType.Valid {
-		r.Error = &JobError{Type: ErrorType(errType.String), Detail: errDetail.String}
+		r.Error = &JobError{Detail: errDetail.String}
+		if err := r.Error.Type.UnmarshalText([]byte(errType.String)); err != nil {
+			return row{}, fmt.Errorf("job %s: %w", r.ID, err)
+		}
 	}
 	r.IdempotencyKey = ik.String
 	r.riverJobID = riverID.Int64
@@ -249,7 +252,7 @@ func markSucceeded(ctx context.Context, q querier, id string, size int64, sha st
 // markFinished moves a job that is in one of the from states to a terminal failed or canceled
 // state with its error, and reports whether it did.
 func markFinished(ctx context.Context, q querier, id string, state State, je JobError, now time.Time, from ...State) (bool, error) {
-	args := []any{string(state), string(je.Type), je.Detail, millis(now), millis(now), id}
+	args := []any{string(state), je.Type.String(), je.Detail, millis(now), millis(now), id}
 	marks := make([]string, len(from))
 	for i, s := range from {
 		marks[i] = "?"

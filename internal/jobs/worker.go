@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -59,7 +58,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		return err
 	}
 	if r.Attempts >= s.cfg.MaxAttempts {
-		s.fail(ctx, r, JobError{Type: ErrorInternal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now)
+		s.fail(ctx, r, JobError{Type: fault.Internal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now)
 		return nil
 	}
 	if ok, err := markRunning(ctx, s.db, id, now); err != nil || !ok {
@@ -138,10 +137,10 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 		cur, gerr := getJob(ctx, s.db, "", r.ID)
 		switch {
 		case errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
-			s.metrics.run.WithLabelValues(string(ErrorCanceled)).Observe(now.Sub(started).Seconds())
+			s.metrics.run.WithLabelValues(fault.Canceled.String()).Observe(now.Sub(started).Seconds())
 			return river.JobCancel(err)
 		case errors.Is(runCtx.Err(), context.DeadlineExceeded):
-			s.fail(ctx, r, JobError{Type: ErrorLimit, Detail: fmt.Sprintf("conversion exceeded the time limit of %s", s.cfg.Limits.Timeout)}, started)
+			s.fail(ctx, r, JobError{Type: fault.Limit, Detail: fmt.Sprintf("conversion exceeded the time limit of %s", s.cfg.Limits.Timeout)}, started)
 			return river.JobCancel(err)
 		default:
 			// The server is stopping: put the job back without counting the attempt.
@@ -151,8 +150,8 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 			return err
 		}
 	}
-	je := s.classify(r, err)
-	if je.Type != ErrorInternal {
+	je := classify(err)
+	if je.Type != fault.Internal {
 		s.fail(ctx, r, je, started)
 		return river.JobCancel(err)
 	}
@@ -169,30 +168,10 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	return err
 }
 
-// classify maps a converter error to the job's error vocabulary. Server paths are replaced by
-// the names the user knows.
-func (s *Service) classify(r row, err error) JobError {
-	detail := err.Error()
-	detail = strings.ReplaceAll(detail, s.blobs.input(r.ID), r.Filename)
-	detail = strings.ReplaceAll(detail, s.blobs.jobDir(r.ID), "")
-	detail = strings.ReplaceAll(detail, s.blobs.dir, "")
-	switch fault.KindOf(err) {
-	case fault.Unsafe:
-		return JobError{Type: ErrorUnsafe, Detail: detail}
-	case fault.Malformed:
-		return JobError{Type: ErrorMalformed, Detail: detail}
-	case fault.Unsupported:
-		if !strings.HasPrefix(detail, "unsupported") {
-			detail = "unsupported: " + detail
-		}
-		return JobError{Type: ErrorMalformed, Detail: detail}
-	case fault.Limit:
-		return JobError{Type: ErrorLimit, Detail: detail}
-	case fault.Canceled:
-		return JobError{Type: ErrorCanceled, Detail: detail}
-	default:
-		return JobError{Type: ErrorInternal, Detail: detail}
-	}
+// classify maps a converter error to the job's error. Its text names files by the names the
+// user gave them (the converter is given the upload's file name), never by server paths.
+func classify(err error) JobError {
+	return JobError{Type: fault.KindOf(err), Detail: err.Error()}
 }
 
 // fail records a terminal failure of a running job.
@@ -207,9 +186,9 @@ func (s *Service) fail(ctx context.Context, r row, je JobError, started time.Tim
 		return
 	}
 	_ = s.blobs.removeInput(r.ID)
-	s.metrics.finished.WithLabelValues(string(je.Type)).Inc()
-	s.metrics.run.WithLabelValues(string(je.Type)).Observe(time.Since(started).Seconds())
-	s.log.Info("conversion failed", slog.String("job_id", r.ID), slog.String("error_type", string(je.Type)), slog.String("error", je.Detail))
+	s.metrics.finished.WithLabelValues(je.Type.String()).Inc()
+	s.metrics.run.WithLabelValues(je.Type.String()).Observe(time.Since(started).Seconds())
+	s.log.Info("conversion failed", slog.String("job_id", r.ID), slog.String("error_type", je.Type.String()), slog.String("error", je.Detail))
 }
 
 type expireArgs struct{}

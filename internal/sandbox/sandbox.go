@@ -119,7 +119,10 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 	if opts.ScratchDir == "" {
 		opts.ScratchDir = filepath.Dir(dst) // the output's disk, as in-process
 	}
-	resp, err := r.withScratch(ctx, &request{Op: op, Options: opts}, in, out.File)
+	// The child knows its files by names that are no server's paths: the source's display
+	// name, and the temporary output's base name.
+	names := []string{opts.DisplayName(src), filepath.Base(out.Name())}
+	resp, err := r.withScratch(ctx, &request{Op: op, Files: names, Options: opts}, in, out.File)
 	if err != nil {
 		return err
 	}
@@ -137,7 +140,7 @@ func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*c
 		return nil, err
 	}
 	defer in.Close()
-	resp, err := r.run(ctx, &request{Op: opScan, Options: opts}, in)
+	resp, err := r.run(ctx, &request{Op: opScan, Files: []string{opts.DisplayName(src)}, Options: opts}, in)
 	if err != nil {
 		return nil, err
 	}
@@ -154,16 +157,16 @@ func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.O
 		return nil, err
 	}
 	defer f.Close()
-	files := []*os.File{f}
+	files, names := []*os.File{f}, []string{path}
 	if source != "" {
 		src, err := convert.OpenInput(source)
 		if err != nil {
 			return nil, err
 		}
 		defer src.Close()
-		files = append(files, src)
+		files, names = append(files, src), append(names, source)
 	}
-	resp, err := r.withScratch(ctx, &request{Op: opVerify, Options: opts}, files...)
+	resp, err := r.withScratch(ctx, &request{Op: opVerify, Files: names, Options: opts}, files...)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +186,7 @@ func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.O
 func (r *Runner) withScratch(ctx context.Context, req *request, files ...*os.File) (*response, error) {
 	dir, err := os.MkdirTemp(req.Options.ScratchDir, ".converter-scratch-*")
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: scratch directory")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "sandbox: scratch directory")
 	}
 	defer os.RemoveAll(dir)
 	req.Options.ScratchDir = dir
@@ -204,10 +207,7 @@ func (r *Runner) Probe(ctx context.Context) (Status, error) {
 }
 
 func (resp *response) result() (*convert.Manifest, error) {
-	m, err := resp.Manifest.manifest()
-	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: decode child manifest")
-	}
+	m := resp.Manifest
 	if resp.Error != nil {
 		return m, resp.Error.decode()
 	}
@@ -231,7 +231,7 @@ const maxStderr = 8 << 10
 const childEnv = "CONVERTER_SANDBOX_CHILD=1"
 
 // run starts one child, sends it req and the descriptors of files (its fds 3, 4, ... in
-// order), and returns its response, or a classified error when it gave none.
+// order, named by req.Files), and returns its response, or a classified error when it gave none.
 func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*response, error) {
 	cfg := r.Config
 	if k, v, _ := strings.Cut(childEnv, "="); os.Getenv(k) == v {
@@ -248,9 +248,8 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	req.Rlimits = childLimits(cfg, lim)
 	req.MemLimit = int64(req.Rlimits.AddressSpace / 4 * 3)
 	req.MaxResponse = responseLimit(lim)
-	req.Files = make([]string, len(files))
-	for i, f := range files {
-		req.Files[i] = f.Name()
+	if len(req.Files) != len(files) {
+		return nil, fault.New(fault.Internal, "", "sandbox: %d files named for %d descriptors", len(req.Files), len(files))
 	}
 	body, err := json.Marshal(req)
 	if err != nil {

@@ -218,13 +218,16 @@ func TestScanVerdicts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			want, err := convert.Scan(context.Background(), c.src, convert.Options{})
-			if err != nil {
-				t.Fatalf("in-process: %v", err)
+			want, wantErr := convert.Scan(context.Background(), c.src, convert.Options{})
+			if want == nil {
+				t.Fatalf("in-process: %v", wantErr)
 			}
 			got, err := testRunner().Scan(context.Background(), c.src, convert.Options{})
-			if err != nil {
+			if got == nil {
 				t.Fatalf("sandbox: %v", err)
+			}
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) || fault.KindOf(err) != fault.KindOf(wantErr) {
+				t.Errorf("error: got %v, want %v", err, wantErr)
 			}
 			if got.Verdict != c.verdict {
 				t.Errorf("verdict: got %q, want %q", got.Verdict, c.verdict)
@@ -411,7 +414,7 @@ func TestNoInheritedDescriptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"}, g)
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds", Files: []string{"given"}}, g)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -599,14 +602,14 @@ func TestLongAnswerKeepsVerdict(t *testing.T) {
 	}
 	opts := convert.Options{Limits: limits.Limits{MaxHeaderBytes: 1000}}
 	want, err := convert.Scan(context.Background(), src, opts)
-	if err != nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
-		t.Fatalf("in-process scan: %v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
+	if want == nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
+		t.Fatalf("in-process scan: %.200v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
 	}
 	got, err := testRunner().Scan(context.Background(), src, opts)
-	if err != nil {
-		t.Fatalf("sandbox scan: %v", err)
+	if got == nil || fault.KindOf(err) != fault.Unsafe {
+		t.Fatalf("sandbox scan: %.200v; want a manifest and the unsafe fault", err)
 	}
-	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != "unsafe" || len(got.Globals) != 0 {
+	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != fault.Unsafe || len(got.Globals) != 0 {
 		t.Errorf("sandbox scan: verdict %q, error %+v, %d globals; want unsafe, an unsafe error, the list left out", got.Verdict, got.Error, len(got.Globals))
 	}
 	_, err = testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
@@ -619,7 +622,7 @@ func TestLongAnswerKeepsVerdict(t *testing.T) {
 // to send whole, it becomes a limit error rather than a verdict of safe without its tensors.
 func TestEncodeResponseLimit(t *testing.T) {
 	m := &convert.Manifest{Verdict: "safe", Tensors: make([]convert.Tensor, 1000)}
-	b, err := encodeResponse(&response{Manifest: toWire(m)}, 10_000)
+	b, err := encodeResponse(&response{Manifest: m}, 10_000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -633,7 +636,7 @@ func TestEncodeResponseLimit(t *testing.T) {
 	if resp.Error == nil || fault.KindOf(resp.Error.decode()) != fault.Limit || len(resp.Manifest.Tensors) != 0 {
 		t.Errorf("got error %+v and %d tensors; want a limit error and no tensors", resp.Error, len(resp.Manifest.Tensors))
 	}
-	if b, _ := encodeResponse(&response{Manifest: toWire(m)}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
+	if b, _ := encodeResponse(&response{Manifest: m}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
 		t.Errorf("an answer within the limit lost its tensors")
 	}
 
@@ -762,5 +765,21 @@ func TestAddressSpaceFollowsLimits(t *testing.T) {
 	}
 	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
 		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
+	}
+}
+
+// TestChildNamesNoPath checks that the child knows its files by display names: a scan reports
+// the source by Options.SourceName, and a refused conversion's error names no part of the
+// directory the files are in (a server's data directory).
+func TestChildNamesNoPath(t *testing.T) {
+	dir := t.TempDir()
+	opts := convert.Options{SourceName: "upload.pt"}
+	m, _ := testRunner().Scan(context.Background(), fixtures+"dtypes.pt", opts)
+	if m == nil || m.Source.Path != "upload.pt" {
+		t.Fatalf("scan: %+v; want the source named upload.pt", m)
+	}
+	_, err := testRunner().Convert(context.Background(), truncated(t, dir), filepath.Join(dir, "out.safetensors"), opts)
+	if err == nil || strings.Contains(err.Error(), dir) {
+		t.Errorf("convert: %v; want an error that does not name %s", err, dir)
 	}
 }
