@@ -197,35 +197,13 @@ func (in *inputs) parse(c *command, args []string, least, most int, stdout io.Wr
 	return pos, opts, nil
 }
 
-// engine runs the operations that read a checkpoint: *sandbox.Runner in a confined child,
-// inProcess here.
-type engine interface {
-	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-	Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error)
-	Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error)
-}
-
 // engine returns the sandbox runner, whose degraded confinement is logged to stderr, or the
 // in-process engine with --sandbox=false.
-func (in *inputs) engine(stderr io.Writer) engine {
+func (in *inputs) engine(stderr io.Writer) convert.Engine {
 	if *in.sandboxed {
 		return &sandbox.Runner{Config: sandbox.Config{Logger: slog.New(slog.NewTextHandler(stderr, nil))}}
 	}
-	return inProcess{}
-}
-
-type inProcess struct{}
-
-func (inProcess) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
-	return convert.File(ctx, src, dst, opts)
-}
-
-func (inProcess) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
-	return convert.Scan(ctx, src, opts)
-}
-
-func (inProcess) Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error) {
-	return convert.Verify(ctx, path, source, opts)
+	return convert.InProcess{}
 }
 
 func runConvert(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -370,7 +348,7 @@ func writeManifest(path string, m *convert.Manifest, force bool) error {
 // withAllowHint adds to an unsafe refusal the --allow-global flags that would admit its
 // unknown globals, when those are all that is wrong with the file's globals. The globals come
 // from a scan, since a failed conversion returns no manifest.
-func withAllowHint(ctx context.Context, eng engine, src string, opts convert.Options, err error) error {
+func withAllowHint(ctx context.Context, eng convert.Engine, src string, opts convert.Options, err error) error {
 	if fault.KindOf(err) != fault.Unsafe {
 		return err
 	}

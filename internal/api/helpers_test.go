@@ -69,7 +69,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	reg := prometheus.NewRegistry()
 	if o.converter == nil {
 		// In process, unlike serve: these tests are about HTTP, not confinement.
-		o.converter = jobs.ConverterFunc(convert.File)
+		o.converter = convert.InProcess{}
 	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,

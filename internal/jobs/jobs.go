@@ -70,20 +70,12 @@ type Job struct {
 	ExpiresAt      time.Time // zero until terminal; files and record are removed then
 }
 
-// Converter converts one checkpoint file into a verified safetensors file: the service uses the
-// sandbox's child-process runner, so that no input can take the server down; tests inject
-// their own. On error no file may exist at dst, and errors on bad input must be classifiable
-// with fault.KindOf.
+// Converter is the part of a convert.Engine the service uses: it converts one checkpoint file
+// into a verified safetensors file. The server passes the sandbox's *Runner, so that no input
+// can take it down; tests pass convert.InProcess or their own. On error no file may exist at
+// dst, and errors on bad input must be classifiable with fault.KindOf.
 type Converter interface {
 	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-}
-
-// ConverterFunc adapts a function to the Converter interface.
-type ConverterFunc func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-
-// Convert calls f.
-func (f ConverterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
-	return f(ctx, src, dst, opts)
 }
 
 // Errors callers classify with errors.Is.

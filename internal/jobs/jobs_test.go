@@ -31,8 +31,15 @@ func fakeOutput(dst string) (*convert.Manifest, error) {
 	return &convert.Manifest{Output: &convert.Output{Path: dst, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
 }
 
+// converterFunc is a test's converter written as a function.
+type converterFunc func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+
+func (f converterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	return f(ctx, src, dst, opts)
+}
+
 // succeeding is a converter whose every conversion succeeds with fakeOutput.
-var succeeding = jobs.ConverterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+var succeeding = converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
 	return fakeOutput(dst)
 })
 
@@ -105,7 +112,7 @@ func TestFailureClassification(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var calls atomic.Int32
-			s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+			s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 				calls.Add(1)
 				return nil, c.err
 			}), 0)
@@ -122,7 +129,7 @@ func TestFailureClassification(t *testing.T) {
 
 func TestInternalErrorIsRetried(t *testing.T) {
 	var calls atomic.Int32
-	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+	s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 		if calls.Add(1) == 1 {
 			return nil, errors.New("disk hiccup")
 		}
@@ -136,7 +143,7 @@ func TestInternalErrorIsRetried(t *testing.T) {
 
 func TestInternalErrorGivesUp(t *testing.T) {
 	var calls atomic.Int32
-	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+	s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 		calls.Add(1)
 		return nil, errors.New("disk broken")
 	}), 0)
@@ -157,7 +164,7 @@ func TestErrorDetailNamesNoServerPath(t *testing.T) {
 	for name, before := range cases {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			s := open(t, dir, jobs.ConverterFunc(func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+			s := open(t, dir, converterFunc(func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
 				before(src)
 				return convert.File(ctx, src, dst, opts)
 			}), 0)
@@ -205,7 +212,7 @@ func TestOpenRequiresConverter(t *testing.T) {
 func TestConverterGetsConfiguredOptions(t *testing.T) {
 	got := make(chan convert.Options, 1)
 	lim := limits.Limits{MaxTensors: 7, MaxOutputBytes: 1 << 20}
-	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Limits: lim, MinFreeBytes: 12345, Converter: jobs.ConverterFunc(
+	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Limits: lim, MinFreeBytes: 12345, Converter: converterFunc(
 		func(_ context.Context, _, dst string, opts convert.Options) (*convert.Manifest, error) {
 			got <- opts
 			return fakeOutput(dst)
@@ -233,7 +240,7 @@ func TestHelperProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestSIGKILLMidJob")
 	}
-	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			fmt.Println("CONVERTING")
 			<-ctx.Done()
@@ -307,7 +314,7 @@ func TestSIGKILLMidJob(t *testing.T) {
 func TestStopRequeuesRunningJob(t *testing.T) {
 	dir := t.TempDir()
 	started := make(chan struct{}, 1)
-	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			started <- struct{}{}
 			<-ctx.Done()

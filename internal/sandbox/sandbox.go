@@ -63,24 +63,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Runner runs conversions, scans and verifications in sandbox children. It satisfies the job
-// runner's Convert interface, and warns about degraded confinement once in its lifetime. Use it
-// by pointer; the zero value is ready to use.
+// Runner is the convert.Engine that runs conversions, scans and verifications in sandbox
+// children. It warns about degraded confinement once in its lifetime. Use it by pointer; the
+// zero value is ready to use.
 type Runner struct {
 	Config Config
 
 	warn sync.Once
 }
 
-// Convert converts src into dst in a sandbox child; see convert.File for the contract.
-func Convert(ctx context.Context, src, dst string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
-	return (&Runner{Config: cfg}).Convert(ctx, src, dst, opts)
-}
-
-// Scan scans src in a sandbox child; see convert.Scan for the contract.
-func Scan(ctx context.Context, src string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
-	return (&Runner{Config: cfg}).Scan(ctx, src, opts)
-}
+var _ convert.Engine = (*Runner)(nil)
 
 // Convert converts src into dst in a sandbox child; see convert.File for the contract. The
 // parent opens src, creates the temporary output beside dst and a private scratch directory,
