@@ -13,11 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/envflag"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
@@ -148,20 +148,6 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
-// sandboxFlag registers --sandbox (default true, or CONVERTER_SANDBOX when set): whether the
-// input is parsed and converted in a confined child process or in this one.
-func sandboxFlag(fs *flag.FlagSet, getenv func(string) string) (*bool, error) {
-	def := true
-	if v := getenv("CONVERTER_SANDBOX"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("CONVERTER_SANDBOX=%q: want true or false", v)
-		}
-		def = b
-	}
-	return fs.Bool("sandbox", def, "parse and convert in a confined child process (env CONVERTER_SANDBOX)"), nil
-}
-
 // inputs are the flags shared by the commands that read a checkpoint: --allow-global, --sandbox
 // and the limits.
 type inputs struct {
@@ -173,8 +159,8 @@ type inputs struct {
 func inputFlags(c *command, getenv func(string) string) (*inputs, error) {
 	in := &inputs{limits: limits.Default()}
 	c.fs.Var(&in.allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
-	var err error
-	if in.sandboxed, err = sandboxFlag(c.fs, getenv); err != nil {
+	in.sandboxed = c.fs.Bool("sandbox", true, "parse and convert in a confined child process")
+	if err := envflag.Bind(c.fs, getenv, "sandbox"); err != nil {
 		return nil, c.usagef("%v", err)
 	}
 	if err := in.limits.RegisterFlags(c.fs, getenv); err != nil {

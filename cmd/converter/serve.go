@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +17,7 @@ import (
 
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
+	"github.com/ptsafe/converter/internal/envflag"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
@@ -46,52 +46,23 @@ type serveConfig struct {
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
 	fs := flag.NewFlagSet("converter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		c    serveConfig
-		errs []error
-	)
-	str := func(p *string, name, env, def, usage string) {
-		if v := getenv(env); v != "" {
-			def = v
-		}
-		fs.StringVar(p, name, def, usage+" (env "+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) {
-		if v := getenv(env); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-			def = d
-		}
-		fs.DurationVar(p, name, def, usage+" (env "+env+")")
-	}
-	num := func(p *int64, name, env string, def int64, usage string) {
-		if v := getenv(env); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-			def = n
-		}
-		fs.Int64Var(p, name, def, usage+" (env "+env+")")
-	}
+	var c serveConfig
 	var workers, maxUploads, maxTenantUploads int64
-	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
-	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
-	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
-	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
-	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
-	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
-	num(&maxTenantUploads, "max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
-	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
-	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
-	str(&c.metricsToken, "metrics-token", "CONVERTER_METRICS_TOKEN", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
-	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&c.dataDir, "data", "./data", "data directory: SQLite job store and blobs")
+	fs.Int64Var(&workers, "workers", 1, "concurrent conversions")
+	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
+	fs.Int64Var(&c.maxUploadBytes, "max-upload-bytes", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
+	fs.Int64Var(&maxUploads, "max-uploads", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
+	fs.Int64Var(&maxTenantUploads, "max-uploads-per-tenant", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
+	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
+	fs.StringVar(&c.tokensFile, "tokens", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
+	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
+	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "workers", "retention", "max-upload-bytes", "max-uploads",
+		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout")}
 	c.limits = limits.Default()
-	if err := c.limits.RegisterFlags(fs, getenv); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
@@ -99,8 +70,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	if len(errs) > 0 {
-		return c, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
