@@ -104,12 +104,19 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 // manifest's Output.Path is out.Name() until then. Deflated records that need random access
 // are inflated into files in opts.ScratchDir (default os.TempDir()). It opens no path of its
 // own otherwise, so it runs in a sandbox child that may open none.
+// It stops with a limit fault when Limits.Timeout runs out.
 func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
-	m := newManifest(src.Name(), opts)
-	lim := opts.Limits.OrDefault()
-	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
+	ctx, cancel, over := timeLimit(ctx, opts.Limits)
 	defer cancel()
+	m, err := fileFD(ctx, src, out, opts)
+	if err != nil {
+		return nil, over(err)
+	}
+	return m, nil
+}
 
+func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
+	m := newManifest(src.Name(), opts)
 	p, err := open(src, opts, m)
 	if err != nil {
 		return nil, err
@@ -141,6 +148,23 @@ func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 		m.Tensors[i].SHA256 = sums[i]
 	}
 	return m, nil
+}
+
+// timeLimit gives ctx the time limit of one operation, Limits.Timeout, which convert enforces
+// itself (the sandbox's wall clock and CPU limit are larger backstops). over maps the error of
+// work done under the returned context to the limit fault when that limit is what ran out,
+// whatever the work returned: a context error, or a failure of an interrupted read.
+func timeLimit(ctx context.Context, l limits.Limits) (context.Context, context.CancelFunc, func(error) error) {
+	timeout := l.OrDefault().Timeout
+	limitErr := fault.New(fault.Limit, "", "conversion exceeded the time limit of %s", timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, limitErr)
+	over := func(err error) error {
+		if err != nil && context.Cause(ctx) == error(limitErr) {
+			return limitErr
+		}
+		return err
+	}
+	return ctx, cancel, over
 }
 
 // scratchDir is where inflated records go: opts.ScratchDir, or the system's temporary directory.
@@ -363,20 +387,23 @@ func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
 	return ScanFD(ctx, f, opts)
 }
 
-// ScanFD scans the checkpoint read from src, opened with OpenInput; see Scan.
+// ScanFD scans the checkpoint read from src, opened with OpenInput; see Scan. Over
+// Limits.Timeout it stops with a limit fault.
 func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	ctx, cancel, over := timeLimit(ctx, opts.Limits)
+	defer cancel()
 	m := newManifest(src.Name(), opts)
 	_, err := open(src, opts, m)
-	if err != nil && fault.KindOf(err) == fault.Internal {
+	if err = over(err); err != nil && fault.KindOf(err) == fault.Internal {
 		return nil, err
 	}
 	// The report names the exact bytes judged, whatever the verdict.
 	sum := hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size))
 	if sum.err != nil {
-		return nil, sum.err
+		return nil, over(sum.err)
 	}
 	m.Source.SHA256 = sum.sum
 	if err != nil {

@@ -37,7 +37,7 @@ type Config struct {
 	MaxAttempts int
 	// Converter runs conversions. Required.
 	Converter Converter
-	// Limits bound each conversion; Limits.Timeout is also the job's run timeout.
+	// Limits bound each conversion; the converter enforces Limits.Timeout itself.
 	Limits limits.Limits
 	// Logger receives lifecycle events (default: discard).
 	Logger *slog.Logger
@@ -60,8 +60,8 @@ const (
 	kindConvert = "convert"
 	kindExpire  = "expire"
 	// rescueAfter is how long River waits before finalizing a running job that was marked for
-	// cancellation but whose worker never answered (a job left by a dead process). The worker's
-	// own Timeout (Limits.Timeout) still bounds a live conversion.
+	// cancellation but whose worker never answered (a job left by a dead process). The
+	// converter's own time limit (Limits.Timeout) bounds a live conversion.
 	rescueAfter = 10 * time.Second
 )
 
@@ -167,7 +167,7 @@ func (s *Service) open(ctx context.Context) error {
 		Logger:  s.log,
 		Workers: workers,
 		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: s.cfg.Workers}},
-		// Conversions set their own timeout (convertWorker.Timeout); this one bounds the
+		// Conversions have no River timeout (convertWorker.Timeout); this one bounds the
 		// short expiry job and lets RescueStuckJobsAfter be seconds rather than an hour.
 		JobTimeout:           rescueAfter,
 		RescueStuckJobsAfter: rescueAfter,

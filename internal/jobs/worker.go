@@ -36,10 +36,10 @@ type convertWorker struct {
 	s *Service
 }
 
-// Timeout bounds one conversion attempt by the conversion time limit.
-func (w *convertWorker) Timeout(*river.Job[convertArgs]) time.Duration {
-	return w.s.cfg.Limits.Timeout
-}
+// Timeout disables River's own timeout: the converter enforces Limits.Timeout itself and fails
+// with its own limit fault (the sandbox's wall clock is the backstop), which a second timer
+// here could only pre-empt with a vaguer error.
+func (w *convertWorker) Timeout(*river.Job[convertArgs]) time.Duration { return -1 }
 
 func (w *convertWorker) Work(ctx context.Context, rj *river.Job[convertArgs]) error {
 	return w.s.run(ctx, rj.ID, rj.Args.JobID)
@@ -138,9 +138,6 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 		switch {
 		case errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
 			s.metrics.run.WithLabelValues(fault.Canceled.String()).Observe(now.Sub(started).Seconds())
-			return river.JobCancel(err)
-		case errors.Is(runCtx.Err(), context.DeadlineExceeded):
-			s.fail(ctx, r, JobError{Type: fault.Limit, Detail: fmt.Sprintf("conversion exceeded the time limit of %s", s.cfg.Limits.Timeout)}, started)
 			return river.JobCancel(err)
 		default:
 			// The server is stopping: put the job back without counting the attempt.

@@ -55,9 +55,12 @@ type Config struct {
 	AddressSpace int64
 	// OpenFiles is the child's RLIMIT_NOFILE (default 64).
 	OpenFiles int
-	// CPUTime is the child's RLIMIT_CPU (default twice Limits.Timeout: a conversion hashes the
-	// source and copies tensors at the same time).
+	// CPUTime is the child's RLIMIT_CPU (default: the wall-clock limit times the number of
+	// CPUs, more than the child can use before the parent kills it; see backstops).
 	CPUTime time.Duration
+	// WallGrace is how long beyond Limits.Timeout, which the child enforces itself, the parent
+	// waits before it kills the child (default 30s and a tenth of Limits.Timeout).
+	WallGrace time.Duration
 	// Logger receives the warning when a child runs with degraded confinement (no seccomp);
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -209,9 +212,24 @@ func (resp *response) result() (*convert.Manifest, error) {
 	return m, nil
 }
 
-// maxWallGrace bounds the time the parent allows beyond Limits.Timeout before it kills the
-// child, so that the child's own timeout error (classified as in-process) normally comes first.
-const maxWallGrace = 30 * time.Second
+// backstops derives the parent's wall-clock limit and the child's CPU-time limit from the
+// conversion's time limit, which convert enforces in the child with a limit fault of its own.
+// Both are strictly larger, so that a slow file fails with the child's own error and they
+// only stop a child that no longer checks its clock: the wall clock by WallGrace (30s and a
+// tenth of the time limit by default), the CPU time by as much as every CPU can use in that
+// wall time.
+func backstops(cfg Config, lim limits.Limits) (wall, cpu time.Duration) {
+	grace := cfg.WallGrace
+	if grace <= 0 {
+		grace = 30*time.Second + lim.Timeout/10
+	}
+	wall = lim.Timeout + grace
+	cpu = cfg.CPUTime
+	if cpu <= 0 {
+		cpu = wall * time.Duration(runtime.NumCPU())
+	}
+	return wall, cpu
+}
 
 // maxStderr bounds the child's stderr the parent keeps: the first line of a crash report is
 // what names the crash.
@@ -237,7 +255,8 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 		}
 	}
 	lim := req.Options.Limits.OrDefault()
-	req.Rlimits = childLimits(cfg, lim)
+	wall, cpu := backstops(cfg, lim)
+	req.Rlimits = childLimits(cfg, lim, cpu)
 	req.MemLimit = int64(req.Rlimits.AddressSpace / 4 * 3)
 	req.MaxResponse = responseLimit(lim)
 	if len(req.Files) != len(files) {
@@ -248,7 +267,6 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: encode request")
 	}
 
-	wall := lim.Timeout + min(lim.Timeout/10, maxWallGrace)
 	runCtx, cancel := context.WithTimeout(ctx, wall)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, exe, ChildCommand)
@@ -351,8 +369,9 @@ func addressSpace(lim limits.Limits) int64 {
 	return as
 }
 
-// childLimits turns the configuration and the conversion's limits into the child's rlimits.
-func childLimits(cfg Config, lim limits.Limits) rlimits {
+// childLimits turns the configuration, the conversion's limits and the CPU-time backstop into
+// the child's rlimits.
+func childLimits(cfg Config, lim limits.Limits, cpu time.Duration) rlimits {
 	as := cfg.AddressSpace
 	if as <= 0 {
 		as = addressSpace(lim)
@@ -360,10 +379,6 @@ func childLimits(cfg Config, lim limits.Limits) rlimits {
 	nofile := cfg.OpenFiles
 	if nofile <= 0 {
 		nofile = DefaultOpenFiles
-	}
-	cpu := cfg.CPUTime
-	if cpu <= 0 {
-		cpu = 2 * lim.Timeout
 	}
 	// The output is an 8-byte length, the header and the tensor bytes; a margin covers the
 	// header's padding.

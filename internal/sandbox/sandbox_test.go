@@ -24,6 +24,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/synth"
 	"github.com/ptsafe/converter/internal/testkit"
 )
 
@@ -252,7 +253,7 @@ func TestChildFailures(t *testing.T) {
 	}{
 		{"address space", "selftest-alloc", "", Config{AddressSpace: 512 << 20}, limits.Limits{}, fault.Limit, "RLIMIT_AS"},
 		{"CPU time", "selftest-spin", "", Config{CPUTime: time.Second}, limits.Limits{Timeout: time.Minute}, fault.Limit, "RLIMIT_CPU"},
-		{"wall clock", "selftest-sleep", "", Config{}, limits.Limits{Timeout: 500 * time.Millisecond}, fault.Limit, "wall-clock limit"},
+		{"wall clock", "selftest-sleep", "", Config{WallGrace: 100 * time.Millisecond}, limits.Limits{Timeout: 500 * time.Millisecond}, fault.Limit, "wall-clock limit"},
 		{"SIGABRT", "selftest-signal", fmt.Sprint(int(syscall.SIGABRT)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed (exit status 2): SIGABRT"},
 		{"SIGSEGV", "selftest-signal", fmt.Sprint(int(syscall.SIGSEGV)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed"},
 		{"SIGKILL", "selftest-signal", fmt.Sprint(int(syscall.SIGKILL)), Config{}, limits.Limits{}, fault.Internal, "killed by SIGKILL"},
@@ -760,10 +761,10 @@ func TestAddressSpaceFollowsLimits(t *testing.T) {
 	if got := addressSpace(huge); got != 1<<62 {
 		t.Errorf("a pickle limit of 2^62: address space %d, want it saturated at 2^62", got)
 	}
-	if got := childLimits(Config{}, def).AddressSpace; got != uint64(addressSpace(def)) {
+	if got := childLimits(Config{}, def, time.Minute).AddressSpace; got != uint64(addressSpace(def)) {
 		t.Errorf("default config: RLIMIT_AS %d, want %d", got, addressSpace(def))
 	}
-	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
+	if got := childLimits(Config{AddressSpace: 1 << 30}, def, time.Minute).AddressSpace; got != 1<<30 {
 		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
 	}
 }
@@ -781,5 +782,39 @@ func TestChildNamesNoPath(t *testing.T) {
 	_, err := testRunner().Convert(context.Background(), truncated(t, dir), filepath.Join(dir, "out.safetensors"), opts)
 	if err == nil || strings.Contains(err.Error(), dir) {
 		t.Errorf("convert: %v; want an error that does not name %s", err, dir)
+	}
+}
+
+// TestBackstopsExceedTheTimeLimit checks that the parent's wall clock and the child's CPU time
+// leave the time limit to the child's own clock, and yield to an explicit configuration.
+func TestBackstopsExceedTheTimeLimit(t *testing.T) {
+	for _, timeout := range []time.Duration{time.Nanosecond, time.Second, limits.Default().Timeout} {
+		wall, cpu := backstops(Config{}, limits.Limits{Timeout: timeout})
+		if wall <= timeout || cpu < wall {
+			t.Errorf("time limit %s: wall clock %s, CPU time %s; want both beyond it, CPU time at least the wall clock", timeout, wall, cpu)
+		}
+	}
+	if wall, cpu := backstops(Config{WallGrace: time.Second, CPUTime: time.Hour}, limits.Limits{Timeout: time.Minute}); wall != time.Minute+time.Second || cpu != time.Hour {
+		t.Errorf("configured: wall clock %s, CPU time %s; want 1m1s, 1h", wall, cpu)
+	}
+}
+
+// TestTimeLimitIsTheChildsOwn converts a synthetic checkpoint under a time limit far shorter
+// than the conversion: the child stops itself with its own limit fault, not the parent's
+// wall clock.
+func TestTimeLimitIsTheChildsOwn(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "model.pt")
+	if err := synth.WriteFile(src, synth.Spec{Tensors: 4, TotalBytes: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	opts := convert.Options{Limits: limits.Limits{Timeout: time.Nanosecond}}
+	_, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "conversion exceeded the time limit of 1ns") {
+		t.Errorf("convert: %v; want the child's time-limit fault", err)
+	}
+	m, err := testRunner().Scan(context.Background(), src, opts)
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "time limit") {
+		t.Errorf("scan: %+v, %v; want the child's time-limit fault", m, err)
 	}
 }
