@@ -30,9 +30,12 @@ func openDB(path string) (*sql.DB, error) {
 	return db, nil
 }
 
-// schema is our own job metadata; River keeps its queue in its own river_* tables of the same
-// file. Times are Unix milliseconds.
-const schema = `
+// migrations are the steps of our own job schema, in order: step i takes a database whose
+// PRAGMA user_version is i to version i+1. River keeps its queue in its own river_* tables of
+// the same file, migrated by River. Times are Unix milliseconds. To change the schema, append a
+// step; never edit one that has shipped. Step 1 is the schema from before versioning, written
+// so that a database made then (version 0, its table already there) takes it as a no-op.
+var migrations = []string{`
 CREATE TABLE IF NOT EXISTS converter_job (
 	id              TEXT PRIMARY KEY,
 	tenant          TEXT NOT NULL,
@@ -57,13 +60,48 @@ CREATE UNIQUE INDEX IF NOT EXISTS converter_job_idempotency
 	ON converter_job (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS converter_job_tenant ON converter_job (tenant, id);
 CREATE INDEX IF NOT EXISTS converter_job_finished ON converter_job (finished_at) WHERE finished_at IS NOT NULL;
-`
+`}
 
+// migrateSchema brings the job schema to the newest version, one step at a time, each step and
+// its version number in one transaction. A database newer than this binary is refused: its
+// schema may mean what this code does not know.
 func migrateSchema(ctx context.Context, db *sql.DB) error {
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return fmt.Errorf("create job schema: %w", err)
+	for {
+		done, err := migrateStep(ctx, db)
+		if err != nil || done {
+			return err
+		}
 	}
-	return nil
+}
+
+// migrateStep applies the next migration, if any, and reports whether none was left.
+func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("migrate job schema: %w", err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return false, fmt.Errorf("read job schema version: %w", err)
+	}
+	switch {
+	case version > len(migrations):
+		return false, fmt.Errorf("job database schema version %d is newer than this converter's (%d)", version, len(migrations))
+	case version == len(migrations):
+		return true, nil
+	}
+	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+		return false, fmt.Errorf("migrate job schema to version %d: %w", version+1, err)
+	}
+	// PRAGMA takes no bound parameters; the version is an integer of ours.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version+1)); err != nil {
+		return false, fmt.Errorf("set job schema version %d: %w", version+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("migrate job schema to version %d: %w", version+1, err)
+	}
+	return false, nil
 }
 
 // querier is what both *sql.DB and *sql.Tx provide.
