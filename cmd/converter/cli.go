@@ -205,7 +205,7 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return err
 	}
-	opts.Select = *sel
+	opts.Select, opts.Overwrite = *sel, *force
 	src := pos[0]
 	out := ""
 	if len(pos) == 2 {
@@ -217,6 +217,9 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	eng := in.engine(stderr)
 	m, err := eng.Convert(ctx, src, out, opts)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("OUTPUT %s appeared during the conversion: --force replaces it", out)
+	}
 	if err != nil {
 		return withAllowHint(ctx, eng, src, opts, err)
 	}

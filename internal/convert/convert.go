@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 	"golang.org/x/sync/errgroup"
@@ -37,6 +38,10 @@ type Options struct {
 	// ScratchDir is where Verify inflates deflated records that need random access (default
 	// os.TempDir(); File uses the output's directory).
 	ScratchDir string
+	// Overwrite lets the output replace a file that appears at the destination while the
+	// conversion runs; without it, such a file is left alone and the conversion fails with an
+	// error matching fs.ErrExist. (The CLI refuses an existing OUTPUT before it starts.)
+	Overwrite bool
 	// MinFreeBytes, when positive, is the free space File must leave on the output's file
 	// system: a conversion whose planned output (and scratch files) would leave less is refused
 	// with a limit fault before any byte is written.
@@ -79,7 +84,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 		return nil, err
 	}
 	defer in.Close()
-	out, err := CreatePending(dst)
+	out, err := CreatePending(dst, opts.Overwrite)
 	if err != nil {
 		return nil, err
 	}
@@ -229,52 +234,42 @@ func regular(st os.FileInfo) error {
 }
 
 // PendingFile is an output being written under a unique temporary name in its destination's
-// directory. Commit moves it into place; until then nothing exists at the destination, and
-// Discard removes it.
+// directory (an atomicfile.File). Commit moves it into place; until then nothing exists at the
+// destination, and Discard removes it.
 type PendingFile struct {
 	// File is the temporary file, open for reading and writing.
 	*os.File
-	dst       string
-	committed bool
+	af *atomicfile.File
 }
 
-// CreatePending creates the temporary file for dst: private (0600), beside dst so that the
-// rename is atomic, with a name unique to this call.
-func CreatePending(dst string) (*PendingFile, error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
+// CreatePending creates the temporary file for dst: private (0600) until committed, beside dst
+// so that the move is atomic, with a name unique to this call. With overwrite false, Commit
+// never replaces a file that appeared at dst meanwhile.
+func CreatePending(dst string, overwrite bool) (*PendingFile, error) {
+	mode := atomicfile.NoReplace
+	if overwrite {
+		mode = atomicfile.Replace
+	}
+	af, err := atomicfile.Create(dst, 0o644, mode)
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "create output")
 	}
-	return &PendingFile{File: f, dst: dst}, nil
+	return &PendingFile{File: af.File, af: af}, nil
 }
 
-// Commit closes the file and renames it to its destination, then syncs the directory so that
-// the rename survives a crash. The file's data must already be synced (FileFD does that). The
-// file becomes as readable as one written by a plain create (0644).
+// Commit syncs the file and moves it to its destination, readable as a file written by a
+// plain create (0644), then syncs the directory so that the move survives a crash. A file at
+// the destination, when not overwriting, fails it with an error matching fs.ErrExist.
 func (p *PendingFile) Commit() error {
-	if err := p.Chmod(0o644); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "chmod output")
+	if err := p.af.Commit(); err != nil {
+		return fault.Wrap(fault.Internal, "", fault.PathFree(err), "commit output")
 	}
-	if err := p.Close(); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "close output")
-	}
-	if err := os.Rename(p.Name(), p.dst); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "rename output")
-	}
-	p.committed = true
-	syncDir(filepath.Dir(p.dst))
 	return nil
 }
 
 // Discard closes and removes the temporary file unless it was committed; deferring it right
 // after CreatePending leaves nothing behind on any error.
-func (p *PendingFile) Discard() {
-	if p.committed {
-		return
-	}
-	p.Close()
-	os.Remove(p.Name())
-}
+func (p *PendingFile) Discard() { p.af.Abort() }
 
 // write streams the header and every tensor into out, verifies it and syncs it. It is one
 // pipeline of stages, each on its own goroutine, that a chunk passes in order: read from the
@@ -445,15 +440,6 @@ func hashReader(ctx context.Context, r io.Reader) result {
 		if err != nil {
 			return result{err: fault.Wrap(fault.Internal, "", err, "read input")}
 		}
-	}
-}
-
-// syncDir makes a rename durable; failure to sync a directory is not an error on file systems
-// that do not support it.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 }
 

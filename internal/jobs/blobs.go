@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/ptsafe/converter/internal/atomicfile"
 )
 
 // blobs lays out the service's files under one data directory:
@@ -138,44 +140,11 @@ func (b blobs) adopt(u *Upload, id string) error {
 		return fmt.Errorf("store upload: %w", err)
 	}
 	u.path = ""
-	if err := syncDir(b.jobDir(id)); err != nil {
-		return err
+	if err := atomicfile.SyncDir(b.jobDir(id)); err != nil {
+		return fmt.Errorf("sync job directory: %w", err)
 	}
-	return syncDir(b.jobsDir())
-}
-
-// writeFileAtomic writes data to path through a synced temporary file and a rename, so a reader
-// sees either nothing or all of it.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
+	if err := atomicfile.SyncDir(b.jobsDir()); err != nil {
+		return fmt.Errorf("sync jobs directory: %w", err)
 	}
 	return nil
 }

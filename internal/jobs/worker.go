@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 )
@@ -86,6 +87,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		SourceName:   r.Filename,
 		Limits:       s.cfg.Limits,
 		MinFreeBytes: s.cfg.MinFreeBytes,
+		Overwrite:    true, // the job's own directory: an output left by an interrupted attempt
 	})
 	s.metrics.readBytes.Add(float64(r.InputSize))
 	if err == nil {
@@ -110,8 +112,8 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	if err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := writeFileAtomic(s.blobs.manifest(r.ID), append(data, '\n')); err != nil {
-		return err
+	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), append(data, '\n'), 0o600, atomicfile.Replace); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
 	}
 	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, time.Now())
 	if err != nil {

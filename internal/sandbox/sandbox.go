@@ -106,7 +106,7 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 		return err
 	}
 	defer in.Close()
-	out, err := convert.CreatePending(dst)
+	out, err := convert.CreatePending(dst, opts.Overwrite)
 	if err != nil {
 		return err
 	}

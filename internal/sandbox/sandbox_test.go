@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -816,5 +817,21 @@ func TestTimeLimitIsTheChildsOwn(t *testing.T) {
 	m, err := testRunner().Scan(context.Background(), src, opts)
 	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "time limit") {
 		t.Errorf("scan: %+v, %v; want the child's time-limit fault", m, err)
+	}
+}
+
+// TestCommitNeverReplacesUnlessOverwrite: the parent commits the child's output, and without
+// Options.Overwrite never onto a file that exists by then.
+func TestCommitNeverReplacesUnlessOverwrite(t *testing.T) {
+	dst := filepath.Join(t.TempDir(), "model.safetensors")
+	if err := os.WriteFile(dst, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := testRunner().Convert(context.Background(), fixtures+"dtypes.pt", dst, convert.Options{})
+	if got, _ := os.ReadFile(dst); !errors.Is(err, fs.ErrExist) || string(got) != "keep" {
+		t.Errorf("convert onto an existing file: %v, file holds %q; want fs.ErrExist and the file kept", err, got)
+	}
+	if _, err := testRunner().Convert(context.Background(), fixtures+"dtypes.pt", dst, convert.Options{Overwrite: true}); err != nil {
+		t.Errorf("convert with Overwrite: %v", err)
 	}
 }
