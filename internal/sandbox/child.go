@@ -82,7 +82,7 @@ func serve(req *request) *response {
 		return fail(fmt.Errorf("restrict file access: %w", err))
 	}
 
-	// The parent enforces the wall-clock limit by killing the child.
+	// convert enforces the time limit itself; the parent's wall clock only backs it up.
 	ctx := context.Background()
 	switch req.Op {
 	case opConvert:
