@@ -58,6 +58,8 @@ type envOpts struct {
 	// maxUploads bounds concurrent uploads; minFree is the data directory's free-space reserve.
 	maxUploads int
 	minFree    int64
+	// uploadIdle is the upload body's progress deadline (0 for the default).
+	uploadIdle time.Duration
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -94,7 +96,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		}
 	}
 	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
-		MaxConcurrentUploads: o.maxUploads, Spec: apispec.OpenAPI})
+		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
