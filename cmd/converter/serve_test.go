@@ -6,12 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -97,16 +99,28 @@ type server struct {
 	url string
 }
 
-// buildConverter builds the binary, whose sandbox children serve runs its conversions in.
+// builtConverter is the binary the serve tests run, built once per test binary.
+var builtConverter = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "converter-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "converter")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// buildConverter returns the binary, whose sandbox children serve runs its conversions in.
 func buildConverter(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "converter")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := builtConverter()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

@@ -79,6 +79,8 @@ type Service struct {
 	mu       sync.Mutex
 	running  map[string]context.CancelCauseFunc // job id -> cancel of its conversion in this process
 	verified verifiedFiles
+	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
+	stopRetry func()
 }
 
 // errCanceledByRequest is the cancel cause of a conversion whose job was canceled or deleted.
@@ -357,13 +359,42 @@ func (s *Service) removeStray(path string) {
 }
 
 // Start starts running queued jobs. ctx bounds only the start itself: conversions keep
-// running when it is canceled (a signal must not reach them) until Stop says otherwise.
+// running when it is canceled (a signal must not reach them) until Stop says otherwise. On a
+// full disk the queue cannot record that it started; Start then returns nil and retries every
+// startRetry until there is room, so that the server still serves reads and deletions.
 func (s *Service) Start(ctx context.Context) error {
-	if err := s.river.Start(context.WithoutCancel(ctx)); err != nil {
+	err := s.river.Start(context.WithoutCancel(ctx))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(noSpace(err), ErrInsufficientStorage) {
 		return fmt.Errorf("start job queue: %w", err)
 	}
+	s.log.Warn("job queue not started: the disk is full; retrying", slog.String("error", err.Error()))
+	retryCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	s.stopRetry = func() { cancel(); <-done }
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(startRetry)
+		defer tick.Stop()
+		for {
+			select {
+			case <-retryCtx.Done():
+				return
+			case <-tick.C:
+			}
+			if err := s.river.Start(context.WithoutCancel(retryCtx)); err == nil {
+				s.log.Info("job queue started")
+				return
+			}
+		}
+	}()
 	return nil
 }
+
+// startRetry is how often Start tries again to start the queue on a full disk.
+const startRetry = 5 * time.Second
 
 // ErrDrainTimeout is returned by Stop when conversions were still running at its deadline and
 // were canceled; they are queued again and run on the next start without losing an attempt.
@@ -374,6 +405,9 @@ var ErrDrainTimeout = errors.New("conversions still running at the drain deadlin
 // and Stop returns ErrDrainTimeout. Submit refuses new jobs from the moment Stop is called.
 func (s *Service) Stop(ctx context.Context) error {
 	s.stopping.Store(true)
+	if s.stopRetry != nil {
+		s.stopRetry()
+	}
 	if err := s.river.Stop(ctx); err == nil {
 		return nil
 	}

@@ -15,12 +15,17 @@ import (
 // openDB opens the SQLite file at path the way River's SQLite driver and our own writers need
 // it: WAL, fsync on every commit, a busy timeout, write transactions that take the lock when they
 // begin, and a single connection so that River's concurrent internal operations never meet
-// SQLITE_BUSY.
+// SQLITE_BUSY. The locking mode is exclusive (the data directory lock makes this process the
+// only user anyway), so the WAL index lives in memory rather than in a -shm file: growing that
+// file fails on a full disk, and the server must start there to let jobs be read and deleted.
 func openDB(path string) (*sql.DB, error) {
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(FULL)", "foreign_keys(1)"} {
+	for _, p := range []string{"locking_mode(EXCLUSIVE)", "busy_timeout(10000)", "synchronous(FULL)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
 	}
+	// The driver runs _pragma values sorted by name, but _journal_mode after them all: the
+	// database is first read in WAL mode only once the locking mode is exclusive.
+	q.Set("_journal_mode", "WAL")
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
