@@ -99,9 +99,12 @@ type server struct {
 	url string
 }
 
+// binDir holds the binary the serve tests run; TestMain removes it.
+var binDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "converter-bin-") })
+
 // builtConverter is the binary the serve tests run, built once per test binary.
 var builtConverter = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "converter-bin-")
+	dir, err := binDir()
 	if err != nil {
 		return "", err
 	}
@@ -111,6 +114,14 @@ var builtConverter = sync.OnceValues(func() (string, error) {
 	}
 	return bin, nil
 })
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if dir, err := binDir(); err == nil {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
 
 // buildConverter returns the binary, whose sandbox children serve runs its conversions in.
 func buildConverter(t *testing.T) string {

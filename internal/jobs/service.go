@@ -411,12 +411,18 @@ func (s *Service) Stop(ctx context.Context) error {
 	if err := s.river.Stop(ctx); err == nil {
 		return nil
 	}
+	s.mu.Lock()
+	canceled := len(s.running)
+	s.mu.Unlock()
 	hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.river.StopAndCancel(hard); err != nil {
 		return fmt.Errorf("stop job queue: %w", err)
 	}
-	return ErrDrainTimeout
+	if canceled == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%d)", ErrDrainTimeout, canceled)
 }
 
 // Close releases the database and the data directory lock. Call it after Stop.
