@@ -89,6 +89,8 @@ func TestUploadIdleTimeout(t *testing.T) {
 		t.Fatalf("no answer to a stalled upload: %v", err)
 	}
 	b, _ := io.ReadAll(resp.Body)
+	sent, _ := http.NewRequestWithContext(t.Context(), "POST", e.url+"/v1/jobs?filename=m.pt", nil)
+	e.checkRaw(sent, resp, b)
 	if resp.StatusCode != http.StatusRequestTimeout || !strings.HasSuffix(decode[problemResp](t, b).Type, "/upload-timeout") {
 		t.Errorf("stalled upload = %d %s, want 408 upload-timeout", resp.StatusCode, b)
 	}
