@@ -32,8 +32,9 @@ type Config struct {
 	Workers int
 	// Retention is how long finished jobs and their files are kept (default 168h).
 	Retention time.Duration
-	// MaxAttempts bounds the attempts of a job that fails with internal errors or is interrupted
-	// by crashes (default 3). Unsafe, malformed and over-limit inputs fail at the first attempt.
+	// MaxAttempts bounds the attempts of a job that fails with internal errors, its sandbox
+	// child's crashes included (default 3). Unsafe, malformed and over-limit inputs fail at the
+	// first attempt; an attempt interrupted by the server stopping or crashing is not counted.
 	MaxAttempts int
 	// Converter runs conversions. Required.
 	Converter Converter
@@ -470,8 +471,9 @@ type SubmitParams struct {
 }
 
 // Submit creates a job for a staged upload and queues it durably: when Submit returns, the job
-// survives a crash. A full disk fails it with ErrInsufficientStorage. With an idempotency key already used by this tenant, it returns the existing
-// job (created false) if the request matches it, and ErrIdempotencyMismatch if not.
+// survives a crash. A full disk fails it with ErrInsufficientStorage. With an idempotency key
+// already used by this tenant, it returns the existing job (created false) if the request
+// matches it, and ErrIdempotencyMismatch if not.
 func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created bool, err error) {
 	defer p.Upload.Discard()
 	if s.stopping.Load() {
