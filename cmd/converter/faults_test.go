@@ -308,11 +308,10 @@ func TestFaultsSIGKILLDuringUploadsAndConversions(t *testing.T) {
 
 	p := startProc(t, bin, data, "--workers", "2")
 	all := p.listAll()
-	for id, idx := range accepted {
+	for id := range accepted {
 		if _, ok := all[id]; !ok {
 			t.Errorf("job %s got a 202 but is gone", id)
 		}
-		_ = idx
 	}
 	for id := range all {
 		j := p.wait(id)
