@@ -36,14 +36,17 @@ var (
 	magicNumpy = []byte("\x93NUMPY")
 )
 
-// sniff classifies by the first bytes of the file, as torch does for zips (PK\x03\x04 only).
-func sniff(ra io.ReaderAt, size int64) Kind {
-	head := make([]byte, 512)
+// sniff classifies by the first bytes of the file in torch.load's order: a zip by its first
+// local header (PK\x03\x04 only), then whatever Python's tarfile opens, then the rest.
+func sniff(ra io.ReaderAt) Kind {
+	head := make([]byte, tarBlock)
 	n, _ := ra.ReadAt(head, 0)
 	head = head[:n]
 	switch {
 	case bytes.HasPrefix(head, magicZip):
 		return Zip
+	case isPythonTar(head):
+		return Tar
 	case bytes.HasPrefix(head, magic7z):
 		return SevenZip
 	case bytes.HasPrefix(head, magicNumpy):
