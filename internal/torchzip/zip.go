@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/flate"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -234,14 +235,7 @@ func (c *Container) scanEntry(name string, rec *Record) *Stream {
 	if rec.deflated {
 		pos = -1
 	}
-	tap := &errTap{r: r}
-	s := c.scan(bufio.NewReaderSize(tap, 64<<10), rec.Size, name, pos)
-	if s.Err != nil && fault.KindOf(s.Err) == fault.Internal && tap.err != nil && fault.KindOf(tap.err) != fault.Internal {
-		// The pre-scanner reports any read failure but EOF as Internal, also when the record
-		// reader refused the bytes (a corrupt deflate stream, data shorter than declared, a
-		// CRC mismatch): keep the reader's classification so such a file exits 4, not 1.
-		s.Err = tap.err
-	}
+	s := c.scanRecord(r, rec.Size, name, pos)
 	if s.Err == nil {
 		if s.Scan.Length != rec.Size {
 			s.Err = fault.At(fault.Malformed, name, s.Scan.Length, "%d bytes after STOP", rec.Size-s.Scan.Length)
@@ -251,6 +245,26 @@ func (c *Container) scanEntry(name string, rec *Record) *Stream {
 		if s.Err != nil {
 			s.Raw = nil
 		}
+	}
+	return s
+}
+
+// scanRecord pre-scans the pickle read from r, a record's (or a deflate stream's) bytes. The
+// pre-scanner reports any read failure but EOF as Internal, also when the reader refused the
+// bytes (a corrupt deflate stream, data shorter than declared, a CRC mismatch): such a failure
+// is bad input, so the file exits 4, not 1.
+func (c *Container) scanRecord(r io.Reader, avail int64, entry string, pos int64) *Stream {
+	tap := &errTap{r: r}
+	s := c.scan(bufio.NewReaderSize(tap, 64<<10), avail, entry, pos)
+	if s.Err == nil || fault.KindOf(s.Err) != fault.Internal || tap.err == nil {
+		return s
+	}
+	var corrupt flate.CorruptInputError
+	switch {
+	case fault.KindOf(tap.err) != fault.Internal:
+		s.Err = tap.err
+	case errors.As(tap.err, &corrupt) || errors.Is(tap.err, io.ErrUnexpectedEOF):
+		s.Err = fault.Wrap(fault.Malformed, entry, tap.err, "deflate stream")
 	}
 	return s
 }
@@ -568,7 +582,7 @@ func (c *Container) sweepHeader(off int64) int64 {
 	}
 	inflated := bufio.NewReaderSize(flate.NewReader(io.NewSectionReader(c.ra, data, c.size-data)), 64<<10)
 	if first, err := inflated.Peek(1); err == nil && looksLikePickle(first[0]) {
-		used += c.scan(inflated, c.lim.MaxPickleBytes, entry+" (deflated)", -1).Scan.Length
+		used += c.scanRecord(inflated, c.lim.MaxPickleBytes, entry+" (deflated)", -1).Scan.Length
 	}
 	return used
 }
