@@ -262,7 +262,7 @@ func tarLegacy(t *testing.T, storages []byte) []byte {
 // tarStorages is a tar checkpoint's "storages" member: one FloatStorage of 2 elements, then a
 // views pickle that is a payload (a later pickle of the member).
 func tarStorages() []byte {
-	b := []byte("\x80\x02K\x01.")                                                  // num_storages = 1
+	b := []byte("\x80\x02K\x01.")                                                                 // num_storages = 1
 	b = append(b, "\x80\x02X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."...) // args
 	b = le64(b, 2)
 	b = append(b, make([]byte, 8)...)

@@ -1,11 +1,3 @@
-// Package torchzip reads the containers PyTorch checkpoints come in: it sniffs the kind by magic
-// bytes (never by extension), validates a torch zip archive against the parser-differential
-// attacks scanners have fallen for, splits a legacy multi-pickle file into its streams, and gives
-// streaming, size-checked readers over each storage's bytes.
-//
-// It pre-scans every pickle stream it finds (through internal/unpickler) so that dangerous
-// content is reported even in a file that is no valid checkpoint, but it never runs a pickle and
-// never extracts anything to disk.
 package torchzip
 
 import (
