@@ -141,13 +141,28 @@ def write_plain(records):
     return out + cd + eocd(len(records), len(cd), len(out))
 
 
-def pickle_of(obj):
-    return pickle.dumps(obj, protocol=2)
+def torch_data_pkl(obj):
+    """The data.pkl torch.save writes for obj."""
+    import zipfile
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with zipfile.ZipFile(buf) as z:
+        return next(z.read(n) for n in z.namelist() if n.endswith("/data.pkl"))
 
 
-def swap_data_pkl(records, obj):
-    """The same records with another (benign) data.pkl: the pickle a second reader would see."""
-    return [(n, pickle_of(obj) if n.endswith(b"/data.pkl") else d) for n, d in records]
+def renamed(obj):
+    """obj with its top-level keys' case swapped: saved, it references the same storages in the
+    same order (keys 0, 1, ...) and has the same length, so its data.pkl fits the original's
+    records and converts, to other names. This is the benign twin of a payload: the pickle a
+    second reader would see."""
+    if isinstance(obj, dict):
+        return {str(k).swapcase(): v for k, v in obj.items()}
+    return {"ALT": obj}
+
+
+def swap_data_pkl(records, other):
+    """The same records with another data.pkl (other's, as torch.save writes it)."""
+    return [(n, torch_data_pkl(other) if n.endswith(b"/data.pkl") else d) for n, d in records]
 
 
 def hostile_dup_zip64(records, other):
@@ -159,14 +174,15 @@ def hostile_dup_zip64(records, other):
         offs[name] = len(body)
         body += local_header(name, data) + data
     name = next(n for n, _ in records if n.endswith(b"/data.pkl"))
-    alt = pickle_of(other)
+    alt = torch_data_pkl(other)
     alt_off = len(body)
     body += local_header(name, alt) + alt
     cd = b""
     for n, d in records:
         if n == name:
+            # CRC 0 (torch's "CRC disabled") lets a reader of either pickle skip the check.
             extra = zip64_field(len(d), offs[n]) + zip64_field(len(alt), alt_off)
-            cd += central_header(n, d, 0xFFFFFFFF, csize=0xFFFFFFFF, extra=extra)
+            cd += central_header(n, d, 0xFFFFFFFF, csize=0xFFFFFFFF, crc=0, extra=extra)
         else:
             cd += central_header(n, d, offs[n])
     return body + cd + eocd(len(records), len(cd), len(body))
@@ -190,10 +206,12 @@ def hostile_two_dirs(records, other):
     cd_a = central_header(junk, b"", 0, csize=0xFFFFFFFF, raw_len=0)
     for n, d in records:
         cd_a += central_header(n, d, offs[n])
-    cd_b = b""
+    # archive/zip reads cd_b with a base offset of the gap (its length) added to every offset,
+    # and wants as many entries as the end record counts.
+    gap = len(central_header(junk, b"", 0)) + sum(len(central_header(n, d, 0)) for n, d in alt)
+    cd_b = central_header(junk, b"", 0)
     for n, d in alt:
-        cd_b += central_header(n, d, alt_offs[n])
-    # The end record describes cd_a; archive/zip adds the gap (len(cd_b)) to its offset.
+        cd_b += central_header(n, d, alt_offs[n] - gap)
     a_off = len(body)
     out = body + cd_a + cd_b
     return out + eocd(len(records) + 1, len(cd_a), a_off)
@@ -238,7 +256,7 @@ def hostile_short_stored(records, _other):
 def hostile_case(records, other):
     """A second data.pkl differing only in case: miniz's lookup ignores case."""
     prefix = records[0][0].split(b"/")[0]
-    return write_plain(records + [(prefix + b"/DATA.PKL", pickle_of(other))])
+    return write_plain(records + [(prefix + b"/DATA.PKL", torch_data_pkl(other))])
 
 
 def hostile_prepended(records, _other):
@@ -506,22 +524,21 @@ def generate(rng, work, n):
     """Writes about n files into work and returns their paths with how each was made."""
     files = []
     objs = benign_objects(rng)
-    others = [{"other": 1}, {"decoy": torch.ones(2)}]
     bases = []
     for i, obj in enumerate(objs):
         for legacy in (False, True):
             p = os.path.join(work, f"base{i}{'L' if legacy else 'Z'}.pt")
             save(obj, p, legacy, protocol=rng.choice([2, 2, 4]))
-            bases.append((p, legacy))
-    for p, legacy in bases:
+            bases.append((p, legacy, obj))
+    for p, _, _ in bases:
         files.append((p, "base"))
     while len(files) < n:
-        p, legacy = rng.choice(bases)
+        p, legacy, obj = rng.choice(bases)
         with open(p, "rb") as f:
             b = f.read()
         how = "mutated"
         if rng.random() < 0.35:
-            other = rng.choice(others)
+            other = renamed(obj)
             h = hostile_tar_legacy if legacy else rng.choice(ZIP_HOSTILE)
             b, how = h(b if legacy else zip_records(p), other), h.__name__
             if rng.random() < 0.5:
