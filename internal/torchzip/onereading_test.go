@@ -429,6 +429,36 @@ func TestOneReading(t *testing.T) {
 				cd := append(centralHeader(recs[0], 0, hdr{}), centralHeader(recs[1], off1, hdr{})...)
 				return append(append(b, cd...), eocdRecord(2, len(cd), off1+localLen+len(recs[1].name)+2, "")...)
 			}, kind: Zip, problem: fault.Malformed},
+		{name: "no-version-record", why: "torch's reader refuses an archive without one",
+			file: func(*testing.T) []byte { return plainZip(torchRecs(benignPkl)[:1]) }, kind: Zip, problem: fault.Malformed},
+		{name: "version-not-a-number", why: "torch cannot parse it and refuses the archive",
+			file: func(*testing.T) []byte {
+				return plainZip([]rec{{"archive/data.pkl", []byte(benignPkl)}, {"archive/version", []byte("S\n")}})
+			}, kind: Zip, problem: fault.Malformed},
+		{name: "version-too-new", why: "torch 1.13 reads format versions 1 to 10",
+			file: func(*testing.T) []byte {
+				return plainZip([]rec{{"archive/data.pkl", []byte(benignPkl)}, {"archive/version", []byte("11")}})
+			}, kind: Zip, problem: fault.Malformed},
+		{name: "version-trailing-junk", why: "std::stoull reads the leading number and ignores the rest",
+			file: func(*testing.T) []byte {
+				return plainZip([]rec{{"archive/data.pkl", []byte(benignPkl)}, {"archive/version", []byte(" +3 junk")}})
+			}, kind: Zip},
+		{name: "dot-data-version-first", why: "torch reads .data/version before version",
+			file: func(*testing.T) []byte {
+				return plainZip([]rec{{"archive/data.pkl", []byte(benignPkl)}, {"archive/.data/version", []byte("3\n")}, {"archive/version", []byte("x")}})
+			}, kind: Zip},
+		{name: "sweep-ignores-refused-opcodes", why: "in a refused archive, tensor bytes that read as EXT4 are no payload",
+			file: func(*testing.T) []byte {
+				b := plainZip(append(torchRecs(benignPkl), rec{"archive/data/0", []byte("\x84\x01\x00\x00\x00.")}))
+				return append([]byte("PK\x03\x04junk"), b...)
+			}, kind: OtherZip, problem: fault.Malformed,
+			check: func(t *testing.T, c *Container) {
+				for _, s := range c.Streams {
+					if fault.KindOf(s.Err) == fault.Unsafe {
+						t.Errorf("stream %s: %v; want no unsafe verdict from a refused opcode", s.Entry, s.Err)
+					}
+				}
+			}},
 		{name: "bare-pickle-short-binunicode-first", why: "Python runs a pickle that starts without PROTO",
 			file: func(*testing.T) []byte {
 				return []byte("\x8c\x05posix\x8c\x06system\x93\x8c\x02id\x85R.")

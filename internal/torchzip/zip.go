@@ -153,6 +153,10 @@ func (c *Container) openZip() error {
 			return nil
 		}
 	}
+	if err := checkVersion(lookup, d.entries, recs); err != nil {
+		c.Problem = err
+		return nil
+	}
 	dataDir := foldName(prefix + "/data/")
 	for i, e := range d.entries {
 		if key, ok := strings.CutPrefix(foldName(e.name), dataDir); ok {
@@ -160,6 +164,60 @@ func (c *Container) openZip() error {
 		}
 	}
 	return nil
+}
+
+// Format versions torch 1.13 reads (caffe2/serialize/versions.h).
+const (
+	minFormatVersion = 1
+	maxFormatVersion = 10
+)
+
+// checkVersion reads the archive's format version as torch's PyTorchStreamReader does before
+// anything else (.data/version, else version, parsed with std::stoull) and refuses an archive
+// torch would refuse: no record, no number, or a version it does not read.
+func checkVersion(lookup func(string) (int, bool), entries []cdEntry, recs []*Record) error {
+	i, ok := lookup(".data/version")
+	if !ok {
+		if i, ok = lookup("version"); !ok {
+			return fault.New(fault.Malformed, "", "zip has no version record: torch refuses it")
+		}
+	}
+	b, err := readSmall(recs[i], 64)
+	if err != nil {
+		return err
+	}
+	v, ok := parseStoull(string(b))
+	if !ok || v < minFormatVersion || v > maxFormatVersion {
+		return fault.New(fault.Malformed, entries[i].name, "format version %q: torch reads versions %d to %d", b, minFormatVersion, maxFormatVersion)
+	}
+	return nil
+}
+
+// parseStoull parses the leading number of s as C++'s std::stoull does: leading white space,
+// an optional sign (a negative value wraps around), at least one digit, and anything after it
+// ignored. It reports false where stoull throws.
+func parseStoull(s string) (uint64, bool) {
+	s = strings.TrimLeft(s, " \t\n\v\f\r")
+	neg := false
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		neg, s = s[0] == '-', s[1:]
+	}
+	var v uint64
+	n := 0
+	for ; n < len(s) && '0' <= s[n] && s[n] <= '9'; n++ {
+		d := uint64(s[n] - '0')
+		if v > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	if n == 0 {
+		return 0, false
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
 }
 
 // foldName is miniz's case folding for name lookups: ASCII letters only.
@@ -578,11 +636,22 @@ func (c *Container) sweepHeader(off int64) int64 {
 	var used int64
 	avail := min(c.size-data, c.lim.MaxPickleBytes)
 	if looksLikePickle(firstByte(c.ra, data)) {
-		used += c.scan(newSource(c.ra, data, avail), avail, entry, data).Scan.Length
+		used += swept(c.scan(newSource(c.ra, data, avail), avail, entry, data))
 	}
 	inflated := bufio.NewReaderSize(flate.NewReader(io.NewSectionReader(c.ra, data, c.size-data)), 64<<10)
 	if first, err := inflated.Peek(1); err == nil && looksLikePickle(first[0]) {
-		used += c.scanRecord(inflated, c.lim.MaxPickleBytes, entry+" (deflated)", -1).Scan.Length
+		used += swept(c.scanRecord(inflated, c.lim.MaxPickleBytes, entry+" (deflated)", -1))
 	}
 	return used
+}
+
+// swept marks a stream the sweep found: in a refused archive only the globals a stream names
+// make it unsafe. A refused opcode (EXT4, PERSID, a buffer) is everywhere in tensor bytes read
+// as a pickle, and none of them runs anything in torch without a global, so it is reported as
+// malformed. It returns the bytes the stream consumed.
+func swept(s *Stream) int64 {
+	if fault.KindOf(s.Err) == fault.Unsafe {
+		s.Err = fault.Wrap(fault.Malformed, s.Entry, s.Err, "not a pickle torch could run")
+	}
+	return s.Scan.Length
 }
