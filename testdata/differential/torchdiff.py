@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import resource
 import shutil
 import struct
 import subprocess
@@ -559,7 +560,11 @@ def main():
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--batch", type=int, default=150)
     ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--max-gib", type=float, default=4, help="address-space limit of this process")
     args = ap.parse_args()
+    # A mutated storage size makes torch allocate whatever it says: fail those loads instead.
+    limit = int(args.max_gib * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     os.makedirs(args.out, exist_ok=True)
     rng = random.Random(args.seed)
     counts, hows = {}, {}
