@@ -35,50 +35,10 @@ func (c *Container) openZip() error {
 	}
 	// Structure problems are collected first; pickle-looking entries are scanned regardless so
 	// that a payload in a malformed archive is still reported as unsafe.
-	var problem error
+	recs, problem := c.checkEntries(d)
 	setProblem := func(e error) {
 		if problem == nil {
 			problem = e
-		}
-	}
-	seen := map[string]string{}
-	var ranges []span
-	// recs holds every entry whose local header could be read, by directory index.
-	recs := make([]*Record, len(d.entries))
-	for i := range d.entries {
-		e := &d.entries[i]
-		name := e.name
-		if err := checkEntryName(name); err != nil {
-			setProblem(fault.New(fault.Malformed, name, "%v", err))
-		}
-		if prev, dup := seen[foldName(name)]; dup {
-			setProblem(fault.New(fault.Malformed, name, "duplicate entry name (also %q; torch looks names up case-insensitively)", prev))
-		}
-		seen[foldName(name)] = name
-		if err := checkEntryFields(e); err != nil {
-			setProblem(err)
-		}
-		off, err := checkLocalHeader(c.ra, e)
-		if err != nil {
-			setProblem(err)
-		}
-		if off <= 0 {
-			continue
-		}
-		recs[i] = c.newRecord(e, off)
-		end := off + int64(e.csize)
-		if end < off || end > d.start {
-			setProblem(fault.New(fault.Malformed, name, "entry data [%d, +%d) runs past the start of the central directory (%d)", off, e.csize, d.start))
-			continue
-		}
-		ranges = append(ranges, span{e.headerOffset, end, name})
-	}
-	if err := checkOverlap(ranges); err != nil {
-		setProblem(err)
-	}
-	if problem == nil {
-		if err := crossCheck(c.ra, c.size, d, recs); err != nil {
-			setProblem(err)
 		}
 	}
 
@@ -218,6 +178,55 @@ func parseStoull(s string) (uint64, bool) {
 		v = -v
 	}
 	return v, true
+}
+
+// checkEntries checks every entry of the directory and its local header, and returns the
+// records of the entries whose local header could be read (by directory index) with the first
+// problem found.
+func (c *Container) checkEntries(d *directory) ([]*Record, error) {
+	var problem error
+	setProblem := func(e error) {
+		if problem == nil {
+			problem = e
+		}
+	}
+	seen := map[string]string{}
+	var ranges []span
+	recs := make([]*Record, len(d.entries))
+	for i := range d.entries {
+		e := &d.entries[i]
+		if err := checkEntryName(e.name); err != nil {
+			setProblem(fault.New(fault.Malformed, e.name, "%v", err))
+		}
+		if prev, dup := seen[foldName(e.name)]; dup {
+			setProblem(fault.New(fault.Malformed, e.name, "duplicate entry name (also %q; torch looks names up case-insensitively)", prev))
+		}
+		seen[foldName(e.name)] = e.name
+		if err := checkEntryFields(e); err != nil {
+			setProblem(err)
+		}
+		off, err := checkLocalHeader(c.ra, e)
+		if err != nil {
+			setProblem(err)
+		}
+		if off <= 0 {
+			continue
+		}
+		recs[i] = c.newRecord(e, off)
+		end := off + int64(e.csize)
+		if end < off || end > d.start {
+			setProblem(fault.New(fault.Malformed, e.name, "entry data [%d, +%d) runs past the start of the central directory (%d)", off, e.csize, d.start))
+			continue
+		}
+		ranges = append(ranges, span{e.headerOffset, end, e.name})
+	}
+	if err := checkOverlap(ranges); err != nil {
+		setProblem(err)
+	}
+	if problem == nil {
+		setProblem(crossCheck(c.ra, c.size, d, recs))
+	}
+	return recs, problem
 }
 
 // foldName is miniz's case folding for name lookups: ASCII letters only.
