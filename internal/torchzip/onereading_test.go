@@ -544,3 +544,40 @@ func TestPythonTarHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestCrossCheck feeds crossCheck a directory that differs from the archive in one field at a
+// time, standing in for a reading of ours that archive/zip does not share: each must be caught.
+func TestCrossCheck(t *testing.T) {
+	b := plainZip(torchRecs(benignPkl))
+	ra := bytes.NewReader(b)
+	read := func(t *testing.T) (*directory, []*Record) {
+		d, err := readDirectory(ra, int64(len(b)), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Container{ra: ra}
+		recs, problem := c.checkEntries(d)
+		if problem != nil {
+			t.Fatal(problem)
+		}
+		return d, recs
+	}
+	if d, recs := read(t); crossCheck(ra, int64(len(b)), d, recs) != nil {
+		t.Fatal("the control archive fails the cross-check")
+	}
+	cases := map[string]func(d *directory, recs []*Record){
+		"name":        func(d *directory, _ []*Record) { d.entries[1].name = "archive/VERSION" },
+		"flags":       func(d *directory, _ []*Record) { d.entries[0].flags = 0x0800 },
+		"crc":         func(d *directory, _ []*Record) { d.entries[0].crc++ },
+		"sizes":       func(d *directory, _ []*Record) { d.entries[1].usize++ },
+		"data-offset": func(_ *directory, recs []*Record) { recs[1].off++ },
+		"entry-count": func(d *directory, _ []*Record) { d.entries = d.entries[:1] },
+	}
+	for name, change := range cases {
+		d, recs := read(t)
+		change(d, recs)
+		if err := crossCheck(ra, int64(len(b)), d, recs[:len(d.entries)]); fault.KindOf(err) != fault.Malformed {
+			t.Errorf("%s: crossCheck %v; want a Malformed refusal", name, err)
+		}
+	}
+}

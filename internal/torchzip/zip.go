@@ -27,15 +27,22 @@ const (
 // local header in the file, so that a payload in an ambiguous archive is reported as unsafe.
 func (c *Container) openZip() error {
 	d, err := readDirectory(c.ra, c.size, c.lim.MaxZipEntries)
+	// Structure problems are collected first; pickle-looking entries are scanned regardless so
+	// that a payload in a malformed archive is still reported as unsafe.
+	var recs []*Record
+	var problem error
+	if err == nil {
+		if recs, problem = c.checkEntries(d); problem == nil {
+			err = crossCheck(c.ra, c.size, d, recs)
+		}
+	}
 	if err != nil {
+		// No one reading of the directory: any reader may find other entries.
 		c.Kind = OtherZip
 		c.Problem = err
 		c.sweepLocalHeaders()
 		return nil
 	}
-	// Structure problems are collected first; pickle-looking entries are scanned regardless so
-	// that a payload in a malformed archive is still reported as unsafe.
-	recs, problem := c.checkEntries(d)
 	setProblem := func(e error) {
 		if problem == nil {
 			problem = e
@@ -222,9 +229,6 @@ func (c *Container) checkEntries(d *directory) ([]*Record, error) {
 	}
 	if err := checkOverlap(ranges); err != nil {
 		setProblem(err)
-	}
-	if problem == nil {
-		setProblem(crossCheck(c.ra, c.size, d, recs))
 	}
 	return recs, problem
 }
