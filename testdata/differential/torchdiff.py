@@ -40,6 +40,7 @@ import tarfile
 import tempfile
 import time
 import warnings
+import zipfile
 import zlib
 
 import torch
@@ -128,7 +129,6 @@ def eocd64_and_locator(at, count, size, offset):
 
 def zip_records(path):
     """The records of a torch zip, in order, as (name, data) pairs, read with zipfile."""
-    import zipfile
     with zipfile.ZipFile(path) as z:
         return [(i.filename.encode(), z.read(i)) for i in z.infolist()]
 
@@ -144,7 +144,6 @@ def write_plain(records):
 
 def torch_data_pkl(obj):
     """The data.pkl torch.save writes for obj."""
-    import zipfile
     buf = io.BytesIO()
     torch.save(obj, buf)
     with zipfile.ZipFile(buf) as z:
