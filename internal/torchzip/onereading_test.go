@@ -472,6 +472,15 @@ func TestOneReading(t *testing.T) {
 			file: func(t *testing.T) []byte {
 				return ustarTar(t, map[string][]byte{"storages": tarStorages()}, "storages")
 			}, kind: Tar, problem: fault.Unsupported, dangerous: true},
+		{name: "tar-tensors-later-pickle", why: "the tensors member: past one tensor's raw geometry, the next argument pickle is a payload",
+			file: func(t *testing.T) []byte {
+				b := []byte("\x80\x02K\x02.")                                 // num_tensors = 2
+				b = append(b, "\x80\x02X\x01\x00\x00\x001K\x00K\x00\x87."...) // (key, storage id, type)
+				b = le32(le32(b, 1), 0)                                       // ndim 1, padding
+				b = le64(le64(le64(b, 2), 1), 0)                              // size, stride, offset
+				b = append(b, payloadPkl...)
+				return ustarTar(t, map[string][]byte{"tensors": b}, "tensors")
+			}, kind: Tar, problem: fault.Unsupported, dangerous: true},
 		{name: "tar-v7-no-magic", why: "tarfile opens a V7 header without ustar magic",
 			file: func(t *testing.T) []byte {
 				return v7(ustarTar(t, map[string][]byte{"pickle": []byte(payloadPkl)}, "pickle"))
