@@ -74,6 +74,7 @@ type cdEntry struct {
 	crc           uint32
 	csize, usize  uint64
 	headerOffset  int64
+	external      uint32 // external attributes
 }
 
 // directory is the archive as the strict reader sees it: its entries in directory order and
@@ -257,7 +258,8 @@ func readCentral(r io.Reader, left int64, n uint64) (cdEntry, int64, error) {
 	csize, usize := b.uint32(), b.uint32()
 	nameLen, extraLen, commentLen := int(b.uint16()), int(b.uint16()), int(b.uint16())
 	diskStart := b.uint16()
-	b.sub(6) // internal and external attributes
+	b.sub(2) // internal attributes
+	e.external = b.uint32()
 	off := b.uint32()
 	used := int64(centralLen + nameLen + extraLen + commentLen)
 	if used > left {

@@ -380,6 +380,17 @@ func TestOneReading(t *testing.T) {
 					t.Errorf("Storage(ab): %v", err)
 				}
 			}},
+		{name: "directory-attribute", why: "miniz extracts nothing from an entry whose attributes say directory: torch reads uninitialized memory",
+			file: func(*testing.T) []byte {
+				b := plainZip(append(torchRecs(benignPkl), rec{"archive/data/0", make([]byte, 4)}))
+				cd := bytes.LastIndex(b, binary.LittleEndian.AppendUint32(nil, sigCentral))
+				binary.LittleEndian.PutUint32(b[cd+38:], 0x58)
+				return b
+			}, kind: Zip, problem: fault.Malformed},
+		{name: "directory-name", why: "miniz takes an entry whose name ends in a slash for a directory",
+			file: func(*testing.T) []byte {
+				return plainZip(append(torchRecs(benignPkl), rec{"archive/data/", make([]byte, 4)}))
+			}, kind: Zip, problem: fault.Malformed},
 		{name: "end-record-comment", why: "zipfile looks for the end record inside a comment; torch writes none",
 			file: func(*testing.T) []byte {
 				b := plainZip(torchRecs(benignPkl))

@@ -22,6 +22,10 @@ const (
 	allowedFlags       = flagDataDescriptor | 0x0800
 )
 
+// dosDirectory is the MS-DOS directory bit of the external attributes, by which miniz
+// (mz_zip_reader_is_file_a_directory) takes an entry for a directory.
+const dosDirectory = 0x10
+
 // openZip validates the archive and locates data.pkl, the byteorder record and the storages.
 // An archive the strict directory reader refuses is still searched for pickles, through every
 // local header in the file, so that a payload in an ambiguous archive is reported as unsafe.
@@ -251,6 +255,10 @@ func checkEntryFields(e *cdEntry) error {
 		return fault.New(fault.Malformed, e.name, "general-purpose flags %#04x (encryption or unknown bits) refused", e.flags)
 	case e.method != zip.Store && e.method != zip.Deflate:
 		return fault.New(fault.Unsupported, e.name, "compression method %d refused (only stored and deflate)", e.method)
+	case e.external&dosDirectory != 0 || strings.HasSuffix(e.name, "/"):
+		// miniz takes such an entry for a directory and extracts nothing from it: torch would
+		// read uninitialized memory where we read the entry's bytes.
+		return fault.New(fault.Malformed, e.name, "entry marked as a directory (attributes %#x)", e.external)
 	case e.method == zip.Store && e.csize != e.usize, e.usize > 0 && e.csize == 0:
 		// miniz refuses both; reading a stored record by its uncompressed size would run
 		// past the bytes it holds.
