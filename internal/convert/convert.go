@@ -35,8 +35,9 @@ type Options struct {
 	// SourceName is recorded in the manifest instead of the source path when set (the service
 	// passes the uploaded file name).
 	SourceName string
-	// ScratchDir is where Verify inflates deflated records that need random access (default
-	// os.TempDir(); File uses the output's directory).
+	// ScratchDir is where deflated records that need random access are inflated (default
+	// os.TempDir(); File defaults it to the output's directory). A sandbox child can create
+	// files nowhere else.
 	ScratchDir string
 	// Overwrite lets the output replace a file that appears at the destination while the
 	// conversion runs; without it, such a file is left alone and the conversion fails with an

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/ptsafe/converter/internal/atomicfile"
 )
@@ -15,12 +16,13 @@ import (
 // blobs lays out the service's files under one data directory:
 //
 //	DIR/jobs.db                        the SQLite file (our jobs table and River's queue)
-//	DIR/tmp/                           uploads being received; emptied at startup
+//	DIR/tmp/                           uploads being received
 //	DIR/jobs/ID/input                  the uploaded checkpoint, until the job finishes
 //	DIR/jobs/ID/output.safetensors     the verified output (renamed into place by the converter)
 //	DIR/jobs/ID/manifest.json          the conversion manifest (renamed into place)
 //
-// A job's directory is removed with the job.
+// A job's directory is removed with the job. At startup, every file not listed here for the
+// job's state (and all of tmp/) is a crash's leftover and removed (Service.removeStrays).
 type blobs struct {
 	dir string
 	// free reports the bytes still usable on dir's file system (diskFree; tests fake it).
@@ -67,6 +69,18 @@ func (u *Upload) Discard() error {
 // ErrInsufficientStorage is returned by Stage when receiving an upload would leave the data
 // directory with less free space than Config.MinFreeBytes.
 var ErrInsufficientStorage = errors.New("insufficient storage")
+
+// noSpace wraps err with ErrInsufficientStorage when it says the disk is full (ENOSPC, a
+// quota, or SQLite's SQLITE_FULL), so that every way of running out of room is answered alike.
+func noSpace(err error) error {
+	if err == nil || errors.Is(err, ErrInsufficientStorage) {
+		return err
+	}
+	if diskFull(err) || strings.Contains(err.Error(), "database or disk is full") {
+		return fmt.Errorf("%w: %w", ErrInsufficientStorage, err)
+	}
+	return err
+}
 
 // spaceCheckEvery is how many bytes of an upload are received between two free-space checks.
 const spaceCheckEvery = 64 << 20
@@ -126,7 +140,7 @@ func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, error) {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("receive upload: %w", err)
+		return nil, noSpace(fmt.Errorf("receive upload: %w", err))
 	}
 	return &Upload{path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }

@@ -4,7 +4,8 @@
 // running, and expires finished jobs after a retention period.
 //
 // It never parses a checkpoint itself (that is the Converter's job), never exposes an output
-// before the converter has written and verified it, and never knows about HTTP.
+// before the converter has written and verified it nor after it stopped matching its recorded
+// digest, and never knows about HTTP.
 package jobs
 
 import (

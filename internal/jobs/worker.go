@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,10 +114,12 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	if err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), append(data, '\n'), 0o600, atomicfile.Replace); err != nil {
+	data = append(data, '\n')
+	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), data, 0o600, atomicfile.Replace); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
-	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, time.Now())
+	manifestSum := sha256.Sum256(data)
+	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, hex.EncodeToString(manifestSum[:]), time.Now())
 	if err != nil {
 		return err
 	}
@@ -138,7 +142,7 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	if runCtx.Err() != nil {
 		cur, gerr := getJob(ctx, s.db, "", r.ID)
 		switch {
-		case errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
+		case errors.Is(context.Cause(runCtx), errCanceledByRequest), errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
 			s.metrics.run.WithLabelValues(fault.Canceled.String()).Observe(now.Sub(started).Seconds())
 			return river.JobCancel(err)
 		default:

@@ -10,10 +10,10 @@ import (
 )
 
 // scratchAccess is all a child may do in its scratch directory: create regular files there,
-// read and write the files it created, and remove them. Not listing the directory, making
-// directories, links, symbolic links or special files, nor moving anything in or out.
+// read, write and truncate the files it created, and remove them. Not listing the directory,
+// making directories, links, symbolic links or special files, nor moving anything in or out.
 const scratchAccess = llsys.AccessFSMakeReg | llsys.AccessFSWriteFile | llsys.AccessFSReadFile |
-	llsys.AccessFSRemoveFile
+	llsys.AccessFSTruncate | llsys.AccessFSRemoveFile
 
 // restrictFiles confines the child's file system with Landlock, on every thread: it may open no
 // path at all but files it creates in scratch (when set: a new, empty directory the parent made

@@ -290,14 +290,13 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	if err := cmd.Start(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
 	}
-	answer, readErr := readAnswer(stdout, req.MaxResponse)
-	if readErr != nil {
+	answer, err := readAnswer(stdout, req.MaxResponse)
+	if err != nil {
 		cancel() // a child that says too much is not heard to the end
+		cmd.Wait()
+		return nil, err
 	}
 	waitErr := cmd.Wait()
-	if readErr != nil {
-		return nil, readErr
-	}
 	var resp response
 	decErr := json.Unmarshal(answer, &resp)
 	if decErr == nil && waitErr == nil {
@@ -346,7 +345,8 @@ func responseLimit(lim limits.Limits) int64 {
 //     256 MiB: the stream as read (grown by appending, with the garbage of its growth) and the
 //     decoded value; perPickleByte covers that, 8 GiB for the default 1 GiB;
 //   - a pickle of small objects costs per object, not per byte: a list of 20 million small
-//     ints (a 40 MB data.pkl) held 2.8 GB, its dropped-leaf list included. Past MaxWalkNodes
+//     ints (a 40 MB data.pkl) held 2.8 GB, 140 bytes an object, most of it a dropped-leaf
+//     entry of the manifest for each, which the cap on that list removes. Past MaxWalkNodes
 //     objects the walk refuses the file anyway; perWalkNode gives each object it admits 64
 //     bytes (its slot in its container and its own allocation).
 //

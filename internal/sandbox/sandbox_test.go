@@ -93,11 +93,29 @@ func manifestJSON(t *testing.T, m any) string {
 	return string(b)
 }
 
+// deflatedViews writes to dir the views.pt fixture with every record deflated: its strided
+// views need random access, so converting it inflates records into scratch files.
+func deflatedViews(t *testing.T, dir string) string {
+	t.Helper()
+	es := testkit.FixtureEntries(t, "views.pt")
+	for i := range es {
+		es[i].Method = zip.Deflate
+	}
+	p := filepath.Join(dir, "views-deflated.pt")
+	if err := os.WriteFile(p, testkit.WriteZip(t, es), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConvertMatchesInProcess converts torch fixtures in a child and in-process and requires
+// the same bytes and manifest; the deflated one has the child inflate records in its scratch
+// directory, the one path it may create files in, which must be gone afterwards.
 func TestConvertMatchesInProcess(t *testing.T) {
-	for _, name := range []string{"dtypes.pt", "module_state_dict.pt", "module_state_dict_legacy_p2.pt"} {
-		t.Run(name, func(t *testing.T) {
+	deflated := deflatedViews(t, t.TempDir())
+	for _, src := range []string{fixtures + "dtypes.pt", fixtures + "module_state_dict.pt", fixtures + "module_state_dict_legacy_p2.pt", deflated} {
+		t.Run(filepath.Base(src), func(t *testing.T) {
 			dir := t.TempDir()
-			src := fixtures + name
 			opts := convert.Options{Limits: limits.Default()}
 			want, err := convert.File(context.Background(), src, filepath.Join(dir, "in.safetensors"), opts)
 			if err != nil {
@@ -119,6 +137,9 @@ func TestConvertMatchesInProcess(t *testing.T) {
 			if len(got.Globals) == 0 {
 				t.Errorf("manifest lists no globals")
 			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+				t.Errorf("output directory holds %d entries, want the two outputs only", len(ents))
+			}
 		})
 	}
 }
@@ -128,14 +149,7 @@ func TestConvertMatchesInProcess(t *testing.T) {
 // directory, which must be gone afterwards), and a tampered file, which must be reported.
 func TestVerifyInSandbox(t *testing.T) {
 	dir := t.TempDir()
-	es := testkit.FixtureEntries(t, "views.pt")
-	for i := range es {
-		es[i].Method = zip.Deflate
-	}
-	deflated := filepath.Join(dir, "views-deflated.pt")
-	if err := os.WriteFile(deflated, testkit.WriteZip(t, es), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	deflated := deflatedViews(t, dir)
 	t.Setenv("TMPDIR", t.TempDir()) // where the runner makes the child's scratch directory
 	for _, src := range []string{fixtures + "dtypes.pt", deflated} {
 		out := filepath.Join(dir, filepath.Base(src)+".safetensors")
@@ -374,6 +388,7 @@ func TestLandlockConfinesFiles(t *testing.T) {
 		"read /etc/passwd":              "EACCES",
 		"create in scratch":             "ok",
 		"write in scratch":              "ok",
+		"truncate in scratch":           "ok",
 		"remove in scratch":             "ok",
 		"list scratch":                  "EACCES",
 		"mkdir in scratch":              "EACCES",

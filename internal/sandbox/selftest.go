@@ -116,6 +116,7 @@ func selftest(req *request, files []*os.File) (map[string]string, bool) {
 			_, err = f.Write([]byte("x"))
 			f.Close()
 			probe["write in scratch"] = errString(err)
+			probe["truncate in scratch"] = errString(os.Truncate(f.Name(), 0))
 			probe["remove in scratch"] = errString(os.Remove(f.Name()))
 		}
 		_, err = os.ReadDir(scratch)
