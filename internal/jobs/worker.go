@@ -116,7 +116,7 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	}
 	data = append(data, '\n')
 	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), data, 0o600, atomicfile.Replace); err != nil {
-		return fmt.Errorf("write manifest: %w", err)
+		return fmt.Errorf("write manifest: %w", fault.PathFree(err))
 	}
 	manifestSum := sha256.Sum256(data)
 	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, hex.EncodeToString(manifestSum[:]), time.Now())
