@@ -331,14 +331,14 @@ func TestOneReading(t *testing.T) {
 				return b
 			}, kind: OtherZip, problem: fault.Malformed},
 		{name: "tar-legacy-polyglot", why: "torch.load tries tarfile first: a legacy file that is also a V7 tar is read as the tar",
-			file: func(t *testing.T) []byte { return tarLegacy(t, nil) }, kind: Tar, problem: fault.Unsupported,
+			file: func(t *testing.T) []byte { return tarLegacy(t, nil) }, kind: Tar, problem: fault.Malformed,
 			check: func(t *testing.T, c *Container) {
 				if len(c.Streams) < 5 {
 					t.Errorf("%d streams; want the legacy reading's five scanned as well", len(c.Streams))
 				}
 			}},
 		{name: "tar-legacy-polyglot-payload", why: "the tar's storages member holds a payload in bytes the legacy reading calls sys_info",
-			file: func(t *testing.T) []byte { return tarLegacy(t, tarStorages()) }, kind: Tar, problem: fault.Unsupported, dangerous: true},
+			file: func(t *testing.T) []byte { return tarLegacy(t, tarStorages()) }, kind: Tar, problem: fault.Malformed, dangerous: true},
 		{name: "stored-declares-more", why: "a stored record read by its uncompressed size runs past its bytes (miniz refuses it)",
 			file: func(*testing.T) []byte {
 				recs := append(torchRecs(benignPkl), rec{"archive/data/0", make([]byte, 8)})

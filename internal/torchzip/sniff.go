@@ -3,7 +3,8 @@ package torchzip
 import (
 	"bytes"
 	"io"
-	"strings"
+
+	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // Kind is what a file turned out to be.
@@ -51,15 +52,7 @@ func sniff(ra io.ReaderAt) Kind {
 	return Unknown
 }
 
-// pickleOpcodes lists every opcode of protocols 0 to 5. Python's unpickler starts a stream with
-// whatever opcode comes first (PROTO is optional; FRAME or SHORT_BINUNICODE may lead), so any of
-// them can begin a pickle that torch.load would run.
-const pickleOpcodes = "(.012FILNPRSVabcdgilpst" + // protocol 0
-	"GJKMQTUX])}ehjoqru" + // protocol 1
-	"\x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8b" + // protocol 2
-	"BC" + // protocol 3
-	"\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95" + // protocol 4
-	"\x96\x97\x98" // protocol 5
-
-// looksLikePickle reports whether b can start a pickle stream.
-func looksLikePickle(b byte) bool { return strings.IndexByte(pickleOpcodes, b) >= 0 }
+// looksLikePickle reports whether b can start a pickle stream: Python's unpickler starts with
+// whatever opcode comes first (PROTO is optional; FRAME or SHORT_BINUNICODE may lead), so any
+// opcode can begin a pickle that torch.load would run.
+func looksLikePickle(b byte) bool { return unpickler.IsOpcode(b) }

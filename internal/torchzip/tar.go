@@ -108,7 +108,13 @@ func (c *Container) openTar() error {
 		if err := c.openPickles(); err != nil {
 			return err
 		}
+		polyglot := c.Kind == Legacy
 		c.Kind, c.Main, c.Keys = Tar, nil, nil
+		if polyglot {
+			// Two readings of one file: ambiguous, whatever either reading holds.
+			c.Problem = fault.New(fault.Malformed, "", "ambiguous file: both a tar archive (which torch.load reads first) and a legacy checkpoint")
+			return nil
+		}
 	}
 	c.Problem = fault.New(fault.Unsupported, "", "legacy tar checkpoint (torch < 0.1.10): not supported, re-save it with a current torch")
 	return nil
