@@ -13,11 +13,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/envflag"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
@@ -148,20 +148,6 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
-// sandboxFlag registers --sandbox (default true, or CONVERTER_SANDBOX when set): whether the
-// input is parsed and converted in a confined child process or in this one.
-func sandboxFlag(fs *flag.FlagSet, getenv func(string) string) (*bool, error) {
-	def := true
-	if v := getenv("CONVERTER_SANDBOX"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("CONVERTER_SANDBOX=%q: want true or false", v)
-		}
-		def = b
-	}
-	return fs.Bool("sandbox", def, "parse and convert in a confined child process (env CONVERTER_SANDBOX)"), nil
-}
-
 // inputs are the flags shared by the commands that read a checkpoint: --allow-global, --sandbox
 // and the limits.
 type inputs struct {
@@ -173,8 +159,8 @@ type inputs struct {
 func inputFlags(c *command, getenv func(string) string) (*inputs, error) {
 	in := &inputs{limits: limits.Default()}
 	c.fs.Var(&in.allow, "allow-global", "admit `MODULE.NAME` as an inert record (repeatable)")
-	var err error
-	if in.sandboxed, err = sandboxFlag(c.fs, getenv); err != nil {
+	in.sandboxed = c.fs.Bool("sandbox", true, "parse and convert in a confined child process")
+	if err := envflag.Bind(c.fs, getenv, "sandbox"); err != nil {
 		return nil, c.usagef("%v", err)
 	}
 	if err := in.limits.RegisterFlags(c.fs, getenv); err != nil {
@@ -197,35 +183,13 @@ func (in *inputs) parse(c *command, args []string, least, most int, stdout io.Wr
 	return pos, opts, nil
 }
 
-// engine runs the operations that read a checkpoint: *sandbox.Runner in a confined child,
-// inProcess here.
-type engine interface {
-	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-	Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error)
-	Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error)
-}
-
 // engine returns the sandbox runner, whose degraded confinement is logged to stderr, or the
 // in-process engine with --sandbox=false.
-func (in *inputs) engine(stderr io.Writer) engine {
+func (in *inputs) engine(stderr io.Writer) convert.Engine {
 	if *in.sandboxed {
 		return &sandbox.Runner{Config: sandbox.Config{Logger: slog.New(slog.NewTextHandler(stderr, nil))}}
 	}
-	return inProcess{}
-}
-
-type inProcess struct{}
-
-func (inProcess) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
-	return convert.File(ctx, src, dst, opts)
-}
-
-func (inProcess) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
-	return convert.Scan(ctx, src, opts)
-}
-
-func (inProcess) Verify(ctx context.Context, path, source string, opts convert.Options) (*convert.Report, error) {
-	return convert.Verify(ctx, path, source, opts)
+	return convert.InProcess{}
 }
 
 func runConvert(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -241,7 +205,7 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return err
 	}
-	opts.Select = *sel
+	opts.Select, opts.Overwrite = *sel, *force
 	src := pos[0]
 	out := ""
 	if len(pos) == 2 {
@@ -253,6 +217,9 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	eng := in.engine(stderr)
 	m, err := eng.Convert(ctx, src, out, opts)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("OUTPUT %s appeared during the conversion: --force replaces it", out)
+	}
 	if err != nil {
 		return withAllowHint(ctx, eng, src, opts, err)
 	}
@@ -302,24 +269,14 @@ func checkTargets(src, out, manifest string, force bool) (string, error) {
 func readable(what, path string) (fs.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, cause(err))
+		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, fault.PathFree(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, cause(err))
+		return nil, fmt.Errorf("cannot read %s %s: %w", what, path, fault.PathFree(err))
 	}
 	return st, nil
-}
-
-// cause strips the operation and path from an *fs.PathError, which the caller's message
-// already names.
-func cause(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // checkTarget refuses a path the command would write (what names it in the message) when it is
@@ -329,7 +286,7 @@ func checkTarget(in fs.FileInfo, what, path string, force bool) error {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
-		return fmt.Errorf("cannot use %s %s: %w", what, path, cause(err))
+		return fmt.Errorf("cannot use %s %s: %w", what, path, fault.PathFree(err))
 	}
 	st, err := os.Stat(path)
 	switch {
@@ -372,7 +329,7 @@ func writeManifest(path string, m *convert.Manifest, force bool) error {
 		return fmt.Errorf("--manifest %s appeared during the conversion: --force replaces it", path)
 	}
 	if err != nil {
-		return fmt.Errorf("write --manifest %s: %w", path, cause(err))
+		return fmt.Errorf("write --manifest %s: %w", path, fault.PathFree(err))
 	}
 	return nil
 }
@@ -380,12 +337,12 @@ func writeManifest(path string, m *convert.Manifest, force bool) error {
 // withAllowHint adds to an unsafe refusal the --allow-global flags that would admit its
 // unknown globals, when those are all that is wrong with the file's globals. The globals come
 // from a scan, since a failed conversion returns no manifest.
-func withAllowHint(ctx context.Context, eng engine, src string, opts convert.Options, err error) error {
+func withAllowHint(ctx context.Context, eng convert.Engine, src string, opts convert.Options, err error) error {
 	if fault.KindOf(err) != fault.Unsafe {
 		return err
 	}
-	m, serr := eng.Scan(ctx, src, opts)
-	if serr != nil || m.Verdict != "unsafe" {
+	m, _ := eng.Scan(ctx, src, opts)
+	if m == nil || m.Verdict != "unsafe" {
 		return err
 	}
 	if hint := allowHint(m.Globals); hint != "" {
@@ -430,7 +387,7 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	m, err := in.engine(stderr).Scan(ctx, pos[0], opts)
-	if err != nil {
+	if m == nil {
 		return err
 	}
 	if *asJSON {
@@ -442,20 +399,11 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	} else {
 		printScan(stdout, m)
 	}
-	if m.Error == nil {
-		return nil
+	if hint := allowHint(m.Globals); fault.KindOf(err) == fault.Unsafe && hint != "" {
+		return fmt.Errorf("%w; %s", err, hint)
 	}
-	detail := m.Error.Detail
-	if hint := allowHint(m.Globals); m.Verdict == "unsafe" && hint != "" {
-		detail += "; " + hint
-	}
-	return reported{kind: m.Error.Type, detail: detail}
+	return err
 }
-
-// reported is a scan verdict already printed in full: the exit code follows its kind.
-type reported struct{ kind, detail string }
-
-func (r reported) Error() string { return r.detail }
 
 func printScan(w io.Writer, m *convert.Manifest) {
 	fmt.Fprintf(w, "file:      %s (%d bytes)\n", m.Source.Path, m.Source.Size)
@@ -507,21 +455,4 @@ func runVerify(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	fmt.Fprintf(stdout, "%s: %s (%d tensors, sha256 %s)\n", rep.Path, what, len(rep.Tensors), rep.SHA256)
 	return nil
-}
-
-// exitCode maps a command's failure other than a usage error (exit 2) to the exit code
-// contract.
-func exitCode(err error) int {
-	var r reported
-	switch {
-	case errors.As(err, &r):
-		switch r.kind {
-		case "unsafe":
-			return 3
-		case "malformed", "unsupported", "limit":
-			return 4
-		}
-		return 1
-	}
-	return fault.KindOf(err).ExitCode()
 }

@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return 2
 	}
 	fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
-	return exitCode(err)
+	return fault.KindOf(err).ExitCode()
 }
 
 // guard runs fn and turns a panic into an internal error, so that the exit code and one-line

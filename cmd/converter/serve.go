@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +17,7 @@ import (
 
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
+	"github.com/ptsafe/converter/internal/envflag"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/sandbox"
@@ -37,6 +37,7 @@ type serveConfig struct {
 	tokensFile       string
 	metricsToken     string
 	drainTimeout     time.Duration
+	uploadIdle       time.Duration
 	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
 	limits limits.Limits
 }
@@ -46,52 +47,24 @@ type serveConfig struct {
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
 	fs := flag.NewFlagSet("converter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		c    serveConfig
-		errs []error
-	)
-	str := func(p *string, name, env, def, usage string) {
-		if v := getenv(env); v != "" {
-			def = v
-		}
-		fs.StringVar(p, name, def, usage+" (env "+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) {
-		if v := getenv(env); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-			def = d
-		}
-		fs.DurationVar(p, name, def, usage+" (env "+env+")")
-	}
-	num := func(p *int64, name, env string, def int64, usage string) {
-		if v := getenv(env); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-			def = n
-		}
-		fs.Int64Var(p, name, def, usage+" (env "+env+")")
-	}
+	var c serveConfig
 	var workers, maxUploads, maxTenantUploads int64
-	str(&c.addr, "addr", "CONVERTER_ADDR", "127.0.0.1:8080", "listen address")
-	str(&c.dataDir, "data", "CONVERTER_DATA", "./data", "data directory: SQLite job store and blobs")
-	num(&workers, "workers", "CONVERTER_WORKERS", 1, "concurrent conversions")
-	dur(&c.retention, "retention", "CONVERTER_RETENTION", jobs.DefaultRetention, "how long finished jobs and their files are kept")
-	num(&c.maxUploadBytes, "max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
-	num(&maxUploads, "max-uploads", "CONVERTER_MAX_UPLOADS", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
-	num(&maxTenantUploads, "max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
-	num(&c.minFreeBytes, "min-free-bytes", "CONVERTER_MIN_FREE_BYTES", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
-	str(&c.tokensFile, "tokens", "CONVERTER_TOKENS", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
-	str(&c.metricsToken, "metrics-token", "CONVERTER_METRICS_TOKEN", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
-	dur(&c.drainTimeout, "drain-timeout", "CONVERTER_DRAIN_TIMEOUT", 30*time.Second, "on shutdown, how long in-flight requests and conversions may take to finish")
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&c.dataDir, "data", "./data", "data directory: SQLite job store and blobs")
+	fs.Int64Var(&workers, "workers", 1, "concurrent conversions")
+	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
+	fs.Int64Var(&c.maxUploadBytes, "max-upload-bytes", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
+	fs.Int64Var(&maxUploads, "max-uploads", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
+	fs.Int64Var(&maxTenantUploads, "max-uploads-per-tenant", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
+	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
+	fs.StringVar(&c.tokensFile, "tokens", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
+	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes on the next start")
+	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
+	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "workers", "retention", "max-upload-bytes", "max-uploads",
+		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout", "upload-idle-timeout")}
 	c.limits = limits.Default()
-	if err := c.limits.RegisterFlags(fs, getenv); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
@@ -99,8 +72,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	if len(errs) > 0 {
-		return c, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -123,16 +96,30 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("--max-uploads-per-tenant must be 0..--max-uploads (%d), got %d", maxUploads, maxTenantUploads)
 	}
 	c.maxTenantUploads = int(maxTenantUploads)
+	if c.drainTimeout <= 0 || c.uploadIdle <= 0 {
+		return c, fmt.Errorf("--drain-timeout and --upload-idle-timeout must be positive, got %s and %s", c.drainTimeout, c.uploadIdle)
+	}
 	if c.minFreeBytes <= 0 {
 		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 	}
 	return c, nil
 }
 
+// Limits of the HTTP server on every connection, documented in the README's Service section: a
+// client gets headerTimeout to send its request headers (slow-loris clients do not hold
+// connections), at most maxHeaderBytes of them (431 beyond), and an idle keep-alive connection
+// is closed after idleTimeout. Bodies have their own progress deadline (--upload-idle-timeout).
+const (
+	headerTimeout  = 10 * time.Second
+	maxHeaderBytes = 64 << 10
+	idleTimeout    = 2 * time.Minute
+)
+
 // runServe starts the HTTP job service and runs until ctx is canceled, then shuts down
-// gracefully: readiness turns false, the listener closes, in-flight requests get the drain
-// timeout to finish, running conversions get the same, and whatever is still running is put
-// back in the queue for the next start.
+// gracefully within one --drain-timeout: readiness turns false and the listener closes,
+// uploads being received finish and get their 202, running conversions continue, and when the
+// deadline comes, whatever still runs is canceled and put back in the queue (its attempt not
+// counted) for the next start. It returns nil when everything drained in time.
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg, err := parseServeFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -191,10 +178,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		Handler: api.NewServer(api.Deps{
 			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
 			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
-			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, Spec: apispec.OpenAPI,
+			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
 		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: headerTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       idleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	if err := svc.Start(ctx); err != nil {
@@ -220,19 +208,18 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	case <-ctx.Done():
 	}
 	logger.Info("shutting down", slog.Duration("drain_timeout", cfg.drainTimeout))
-	// First let in-flight requests finish (an upload being received still gets its 202), then
-	// stop claiming jobs and give running conversions the same budget.
-	httpCtx, cancelHTTP := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-	defer cancelHTTP()
+	// One deadline for everything: first in-flight requests finish (an upload being received
+	// still gets its 202) while conversions keep running, then the job queue stops claiming jobs
+	// and waits for the running ones until the same deadline.
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
+	defer cancel()
 	var shutdownErr error
-	if err := srv.Shutdown(httpCtx); err != nil {
+	if err := srv.Shutdown(drainCtx); err != nil {
 		shutdownErr = fmt.Errorf("shut down http server: %w", err)
 	}
-	jobsCtx, cancelJobs := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-	defer cancelJobs()
-	err = errors.Join(shutdownErr, svc.Stop(jobsCtx))
+	err = errors.Join(shutdownErr, svc.Stop(drainCtx))
 	if err == nil {
-		logger.Info("stopped")
+		logger.Info("stopped", slog.Bool("drained", true))
 	}
 	return err
 }

@@ -6,12 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -57,7 +59,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
-		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT"} {
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}
@@ -97,16 +99,39 @@ type server struct {
 	url string
 }
 
-// buildConverter builds the binary, whose sandbox children serve runs its conversions in.
+// binDir holds the binary the serve tests run; TestMain removes it.
+var binDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "converter-bin-") })
+
+// builtConverter is the binary the serve tests run, built once per test binary.
+var builtConverter = sync.OnceValues(func() (string, error) {
+	dir, err := binDir()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "converter")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if dir, err := binDir(); err == nil {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
+
+// buildConverter returns the binary, whose sandbox children serve runs its conversions in.
 func buildConverter(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "converter")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := builtConverter()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
 )
 
@@ -57,8 +58,8 @@ type outputJSON struct {
 }
 
 type errorJSON struct {
-	Type   jobs.ErrorType `json:"type"`
-	Detail string         `json:"detail"`
+	Type   fault.Kind `json:"type"`
+	Detail string     `json:"detail"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -94,6 +95,11 @@ func jobError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, jobs.ErrStopping):
 		w.Header().Set("Retry-After", "5")
 		problem(w, r, http.StatusServiceUnavailable, probUnavailable, "the server is shutting down")
+	case errors.Is(err, jobs.ErrInsufficientStorage):
+		problem(w, r, http.StatusInsufficientStorage, probInsufficientStorage, "the service has no room for this now; retry later")
+	case errors.Is(err, jobs.ErrOutputLost):
+		problem(w, r, http.StatusInternalServerError, probOutputLost,
+			"the job's stored output is missing or corrupt; the job is now failed and nothing was sent")
 	default:
 		problem(w, r, http.StatusInternalServerError, probInternal, "internal error")
 	}
@@ -186,7 +192,25 @@ func reprDigest(hexSHA string) string {
 // are received at once, in all and per tenant.
 type uploadLimits struct {
 	maxBytes int64
-	slots    *uploadSlots
+	// idle is how long a body may make no progress before the upload ends with 408.
+	idle  time.Duration
+	slots *uploadSlots
+}
+
+// idleReader extends the connection's read deadline by idle before each read, so that a body
+// ends with os.ErrDeadlineExceeded only when no byte arrived for that long: a minimum rate that
+// any live client meets, while one that stops sending loses its upload slot.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (ir idleReader) Read(p []byte) (int, error) {
+	if err := ir.rc.SetReadDeadline(time.Now().Add(ir.idle)); err != nil {
+		return 0, fmt.Errorf("set upload read deadline: %w", err)
+	}
+	return ir.r.Read(p)
 }
 
 // handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
@@ -224,10 +248,18 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 			problem(w, r, http.StatusBadRequest, probBadRequest, "Idempotency-Key is longer than 255 bytes")
 			return
 		}
+		if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+			m.reject("unsupported_media_type")
+			problem(w, r, http.StatusUnsupportedMediaType, probUnsupportedMedia,
+				"Content-Encoding "+ce+" is not accepted: send the checkpoint bytes as they are")
+			return
+		}
 		q := r.URL.Query()
 		sel := q.Get("select")
 
-		body := http.MaxBytesReader(w, r.Body, maxBytes)
+		rc := http.NewResponseController(w)
+		defer rc.SetReadDeadline(time.Time{})
+		body := http.MaxBytesReader(w, io.NopCloser(idleReader{r: r.Body, rc: rc, idle: lim.idle}), maxBytes)
 		var (
 			src      io.Reader = body
 			filename           = q.Get("filename")
@@ -269,8 +301,7 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 			}
 			if errors.Is(err, jobs.ErrInsufficientStorage) {
 				m.reject("insufficient_storage")
-				problem(w, r, http.StatusInsufficientStorage, probInsufficientStorage,
-					"the service has no room for this upload now; retry later")
+				jobError(w, r, err)
 				return
 			}
 			m.reject("upload_failed")
@@ -302,6 +333,9 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 			problem(w, r, http.StatusUnprocessableEntity, probIdempotencyMismatch, err.Error())
 			return
 		}
+		if errors.Is(err, jobs.ErrInsufficientStorage) {
+			m.reject("insufficient_storage")
+		}
 		if err != nil {
 			jobError(w, r, err)
 			return
@@ -331,14 +365,21 @@ func filePart(mr *multipart.Reader) (*multipart.Part, error) {
 	}
 }
 
-// rejectBodyError answers 413 when err says the body exceeded the upload limit.
+// rejectBodyError answers 413 when err says the body exceeded the upload limit, and 408 when
+// the body stopped arriving (the connection is closed after: its read deadline has passed).
 func rejectBodyError(w http.ResponseWriter, r *http.Request, err error, maxBytes int64, m *metrics) bool {
 	var tooBig *http.MaxBytesError
-	if !errors.As(err, &tooBig) {
+	switch {
+	case errors.As(err, &tooBig):
+		m.reject("too_large")
+		problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		m.reject("upload_idle")
+		w.Header().Set("Connection", "close")
+		problem(w, r, http.StatusRequestTimeout, probUploadTimeout, "the upload made no progress for too long")
+	default:
 		return false
 	}
-	m.reject("too_large")
-	problem(w, r, http.StatusRequestEntityTooLarge, probTooLarge, fmt.Sprintf("uploads are limited to %d bytes", maxBytes))
 	return true
 }
 
@@ -446,15 +487,15 @@ func handleDelete(svc JobService) http.HandlerFunc {
 	}
 }
 
-// openArtifact looks up one file of a succeeded job (what names it in messages) and opens it. When
-// it cannot, it has answered the request itself and returns ok false.
+// openArtifact opens one verified file of a succeeded job (what names it in messages). When it
+// cannot, it has answered the request itself and returns ok false.
 func openArtifact(w http.ResponseWriter, r *http.Request, what string,
-	lookup func(ctx context.Context, tenant, id string) (jobs.Job, string, error)) (f *os.File, j jobs.Job, ok bool) {
+	open func(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)) (a *jobs.Artifact, j jobs.Job, ok bool) {
 	id, ok := jobID(w, r)
 	if !ok {
 		return nil, j, false
 	}
-	j, p, err := lookup(r.Context(), tenantOf(r.Context()), id)
+	j, a, err := open(r.Context(), tenantOf(r.Context()), id)
 	if errors.Is(err, jobs.ErrConflict) {
 		problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+"; only a succeeded job has "+what)
 		return nil, j, false
@@ -463,31 +504,22 @@ func openArtifact(w http.ResponseWriter, r *http.Request, what string,
 		jobError(w, r, err)
 		return nil, j, false
 	}
-	if f, err = os.Open(p); err != nil {
-		jobError(w, r, fmt.Errorf("open %s: %w", what, err))
-		return nil, j, false
-	}
-	return f, j, true
+	return a, j, true
 }
 
 // handleOutput streams the verified safetensors file with its digest as a strong ETag and as
-// Repr-Digest; http.ServeContent answers Range (at most maxRanges, see limitRanges), If-Range,
-// If-Match and If-None-Match.
+// Repr-Digest; http.ServeContent answers HEAD, Range (at most maxRanges, see limitRanges),
+// If-Range, If-Match and If-None-Match.
 func handleOutput(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		f, j, ok := openArtifact(w, r, "an output", svc.Output)
+		a, j, ok := openArtifact(w, r, "an output", svc.OpenOutput)
 		if !ok {
 			return
 		}
-		defer f.Close()
+		defer a.Close()
 		if spec := r.Header.Get("Range"); spec != "" {
-			fi, err := f.Stat()
-			if err != nil {
-				jobError(w, r, fmt.Errorf("stat output: %w", err))
-				return
-			}
 			r = r.Clone(r.Context())
-			if spec = limitRanges(spec, fi.Size()); spec != "" {
+			if spec = limitRanges(spec, a.Size()); spec != "" {
 				r.Header.Set("Range", spec)
 			} else {
 				r.Header.Del("Range")
@@ -500,20 +532,20 @@ func handleOutput(svc JobService) http.HandlerFunc {
 		h.Set("Repr-Digest", reprDigest(j.OutputSHA256))
 		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": name}))
 		h.Set("Cache-Control", "private, immutable")
-		http.ServeContent(w, r, name, j.FinishedAt, f)
+		http.ServeContent(w, r, name, j.FinishedAt, a)
 	}
 }
 
 func handleManifest(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		f, _, ok := openArtifact(w, r, "a manifest", svc.Manifest)
+		a, _, ok := openArtifact(w, r, "a manifest", svc.OpenManifest)
 		if !ok {
 			return
 		}
-		defer f.Close()
+		defer a.Close()
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "private")
-		_, _ = io.Copy(w, f)
+		_, _ = io.Copy(w, a)
 	}
 }
 

@@ -26,6 +26,8 @@ const (
 	probInsufficientStorage = "insufficient-storage"
 	probUnavailable         = "unavailable"
 	probInternal            = "internal"
+	probOutputLost          = "output-lost"
+	probUploadTimeout       = "upload-timeout"
 )
 
 var problemTitles = map[string]string{
@@ -41,9 +43,11 @@ var problemTitles = map[string]string{
 	probDigestMismatch:      "Upload does not match its Repr-Digest",
 	probIdempotencyMismatch: "Idempotency-Key reused with a different request",
 	probTooManyUploads:      "Too many uploads in progress",
-	probInsufficientStorage: "Not enough storage for this upload",
+	probInsufficientStorage: "Not enough storage",
 	probUnavailable:         "Service unavailable",
 	probInternal:            "Internal error",
+	probOutputLost:          "The job's stored output was lost",
+	probUploadTimeout:       "Upload stopped arriving",
 }
 
 // Problem is an RFC 9457 problem details object.

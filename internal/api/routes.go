@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -17,28 +18,52 @@ func routes(d Deps, m *metrics) *chi.Mux {
 	}
 	r.Use(sameOrigin(m))
 
-	r.Get("/healthz", handleHealthz())
-	r.Get("/readyz", handleReadyz(d.Jobs))
+	getHead(r, "/healthz", handleHealthz())
+	getHead(r, "/readyz", handleReadyz(d.Jobs))
 	r.Method("GET", "/metrics", metricsHandler(d, m))
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
-		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{maxBytes: d.MaxUploadBytes, slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant)}, m))
+		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{
+			maxBytes: d.MaxUploadBytes, idle: d.UploadIdleTimeout,
+			slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant),
+		}, m))
 		r.Get("/v1/jobs", handleList(d.Jobs))
-		r.Get("/v1/jobs/{id}", handleGet(d.Jobs))
+		getHead(r, "/v1/jobs/{id}", handleGet(d.Jobs))
 		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))
 		r.Post("/v1/jobs/{id}/cancel", handleCancel(d.Jobs))
-		r.Get("/v1/jobs/{id}/output", handleOutput(d.Jobs))
+		getHead(r, "/v1/jobs/{id}/output", handleOutput(d.Jobs))
 		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem(w, r, http.StatusNotFound, probNotFound, "no such resource")
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		problem(w, r, http.StatusMethodNotAllowed, probMethodNotAllowed, r.Method+" is not allowed here")
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		allowed := allowedMethods(r, req.URL.Path)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		problem(w, req, http.StatusMethodNotAllowed, probMethodNotAllowed,
+			req.Method+" is not allowed here; use "+strings.Join(allowed, " or "))
 	})
 	return r
+}
+
+// getHead routes GET and HEAD of pattern to h: download tools and curl -I ask HEAD first, and
+// net/http sends a HEAD answer's headers without its body.
+func getHead(r chi.Router, pattern string, h http.HandlerFunc) {
+	r.Get(pattern, h)
+	r.Head(pattern, h)
+}
+
+// allowedMethods lists the methods mux routes for path, for the Allow header of a 405.
+func allowedMethods(mux *chi.Mux, path string) []string {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete} {
+		if mux.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	return allowed
 }
 
 // metricsHandler serves the registry to whom Deps.MetricsToken says.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -25,8 +26,8 @@ type JobService interface {
 	List(ctx context.Context, p jobs.ListParams) ([]jobs.Job, bool, error)
 	Cancel(ctx context.Context, tenant, id string) (jobs.Job, error)
 	Delete(ctx context.Context, tenant, id string) error
-	Output(ctx context.Context, tenant, id string) (jobs.Job, string, error)
-	Manifest(ctx context.Context, tenant, id string) (jobs.Job, string, error)
+	OpenOutput(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
+	OpenManifest(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
 	Ready(ctx context.Context) error
 }
 
@@ -56,9 +57,16 @@ type Deps struct {
 	// are set (so that one tenant always leaves slots to the others), and all of them when the
 	// server is open (its one tenant).
 	MaxConcurrentUploadsPerTenant int
+	// UploadIdleTimeout ends an upload whose body makes no progress for this long with 408,
+	// freeing its slot, so that clients that stop sending cannot hold slots (default
+	// DefaultUploadIdleTimeout).
+	UploadIdleTimeout time.Duration
 	// Spec is the OpenAPI document served at /openapi.yaml.
 	Spec []byte
 }
+
+// DefaultUploadIdleTimeout is Deps.UploadIdleTimeout's default.
+const DefaultUploadIdleTimeout = time.Minute
 
 // DefaultMaxUploadBytes bounds uploads when Deps.MaxUploadBytes is zero.
 const DefaultMaxUploadBytes = 64 << 30
@@ -79,6 +87,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.MaxConcurrentUploads <= 0 {
 		d.MaxConcurrentUploads = DefaultMaxConcurrentUploads
+	}
+	if d.UploadIdleTimeout <= 0 {
+		d.UploadIdleTimeout = DefaultUploadIdleTimeout
 	}
 	if d.MaxConcurrentUploadsPerTenant <= 0 {
 		d.MaxConcurrentUploadsPerTenant = d.MaxConcurrentUploads

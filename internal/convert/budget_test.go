@@ -107,10 +107,10 @@ func TestOutputBudget(t *testing.T) {
 				t.Errorf("the output directory holds %d files after the refusal", len(es))
 			}
 			sm, err := Scan(context.Background(), src, opts)
-			if err != nil {
-				t.Fatal(err)
+			if sm == nil || fault.KindOf(err) != fault.Limit {
+				t.Fatalf("scan: %v; want a manifest and a limit fault", err)
 			}
-			if sm.Error == nil || sm.Error.Type != "limit" || !strings.Contains(sm.Error.Detail, c.wantErr) {
+			if sm.Error == nil || sm.Error.Type != fault.Limit || !strings.Contains(sm.Error.Detail, c.wantErr) {
 				t.Errorf("scan: %+v; want the same limit refusal", sm.Error)
 			}
 		})

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 	"golang.org/x/sync/errgroup"
@@ -38,6 +39,10 @@ type Options struct {
 	// os.TempDir(); File defaults it to the output's directory). A sandbox child can create
 	// files nowhere else.
 	ScratchDir string
+	// Overwrite lets the output replace a file that appears at the destination while the
+	// conversion runs; without it, such a file is left alone and the conversion fails with an
+	// error matching fs.ErrExist. (The CLI refuses an existing OUTPUT before it starts.)
+	Overwrite bool
 	// MinFreeBytes, when positive, is the free space File must leave on the output's file
 	// system: a conversion whose planned output (and scratch files) would leave less is refused
 	// with a limit fault before any byte is written.
@@ -51,14 +56,19 @@ func (o Options) Validate() error {
 	return err
 }
 
-func newManifest(src string, opts Options) *Manifest {
-	name := src
-	if opts.SourceName != "" {
-		name = opts.SourceName
+// DisplayName is the name the source at path goes by in manifests and messages: SourceName
+// when set, else path as the caller gave it.
+func (o Options) DisplayName(path string) string {
+	if o.SourceName != "" {
+		return o.SourceName
 	}
+	return path
+}
+
+func newManifest(src string, opts Options) *Manifest {
 	return &Manifest{
 		ConverterVersion: Version,
-		Source:           Source{Path: name},
+		Source:           Source{Path: opts.DisplayName(src)},
 		Globals:          []GlobalRef{},
 		Tensors:          []Tensor{},
 		Aliases:          map[string]string{},
@@ -75,7 +85,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 		return nil, err
 	}
 	defer in.Close()
-	out, err := CreatePending(dst)
+	out, err := CreatePending(dst, opts.Overwrite)
 	if err != nil {
 		return nil, err
 	}
@@ -100,12 +110,19 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 // manifest's Output.Path is out.Name() until then. Deflated records that need random access
 // are inflated into files in opts.ScratchDir (default os.TempDir()). It opens no path of its
 // own otherwise, so it runs in a sandbox child that may open none.
+// It stops with a limit fault when Limits.Timeout runs out.
 func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
-	m := newManifest(src.Name(), opts)
-	lim := opts.Limits.OrDefault()
-	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
+	ctx, cancel, over := timeLimit(ctx, opts.Limits)
 	defer cancel()
+	m, err := fileFD(ctx, src, out, opts)
+	if err != nil {
+		return nil, over(err)
+	}
+	return m, nil
+}
 
+func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
+	m := newManifest(src.Name(), opts)
 	p, err := open(src, opts, m)
 	if err != nil {
 		return nil, err
@@ -139,6 +156,23 @@ func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 	return m, nil
 }
 
+// timeLimit gives ctx the time limit of one operation, Limits.Timeout, which convert enforces
+// itself (the sandbox's wall clock and CPU limit are larger backstops). over maps the error of
+// work done under the returned context to the limit fault when that limit is what ran out,
+// whatever the work returned: a context error, or a failure of an interrupted read.
+func timeLimit(ctx context.Context, l limits.Limits) (context.Context, context.CancelFunc, func(error) error) {
+	timeout := l.OrDefault().Timeout
+	limitErr := fault.New(fault.Limit, "", "conversion exceeded the time limit of %s", timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, limitErr)
+	over := func(err error) error {
+		if err != nil && context.Cause(ctx) == error(limitErr) {
+			return limitErr
+		}
+		return err
+	}
+	return ctx, cancel, over
+}
+
 // scratchDir is where inflated records go: opts.ScratchDir, or the system's temporary directory.
 func scratchDir(opts Options) string {
 	if opts.ScratchDir != "" {
@@ -147,7 +181,8 @@ func scratchDir(opts Options) string {
 	return os.TempDir()
 }
 
-// OpenInput opens the file at path for reading as a conversion's input. Anything but a regular
+// OpenInput opens the file at path for reading as a conversion's input. Its errors do not name
+// the path, which may be a server's. Anything but a regular
 // file (a FIFO, socket, device or directory) is refused with a fault.Unsupported before a byte is
 // read: the file was never parsed, so it cannot be called malformed, and a converter reads
 // checkpoints from files by design. The path is checked with stat before it is opened, so that
@@ -157,18 +192,18 @@ func scratchDir(opts Options) string {
 func OpenInput(path string) (*os.File, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "open input")
 	}
 	if err := regular(st); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "open input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "open input")
 	}
 	if st, err = f.Stat(); err != nil {
 		f.Close()
-		return nil, fault.Wrap(fault.Internal, "", err, "stat input")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "stat input")
 	}
 	if err := regular(st); err != nil {
 		f.Close()
@@ -200,52 +235,42 @@ func regular(st os.FileInfo) error {
 }
 
 // PendingFile is an output being written under a unique temporary name in its destination's
-// directory. Commit moves it into place; until then nothing exists at the destination, and
-// Discard removes it.
+// directory (an atomicfile.File). Commit moves it into place; until then nothing exists at the
+// destination, and Discard removes it.
 type PendingFile struct {
 	// File is the temporary file, open for reading and writing.
 	*os.File
-	dst       string
-	committed bool
+	af *atomicfile.File
 }
 
-// CreatePending creates the temporary file for dst: private (0600), beside dst so that the
-// rename is atomic, with a name unique to this call.
-func CreatePending(dst string) (*PendingFile, error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
+// CreatePending creates the temporary file for dst: private (0600) until committed, beside dst
+// so that the move is atomic, with a name unique to this call. With overwrite false, Commit
+// never replaces a file that appeared at dst meanwhile.
+func CreatePending(dst string, overwrite bool) (*PendingFile, error) {
+	mode := atomicfile.NoReplace
+	if overwrite {
+		mode = atomicfile.Replace
+	}
+	af, err := atomicfile.Create(dst, 0o644, mode)
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "create output")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "create output")
 	}
-	return &PendingFile{File: f, dst: dst}, nil
+	return &PendingFile{File: af.File, af: af}, nil
 }
 
-// Commit closes the file and renames it to its destination, then syncs the directory so that
-// the rename survives a crash. The file's data must already be synced (FileFD does that). The
-// file becomes as readable as one written by a plain create (0644).
+// Commit syncs the file and moves it to its destination, readable as a file written by a
+// plain create (0644), then syncs the directory so that the move survives a crash. A file at
+// the destination, when not overwriting, fails it with an error matching fs.ErrExist.
 func (p *PendingFile) Commit() error {
-	if err := p.Chmod(0o644); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "chmod output")
+	if err := p.af.Commit(); err != nil {
+		return fault.Wrap(fault.Internal, "", fault.PathFree(err), "commit output")
 	}
-	if err := p.Close(); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "close output")
-	}
-	if err := os.Rename(p.Name(), p.dst); err != nil {
-		return fault.Wrap(fault.Internal, "", err, "rename output")
-	}
-	p.committed = true
-	syncDir(filepath.Dir(p.dst))
 	return nil
 }
 
 // Discard closes and removes the temporary file unless it was committed; deferring it right
 // after CreatePending leaves nothing behind on any error.
-func (p *PendingFile) Discard() {
-	if p.committed {
-		return
-	}
-	p.Close()
-	os.Remove(p.Name())
-}
+func (p *PendingFile) Discard() { p.af.Abort() }
 
 // write streams the header and every tensor into out, verifies it and syncs it. It is one
 // pipeline of stages, each on its own goroutine, that a chunk passes in order: read from the
@@ -345,9 +370,10 @@ func reread(ctx context.Context, f io.ReaderAt, off int64, want []byte, buf []by
 }
 
 // Scan builds the same plan as File without writing anything: ScanFD on src opened with
-// OpenInput. The manifest's Verdict and Error say whether the file is safe; the returned error
-// is set only when the scan itself could not run (the file cannot be opened, or is not a
-// regular file).
+// OpenInput. When the file was judged, the manifest is returned, its Verdict and Error saying
+// whether it is safe, and the error is the classified reason it is not (nil when safe); when
+// the scan could not run (the file cannot be opened or read, or is not a regular file), the
+// manifest is nil.
 func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
 	f, err := OpenInput(src)
 	if err != nil {
@@ -357,26 +383,29 @@ func Scan(ctx context.Context, src string, opts Options) (*Manifest, error) {
 	return ScanFD(ctx, f, opts)
 }
 
-// ScanFD scans the checkpoint read from src, opened with OpenInput; see Scan.
+// ScanFD scans the checkpoint read from src, opened with OpenInput; see Scan. Over
+// Limits.Timeout it stops with a limit fault.
 func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	ctx, cancel, over := timeLimit(ctx, opts.Limits)
+	defer cancel()
 	m := newManifest(src.Name(), opts)
 	_, err := open(src, opts, m)
-	if err != nil && fault.KindOf(err) == fault.Internal {
+	if err = over(err); err != nil && fault.KindOf(err) == fault.Internal {
 		return nil, err
 	}
 	// The report names the exact bytes judged, whatever the verdict.
 	sum := hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size))
 	if sum.err != nil {
-		return nil, sum.err
+		return nil, over(sum.err)
 	}
 	m.Source.SHA256 = sum.sum
 	if err != nil {
 		m.Verdict = verdictOf(err)
-		m.Error = &ErrorInfo{Type: fault.KindOf(err).String(), Detail: err.Error()}
-		return m, nil
+		m.Error = &ErrorInfo{Type: fault.KindOf(err), Detail: err.Error()}
+		return m, err
 	}
 	m.Verdict = "safe"
 	return m, nil
@@ -412,15 +441,6 @@ func hashReader(ctx context.Context, r io.Reader) result {
 		if err != nil {
 			return result{err: fault.Wrap(fault.Internal, "", err, "read input")}
 		}
-	}
-}
-
-// syncDir makes a rename durable; failure to sync a directory is not an error on file systems
-// that do not support it.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 }
 

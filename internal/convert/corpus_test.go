@@ -141,10 +141,10 @@ func TestCorpus(t *testing.T) {
 			}
 			// scan agrees with convert.
 			sm, err := Scan(context.Background(), src, Options{})
-			if err != nil {
+			if sm == nil {
 				t.Fatalf("scan: %v", err)
 			}
-			if sm.Error == nil || sm.Error.Type != w.kind {
+			if sm.Error == nil || sm.Error.Type.String() != w.kind || fault.KindOf(err) != sm.Error.Type {
 				t.Errorf("scan verdict %s %+v; want %s", sm.Verdict, sm.Error, w.kind)
 			}
 		})

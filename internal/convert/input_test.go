@@ -4,6 +4,8 @@ package convert
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,12 +69,12 @@ func TestSpecialInputsRefused(t *testing.T) {
 func TestPendingFile(t *testing.T) {
 	dir := t.TempDir()
 	dst := filepath.Join(dir, "model.safetensors")
-	a, err := CreatePending(dst)
+	a, err := CreatePending(dst, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Discard()
-	b, err := CreatePending(dst)
+	b, err := CreatePending(dst, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,5 +107,32 @@ func TestPendingFile(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Errorf("directory holds %d entries, want only the output", len(ents))
+	}
+}
+
+// TestFileNeverReplacesUnlessOverwrite converts onto a file that exists (as one created while a
+// conversion runs would): without Overwrite the file is left alone and the error matches
+// fs.ErrExist; with it the output replaces the file.
+func TestFileNeverReplacesUnlessOverwrite(t *testing.T) {
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "model.safetensors")
+	if err := os.WriteFile(dst, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := File(context.Background(), "../../testdata/torch/dtypes.pt", dst, Options{})
+	if !errors.Is(err, fs.ErrExist) {
+		t.Errorf("File onto an existing file: %v; want an error matching fs.ErrExist", err)
+	}
+	if got, _ := os.ReadFile(dst); string(got) != "keep" {
+		t.Errorf("the existing file now holds %q", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("directory holds %d entries, want only the existing file", len(ents))
+	}
+	if _, err := File(context.Background(), "../../testdata/torch/dtypes.pt", dst, Options{Overwrite: true}); err != nil {
+		t.Fatalf("File with Overwrite: %v", err)
+	}
+	if got, _ := os.ReadFile(dst); string(got) == "keep" {
+		t.Error("Overwrite left the existing file")
 	}
 }

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"github.com/ptsafe/converter/internal/buildinfo"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
 
@@ -46,8 +47,8 @@ type Output struct {
 
 // ErrorInfo is the classified failure of a scan.
 type ErrorInfo struct {
-	Type   string `json:"type"` // unsafe, malformed, unsupported, limit, internal
-	Detail string `json:"detail"`
+	Type   fault.Kind `json:"type"` // unsafe, malformed, unsupported or limit
+	Detail string     `json:"detail"`
 }
 
 // GlobalRef is one global seen in one pickle stream of the source.

@@ -222,11 +222,11 @@ func (sc *scratch) get(rec *torchzip.Record) (*os.File, error) {
 	}
 	f, err := os.CreateTemp(sc.dir, ".inflate-*")
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, rec.Entry, err, "scratch file")
+		return nil, fault.Wrap(fault.Internal, rec.Entry, fault.PathFree(err), "scratch file")
 	}
 	if err := os.Remove(f.Name()); err != nil {
 		f.Close()
-		return nil, fault.Wrap(fault.Internal, rec.Entry, err, "unlink scratch file")
+		return nil, fault.Wrap(fault.Internal, rec.Entry, fault.PathFree(err), "unlink scratch file")
 	}
 	sc.files[rec] = f
 	r, _ := rec.Open()
@@ -269,7 +269,8 @@ func readErr(rec *torchzip.Record, err error) error {
 		return fault.New(fault.Malformed, rec.Entry, "record ends early")
 	}
 	if fault.KindOf(err) == fault.Internal {
-		return fault.Wrap(fault.Internal, rec.Entry, err, "read")
+		// A scratch file's failure names its path, a server's; the message names the record.
+		return fault.Wrap(fault.Internal, rec.Entry, fault.PathFree(err), "read")
 	}
 	return err
 }

@@ -181,7 +181,18 @@ func Verify(ctx context.Context, path, source string, opts Options) (*Report, er
 // VerifyFD verifies the safetensors file read from f, and compares it with the checkpoint read
 // from source unless that is nil, both opened with OpenInput; see Verify. Deflated records of
 // the source that need random access are inflated into opts.ScratchDir (default os.TempDir()).
+// Over Limits.Timeout it stops with a limit fault.
 func VerifyFD(ctx context.Context, f, source *os.File, opts Options) (*Report, error) {
+	ctx, cancel, over := timeLimit(ctx, opts.Limits)
+	defer cancel()
+	rep, err := verifyFD(ctx, f, source, opts)
+	if err != nil {
+		return nil, over(err)
+	}
+	return rep, nil
+}
+
+func verifyFD(ctx context.Context, f, source *os.File, opts Options) (*Report, error) {
 	lim := opts.Limits.OrDefault()
 	st, err := f.Stat()
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 )
 
@@ -49,6 +51,21 @@ func (k Kind) String() string {
 	default:
 		return "internal"
 	}
+}
+
+// MarshalText encodes the kind as its String, so that it crosses JSON (a manifest, the sandbox
+// pipe, the API) and SQLite by name.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText decodes a kind from its String; an unknown name is an error, never a guess.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for c := Internal; c <= Canceled; c++ {
+		if c.String() == string(b) {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown fault kind %q", b)
 }
 
 // ExitCode maps a kind to the CLI exit code contract: 3 unsafe, 4 malformed, unsupported or over
@@ -126,6 +143,21 @@ func KindOf(err error) Kind {
 		return Canceled
 	}
 	return Internal
+}
+
+// PathFree returns the cause of a failed file operation without the path it names (an
+// *fs.PathError or *os.LinkError): messages name files by the names their users know, never
+// by a server's paths. Any other error is returned as it is.
+func PathFree(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	return err
 }
 
 func isContextErr(err error) bool {

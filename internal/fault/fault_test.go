@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/fault"
@@ -111,5 +112,39 @@ func TestKindNamesAndExitCodes(t *testing.T) {
 	var zero fault.Kind
 	if zero != fault.Internal {
 		t.Errorf("the zero Kind is %s; want internal, so that an unclassified error is never a verdict", zero)
+	}
+}
+
+// TestKindText checks that every kind decodes from the text it encodes to, and that an unknown
+// name is refused: the sandbox pipe, the manifest and the job store carry kinds as text.
+func TestKindText(t *testing.T) {
+	t.Parallel()
+	for k := fault.Internal; k <= fault.Canceled; k++ {
+		b, err := k.MarshalText()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got fault.Kind
+		if err := got.UnmarshalText(b); err != nil || got != k {
+			t.Errorf("%q decodes to %v, %v; want %v", b, got, err, k)
+		}
+	}
+	var k fault.Kind
+	if err := k.UnmarshalText([]byte("fatal")); err == nil {
+		t.Error("unknown kind name accepted")
+	}
+}
+
+// TestPathFree checks that a failed open loses its path but keeps its cause for errors.Is.
+func TestPathFree(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, err := os.Open(dir + "/missing")
+	got := fault.PathFree(err)
+	if !errors.Is(got, os.ErrNotExist) || strings.Contains(got.Error(), dir) {
+		t.Errorf("PathFree(%v) = %v; want the cause without %s", err, got, dir)
+	}
+	if other := io.ErrShortWrite; fault.PathFree(other) != other {
+		t.Error("PathFree changed an error without a path")
 	}
 }

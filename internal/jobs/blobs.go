@@ -8,17 +8,21 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/ptsafe/converter/internal/atomicfile"
 )
 
 // blobs lays out the service's files under one data directory:
 //
 //	DIR/jobs.db                        the SQLite file (our jobs table and River's queue)
-//	DIR/tmp/                           uploads being received; emptied at startup
+//	DIR/tmp/                           uploads being received
 //	DIR/jobs/ID/input                  the uploaded checkpoint, until the job finishes
 //	DIR/jobs/ID/output.safetensors     the verified output (renamed into place by the converter)
 //	DIR/jobs/ID/manifest.json          the conversion manifest (renamed into place)
 //
-// A job's directory is removed with the job.
+// A job's directory is removed with the job. At startup, every file not listed here for the
+// job's state (and all of tmp/) is a crash's leftover and removed (Service.removeStrays).
 type blobs struct {
 	dir string
 	// free reports the bytes still usable on dir's file system (diskFree; tests fake it).
@@ -65,6 +69,18 @@ func (u *Upload) Discard() error {
 // ErrInsufficientStorage is returned by Stage when receiving an upload would leave the data
 // directory with less free space than Config.MinFreeBytes.
 var ErrInsufficientStorage = errors.New("insufficient storage")
+
+// noSpace wraps err with ErrInsufficientStorage when it says the disk is full (ENOSPC, a
+// quota, or SQLite's SQLITE_FULL), so that every way of running out of room is answered alike.
+func noSpace(err error) error {
+	if err == nil || errors.Is(err, ErrInsufficientStorage) {
+		return err
+	}
+	if diskFull(err) || strings.Contains(err.Error(), "database or disk is full") {
+		return fmt.Errorf("%w: %w", ErrInsufficientStorage, err)
+	}
+	return err
+}
 
 // spaceCheckEvery is how many bytes of an upload are received between two free-space checks.
 const spaceCheckEvery = 64 << 20
@@ -124,7 +140,7 @@ func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, error) {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("receive upload: %w", err)
+		return nil, noSpace(fmt.Errorf("receive upload: %w", err))
 	}
 	return &Upload{path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
@@ -138,44 +154,11 @@ func (b blobs) adopt(u *Upload, id string) error {
 		return fmt.Errorf("store upload: %w", err)
 	}
 	u.path = ""
-	if err := syncDir(b.jobDir(id)); err != nil {
-		return err
+	if err := atomicfile.SyncDir(b.jobDir(id)); err != nil {
+		return fmt.Errorf("sync job directory: %w", err)
 	}
-	return syncDir(b.jobsDir())
-}
-
-// writeFileAtomic writes data to path through a synced temporary file and a rename, so a reader
-// sees either nothing or all of it.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
+	if err := atomicfile.SyncDir(b.jobsDir()); err != nil {
+		return fmt.Errorf("sync jobs directory: %w", err)
 	}
 	return nil
 }

@@ -4,7 +4,8 @@
 // running, and expires finished jobs after a retention period.
 //
 // It never parses a checkpoint itself (that is the Converter's job), never exposes an output
-// before the converter has written and verified it, and never knows about HTTP.
+// before the converter has written and verified it nor after it stopped matching its recorded
+// digest, and never knows about HTTP.
 package jobs
 
 import (
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 )
 
 // State is where a job is in its lifecycle. The zero value is invalid.
@@ -41,21 +43,10 @@ func (s State) Valid() bool {
 	return false
 }
 
-// ErrorType classifies why a job failed; it is the API's stable error vocabulary.
-type ErrorType string
-
-// Error types of failed and canceled jobs.
-const (
-	ErrorUnsafe    ErrorType = "unsafe"
-	ErrorMalformed ErrorType = "malformed"
-	ErrorLimit     ErrorType = "limit"
-	ErrorInternal  ErrorType = "internal"
-	ErrorCanceled  ErrorType = "canceled"
-)
-
-// JobError is the classified failure of a job.
+// JobError is the classified failure of a job. Type is the converter's own classification; its
+// text is the API's error type and what the job store keeps.
 type JobError struct {
-	Type   ErrorType
+	Type   fault.Kind
 	Detail string
 }
 
@@ -80,20 +71,12 @@ type Job struct {
 	ExpiresAt      time.Time // zero until terminal; files and record are removed then
 }
 
-// Converter converts one checkpoint file into a verified safetensors file: the service uses the
-// sandbox's child-process runner, so that no input can take the server down; tests inject
-// their own. On error no file may exist at dst, and errors on bad input must be classifiable
-// with fault.KindOf.
+// Converter is the part of a convert.Engine the service uses: it converts one checkpoint file
+// into a verified safetensors file. The server passes the sandbox's *Runner, so that no input
+// can take it down; tests pass convert.InProcess or their own. On error no file may exist at
+// dst, and errors on bad input must be classifiable with fault.KindOf.
 type Converter interface {
 	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-}
-
-// ConverterFunc adapts a function to the Converter interface.
-type ConverterFunc func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
-
-// Convert calls f.
-func (f ConverterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
-	return f(ctx, src, dst, opts)
 }
 
 // Errors callers classify with errors.Is.

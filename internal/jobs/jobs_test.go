@@ -31,8 +31,15 @@ func fakeOutput(dst string) (*convert.Manifest, error) {
 	return &convert.Manifest{Output: &convert.Output{Path: dst, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
 }
 
+// converterFunc is a test's converter written as a function.
+type converterFunc func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+
+func (f converterFunc) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	return f(ctx, src, dst, opts)
+}
+
 // succeeding is a converter whose every conversion succeeds with fakeOutput.
-var succeeding = jobs.ConverterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+var succeeding = converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
 	return fakeOutput(dst)
 })
 
@@ -94,18 +101,18 @@ func TestFailureClassification(t *testing.T) {
 	cases := []struct {
 		name     string
 		err      error
-		wantType jobs.ErrorType
+		wantType fault.Kind
 		detail   string
 	}{
-		{"unsafe global", fault.New(fault.Unsafe, "archive/data.pkl", "global os.system is known-dangerous"), jobs.ErrorUnsafe, "os.system"},
-		{"malformed", fault.At(fault.Malformed, "archive/data.pkl", 12, "truncated"), jobs.ErrorMalformed, "truncated"},
-		{"unsupported is malformed", fault.New(fault.Unsupported, "", "TorchScript archives"), jobs.ErrorMalformed, "unsupported"},
-		{"limit", fault.New(fault.Limit, "", "more than 5 tensors"), jobs.ErrorLimit, "5 tensors"},
+		{"unsafe global", fault.New(fault.Unsafe, "archive/data.pkl", "global os.system is known-dangerous"), fault.Unsafe, "os.system"},
+		{"malformed", fault.At(fault.Malformed, "archive/data.pkl", 12, "truncated"), fault.Malformed, "truncated"},
+		{"unsupported", fault.New(fault.Unsupported, "", "TorchScript archives"), fault.Unsupported, "TorchScript"},
+		{"limit", fault.New(fault.Limit, "", "more than 5 tensors"), fault.Limit, "5 tensors"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var calls atomic.Int32
-			s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+			s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 				calls.Add(1)
 				return nil, c.err
 			}), 0)
@@ -122,7 +129,7 @@ func TestFailureClassification(t *testing.T) {
 
 func TestInternalErrorIsRetried(t *testing.T) {
 	var calls atomic.Int32
-	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+	s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 		if calls.Add(1) == 1 {
 			return nil, errors.New("disk hiccup")
 		}
@@ -136,16 +143,41 @@ func TestInternalErrorIsRetried(t *testing.T) {
 
 func TestInternalErrorGivesUp(t *testing.T) {
 	var calls atomic.Int32
-	s := open(t, t.TempDir(), jobs.ConverterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+	s := open(t, t.TempDir(), converterFunc(func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 		calls.Add(1)
-		return nil, errors.New("disk broken at " + src)
+		return nil, errors.New("disk broken")
 	}), 0)
 	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
-	if j.State != jobs.StateFailed || j.Error.Type != jobs.ErrorInternal || calls.Load() != 3 {
+	if j.State != jobs.StateFailed || j.Error.Type != fault.Internal || calls.Load() != 3 {
 		t.Errorf("job = %s %+v after %d calls, want failed internal after 3", j.State, j.Error, calls.Load())
 	}
-	if strings.Contains(j.Error.Detail, "/input") {
-		t.Errorf("detail reveals server paths: %q", j.Error.Detail)
+}
+
+// TestErrorDetailNamesNoServerPath runs the real in-process converter on a job whose input it
+// cannot open and on one it judges malformed: the details name no part of the data directory,
+// since the converter's errors carry file names, not paths.
+func TestErrorDetailNamesNoServerPath(t *testing.T) {
+	cases := map[string]func(src string){
+		"input gone": func(src string) { os.Remove(src) },
+		"malformed":  func(string) {},
+	}
+	for name, before := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, converterFunc(func(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+				before(src)
+				return convert.File(ctx, src, dst, opts)
+			}), 0)
+			j := waitFor(t, s, submit(t, s, "not a checkpoint").ID, "finished", terminal)
+			if j.State != jobs.StateFailed || j.Error == nil {
+				t.Fatalf("job = %+v, want failed", j)
+			}
+			for _, part := range strings.Split(dir, string(os.PathSeparator)) {
+				if len(part) > 3 && strings.Contains(j.Error.Detail, part) {
+					t.Errorf("detail %q names %q, part of the data directory %s", j.Error.Detail, part, dir)
+				}
+			}
+		})
 	}
 }
 
@@ -180,7 +212,7 @@ func TestOpenRequiresConverter(t *testing.T) {
 func TestConverterGetsConfiguredOptions(t *testing.T) {
 	got := make(chan convert.Options, 1)
 	lim := limits.Limits{MaxTensors: 7, MaxOutputBytes: 1 << 20}
-	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Limits: lim, MinFreeBytes: 12345, Converter: jobs.ConverterFunc(
+	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Limits: lim, MinFreeBytes: 12345, Converter: converterFunc(
 		func(_ context.Context, _, dst string, opts convert.Options) (*convert.Manifest, error) {
 			got <- opts
 			return fakeOutput(dst)
@@ -208,7 +240,7 @@ func TestHelperProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestSIGKILLMidJob")
 	}
-	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			fmt.Println("CONVERTING")
 			<-ctx.Done()
@@ -233,7 +265,8 @@ func TestHelperProcess(t *testing.T) {
 }
 
 // A process killed with SIGKILL while converting loses nothing: on restart the running job is
-// queued again at once (not after River's stuck-job timeout) and completes.
+// queued again at once (not after River's stuck-job timeout) and completes, and the attempt the
+// crash interrupted is not counted against the job.
 func TestSIGKILLMidJob(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$")
@@ -272,8 +305,8 @@ func TestSIGKILLMidJob(t *testing.T) {
 	if j.State != jobs.StateSucceeded {
 		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)
 	}
-	if j.Attempts != 2 {
-		t.Errorf("attempts = %d, want 2 (the killed one counts)", j.Attempts)
+	if j.Attempts != 1 {
+		t.Errorf("attempts = %d, want 1 (the one the crash interrupted does not count)", j.Attempts)
 	}
 }
 
@@ -282,7 +315,7 @@ func TestSIGKILLMidJob(t *testing.T) {
 func TestStopRequeuesRunningJob(t *testing.T) {
 	dir := t.TempDir()
 	started := make(chan struct{}, 1)
-	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: jobs.ConverterFunc(
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			started <- struct{}{}
 			<-ctx.Done()
@@ -298,8 +331,8 @@ func TestStopRequeuesRunningJob(t *testing.T) {
 	<-started
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	if err := s.Stop(ctx); err != nil {
-		t.Fatalf("Stop: %v", err)
+	if err := s.Stop(ctx); !errors.Is(err, jobs.ErrDrainTimeout) {
+		t.Fatalf("Stop = %v, want ErrDrainTimeout", err)
 	}
 	if j, err := s.Get(t.Context(), "t", id); err != nil || j.State != jobs.StateQueued || j.Attempts != 0 {
 		t.Errorf("after Stop job = %s attempts %d (err %v), want queued with 0 attempts", j.State, j.Attempts, err)

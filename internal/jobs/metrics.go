@@ -17,7 +17,9 @@ type metrics struct {
 	readBytes prometheus.Counter
 	wroteByte prometheus.Counter
 	retries   prometheus.Counter
-	recovered *prometheus.CounterVec
+	recovered prometheus.Counter
+	strays    prometheus.Counter
+	lost      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -48,15 +50,23 @@ func newMetrics() *metrics {
 			Name: "converter_job_retries_total",
 			Help: "Attempts that failed with an internal error and were scheduled again.",
 		}),
-		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+		recovered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "converter_jobs_recovered_total",
-			Help: "Jobs found interrupted at startup, by what was done (requeued, failed).",
-		}, []string{"action"}),
+			Help: "Jobs found interrupted by a crash at startup and queued again.",
+		}),
+		strays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "converter_stray_files_removed_total",
+			Help: "Files no job owned (left by a crash) removed at startup.",
+		}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "converter_outputs_lost_total",
+			Help: "Stored files of succeeded jobs found missing or corrupt, by file (output, manifest).",
+		}, []string{"file"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.finished, m.queueWait, m.run, m.readBytes, m.wroteByte, m.retries, m.recovered}
+	return []prometheus.Collector{m.finished, m.queueWait, m.run, m.readBytes, m.wroteByte, m.retries, m.recovered, m.strays, m.lost}
 }
 
 // stateCollector reports the queued and running gauges from the job table at scrape time, which

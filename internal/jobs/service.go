@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/riverqueue/river/rivermigrate"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
 )
 
@@ -31,12 +33,13 @@ type Config struct {
 	Workers int
 	// Retention is how long finished jobs and their files are kept (default 168h).
 	Retention time.Duration
-	// MaxAttempts bounds the attempts of a job that fails with internal errors or is interrupted
-	// by crashes (default 3). Unsafe, malformed and over-limit inputs fail at the first attempt.
+	// MaxAttempts bounds the attempts of a job that fails with internal errors, its sandbox
+	// child's crashes included (default 3). Unsafe, malformed and over-limit inputs fail at the
+	// first attempt; an attempt interrupted by the server stopping or crashing is not counted.
 	MaxAttempts int
 	// Converter runs conversions. Required.
 	Converter Converter
-	// Limits bound each conversion; Limits.Timeout is also the job's run timeout.
+	// Limits bound each conversion; the converter enforces Limits.Timeout itself.
 	Limits limits.Limits
 	// Logger receives lifecycle events (default: discard).
 	Logger *slog.Logger
@@ -59,8 +62,8 @@ const (
 	kindConvert = "convert"
 	kindExpire  = "expire"
 	// rescueAfter is how long River waits before finalizing a running job that was marked for
-	// cancellation but whose worker never answered (a job left by a dead process). The worker's
-	// own Timeout (Limits.Timeout) still bounds a live conversion.
+	// cancellation but whose worker never answered (a job left by a dead process). The
+	// converter's own time limit (Limits.Timeout) bounds a live conversion.
 	rescueAfter = 10 * time.Second
 )
 
@@ -77,6 +80,9 @@ type Service struct {
 	stopping atomic.Bool
 	mu       sync.Mutex
 	running  map[string]context.CancelCauseFunc // job id -> cancel of its conversion in this process
+	verified verifiedFiles
+	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
+	stopRetry func()
 }
 
 // errCanceledByRequest is the cancel cause of a conversion whose job was canceled or deleted.
@@ -166,7 +172,7 @@ func (s *Service) open(ctx context.Context) error {
 		Logger:  s.log,
 		Workers: workers,
 		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: s.cfg.Workers}},
-		// Conversions set their own timeout (convertWorker.Timeout); this one bounds the
+		// Conversions have no River timeout (convertWorker.Timeout); this one bounds the
 		// short expiry job and lets RescueStuckJobsAfter be seconds rather than an hour.
 		JobTimeout:           rescueAfter,
 		RescueStuckJobsAfter: rescueAfter,
@@ -198,8 +204,11 @@ func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 // other process is working on these jobs, so a River job still marked running is an orphan.
 // River's stuck-job rescuer would only retry it after the worker's timeout (hours for a big
 // conversion), so the orphan is canceled (River finalizes it within RescueStuckJobsAfter) and a
-// fresh queue entry is inserted in the same transaction. The attempt counts, so an input that
-// crashes the process does not loop forever. Jobs waiting for a retry are made available now.
+// fresh queue entry is inserted in the same transaction. The interrupted attempt does not count:
+// conversions run in the sandbox child, so a server crash is not the input's doing (a child
+// that crashes is an attempt that failed, counted by the worker). Jobs waiting for a retry are
+// made available now. Last, files no job owns are removed and succeeded jobs whose files are
+// gone are marked lost, all before the service can report ready.
 func (s *Service) recover(ctx context.Context) error {
 	orphans, err := s.riverJobs(ctx, rivertype.JobStateRunning)
 	if err != nil {
@@ -262,48 +271,38 @@ func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error
 	if j.State.Terminal() || j.riverJobID != rj.ID {
 		return tx.Commit()
 	}
-	action := "requeued"
-	if j.Attempts >= s.cfg.MaxAttempts {
-		action = "failed"
-		je := JobError{Type: ErrorInternal, Detail: fmt.Sprintf("conversion interrupted %d times (the server stopped while converting)", j.Attempts)}
-		if _, err := markFinished(ctx, tx, j.ID, StateFailed, je, now, StateQueued, StateRunning); err != nil {
-			return err
-		}
-	} else {
-		res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
-		if err != nil {
-			return fmt.Errorf("requeue job %s: %w", j.ID, err)
-		}
-		if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
-			return err
-		}
-		if err := markQueued(ctx, tx, j.ID, false, now); err != nil {
-			return err
-		}
+	res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
+	if err != nil {
+		return fmt.Errorf("requeue job %s: %w", j.ID, err)
+	}
+	if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
+		return err
+	}
+	if err := markQueued(ctx, tx, j.ID, true, now); err != nil {
+		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("recover job %s: %w", j.ID, err)
 	}
-	if action == "failed" {
-		s.metrics.finished.WithLabelValues(string(ErrorInternal)).Inc()
-		_ = s.blobs.removeInput(j.ID)
-	}
-	s.metrics.recovered.WithLabelValues(action).Inc()
-	s.log.Info("recovered interrupted job", slog.String("job_id", j.ID), slog.String("action", action))
+	s.metrics.recovered.Inc()
+	s.log.Info("recovered interrupted job", slog.String("job_id", j.ID), slog.String("action", "requeued"))
 	return nil
 }
 
-// removeStrays deletes partial uploads and job directories that no job row owns (a crash
-// between storing an upload and committing its job).
+// removeStrays deletes what a crash left behind: partial uploads, job directories no job row
+// owns (a crash between storing an upload and committing its job), and inside a job's
+// directory every file the job's state does not own (a conversion's temporary output, a
+// half-written manifest, an input kept past the end of its job). A succeeded job whose output
+// or manifest is missing is marked lost.
 func (s *Service) removeStrays(ctx context.Context) error {
 	tmp, err := os.ReadDir(s.blobs.tmpDir())
 	if err != nil {
 		return fmt.Errorf("read upload directory: %w", err)
 	}
 	for _, e := range tmp {
-		_ = os.RemoveAll(s.blobs.tmpDir() + string(os.PathSeparator) + e.Name())
+		s.removeStray(filepath.Join(s.blobs.tmpDir(), e.Name()))
 	}
-	ids, err := allJobIDs(ctx, s.db)
+	states, err := jobStates(ctx, s.db)
 	if err != nil {
 		return err
 	}
@@ -312,35 +311,120 @@ func (s *Service) removeStrays(ctx context.Context) error {
 		return fmt.Errorf("read job directory: %w", err)
 	}
 	for _, e := range dirs {
-		if !ids[e.Name()] {
-			_ = s.blobs.removeJob(e.Name())
+		state, ok := states[e.Name()]
+		if !ok {
+			s.removeStray(s.blobs.jobDir(e.Name()))
+			continue
+		}
+		if err := s.removeStrayFiles(ctx, e.Name(), state); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// Start starts running queued jobs.
-func (s *Service) Start(ctx context.Context) error {
-	if err := s.river.Start(ctx); err != nil {
-		return fmt.Errorf("start job queue: %w", err)
+func (s *Service) removeStrayFiles(ctx context.Context, id string, state State) error {
+	owned := map[string]bool{}
+	switch state {
+	case StateQueued, StateRunning:
+		owned[s.blobs.input(id)] = true
+	case StateSucceeded:
+		owned[s.blobs.output(id)] = true
+		owned[s.blobs.manifest(id)] = true
+	}
+	files, err := os.ReadDir(s.blobs.jobDir(id))
+	if err != nil {
+		return fmt.Errorf("read directory of job %s: %w", id, err)
+	}
+	present := 0
+	for _, f := range files {
+		p := filepath.Join(s.blobs.jobDir(id), f.Name())
+		if owned[p] {
+			present++
+			continue
+		}
+		s.removeStray(p)
+	}
+	if state == StateSucceeded && present < len(owned) {
+		return s.markLost(ctx, id, "its output or manifest is missing from the data directory")
 	}
 	return nil
 }
 
+func (s *Service) removeStray(path string) {
+	s.metrics.strays.Inc()
+	if err := os.RemoveAll(path); err != nil {
+		s.log.Warn("remove stray file", slog.String("path", path), slog.String("error", err.Error()))
+		return
+	}
+	s.log.Info("removed stray file", slog.String("path", path))
+}
+
+// Start starts running queued jobs. ctx bounds only the start itself: conversions keep
+// running when it is canceled (a signal must not reach them) until Stop says otherwise. On a
+// full disk the queue cannot record that it started; Start then returns nil and retries every
+// startRetry until there is room, so that the server still serves reads and deletions.
+func (s *Service) Start(ctx context.Context) error {
+	err := s.river.Start(context.WithoutCancel(ctx))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(noSpace(err), ErrInsufficientStorage) {
+		return fmt.Errorf("start job queue: %w", err)
+	}
+	s.log.Warn("job queue not started: the disk is full; retrying", slog.String("error", err.Error()))
+	retryCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	s.stopRetry = func() { cancel(); <-done }
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(startRetry)
+		defer tick.Stop()
+		for {
+			select {
+			case <-retryCtx.Done():
+				return
+			case <-tick.C:
+			}
+			if err := s.river.Start(context.WithoutCancel(retryCtx)); err == nil {
+				s.log.Info("job queue started")
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// startRetry is how often Start tries again to start the queue on a full disk.
+const startRetry = 5 * time.Second
+
+// ErrDrainTimeout is returned by Stop when conversions were still running at its deadline and
+// were canceled; they are queued again and run on the next start without losing an attempt.
+var ErrDrainTimeout = errors.New("conversions still running at the drain deadline were canceled and requeued")
+
 // Stop stops claiming jobs and waits for running conversions until ctx is done; conversions
-// still running then are canceled and put back in the queue, to run again on the next start.
-// Submit refuses new jobs from the moment Stop is called.
+// still running then are canceled and put back in the queue, to run again on the next start,
+// and Stop returns ErrDrainTimeout. Submit refuses new jobs from the moment Stop is called.
 func (s *Service) Stop(ctx context.Context) error {
 	s.stopping.Store(true)
+	if s.stopRetry != nil {
+		s.stopRetry()
+	}
 	if err := s.river.Stop(ctx); err == nil {
 		return nil
 	}
+	s.mu.Lock()
+	canceled := len(s.running)
+	s.mu.Unlock()
 	hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.river.StopAndCancel(hard); err != nil {
 		return fmt.Errorf("stop job queue: %w", err)
 	}
-	return nil
+	if canceled == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%d)", ErrDrainTimeout, canceled)
 }
 
 // Close releases the database and the data directory lock. Call it after Stop.
@@ -355,12 +439,16 @@ func (s *Service) Close() error {
 	return err
 }
 
-// Ready reports whether the service accepts work.
+// Ready reports whether the service accepts work: it is not stopping, its database answers,
+// and the data directory has Config.MinFreeBytes free.
 func (s *Service) Ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return ErrStopping
 	}
-	return s.db.PingContext(ctx)
+	if err := s.db.PingContext(ctx); err != nil {
+		return err
+	}
+	return s.blobs.ensureSpace(s.cfg.MinFreeBytes)
 }
 
 // Stage receives an upload body into staging storage while computing its SHA-256. size is the
@@ -384,8 +472,9 @@ type SubmitParams struct {
 }
 
 // Submit creates a job for a staged upload and queues it durably: when Submit returns, the job
-// survives a crash. With an idempotency key already used by this tenant, it returns the existing
-// job (created false) if the request matches it, and ErrIdempotencyMismatch if not.
+// survives a crash. A full disk fails it with ErrInsufficientStorage. With an idempotency key
+// already used by this tenant, it returns the existing job (created false) if the request
+// matches it, and ErrIdempotencyMismatch if not.
 func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created bool, err error) {
 	defer p.Upload.Discard()
 	if s.stopping.Load() {
@@ -409,7 +498,7 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 	}
 	if err := s.blobs.adopt(p.Upload, j.ID); err != nil {
 		_ = s.blobs.removeJob(j.ID)
-		return Job{}, false, err
+		return Job{}, false, noSpace(err)
 	}
 	if err := s.insert(ctx, &j); err != nil {
 		_ = s.blobs.removeJob(j.ID)
@@ -418,7 +507,7 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 			j, err := s.replay(ctx, p)
 			return j, false, err
 		}
-		return Job{}, false, err
+		return Job{}, false, noSpace(err)
 	}
 	return j, true, nil
 }
@@ -524,7 +613,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	case StateSucceeded, StateFailed:
 		return s.withExpiry(r.Job), ErrConflict
 	}
-	je := JobError{Type: ErrorCanceled, Detail: "canceled by request"}
+	je := JobError{Type: fault.Canceled, Detail: "canceled by request"}
 	if _, err := markFinished(ctx, tx, id, StateCanceled, je, now, StateQueued, StateRunning); err != nil {
 		return Job{}, err
 	}
@@ -536,7 +625,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	}
 	s.stopConversion(id)
 	_ = s.blobs.removeInput(id)
-	s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
+	s.metrics.finished.WithLabelValues(fault.Canceled.String()).Inc()
 	return s.Get(ctx, tenant, id)
 }
 
@@ -559,22 +648,28 @@ func (s *Service) stopConversion(id string) {
 	}
 }
 
-// Delete removes a tenant's job and its files, canceling it first if it has not finished.
+// Delete removes a tenant's job and its files, canceling it first if it has not finished. The
+// files go first and the row last, so that Delete works on a full disk: removing the files
+// frees the room the database needs to record the deletion.
 func (s *Service) Delete(ctx context.Context, tenant, id string) error {
+	r, err := getJob(ctx, s.db, tenant, id)
+	if err != nil {
+		return err
+	}
+	s.stopConversion(id)
+	if err := s.blobs.removeJob(id); err != nil {
+		return fmt.Errorf("remove files of job %s: %w", id, err)
+	}
+	s.forgetVerified(id)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("delete job: %w", err)
 	}
 	defer tx.Rollback()
-	r, err := getJob(ctx, tx, tenant, id)
-	if err != nil {
-		return err
-	}
 	if !r.State.Terminal() {
 		if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
 			return err
 		}
-		s.metrics.finished.WithLabelValues(string(ErrorCanceled)).Inc()
 	}
 	if err := deleteJob(ctx, tx, id); err != nil {
 		return err
@@ -582,34 +677,10 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
-	s.stopConversion(id)
-	if err := s.blobs.removeJob(id); err != nil {
-		return fmt.Errorf("remove files of job %s: %w", id, err)
+	if !r.State.Terminal() {
+		s.metrics.finished.WithLabelValues(fault.Canceled.String()).Inc()
 	}
 	return nil
-}
-
-// Output returns a succeeded job and the path of its verified safetensors file; ErrConflict if
-// the job has not succeeded.
-func (s *Service) Output(ctx context.Context, tenant, id string) (Job, string, error) {
-	return s.artifact(ctx, tenant, id, s.blobs.output(id))
-}
-
-// Manifest returns a succeeded job and the path of its manifest JSON; ErrConflict if the job
-// has not succeeded.
-func (s *Service) Manifest(ctx context.Context, tenant, id string) (Job, string, error) {
-	return s.artifact(ctx, tenant, id, s.blobs.manifest(id))
-}
-
-func (s *Service) artifact(ctx context.Context, tenant, id, path string) (Job, string, error) {
-	j, err := s.Get(ctx, tenant, id)
-	if err != nil {
-		return Job{}, "", err
-	}
-	if j.State != StateSucceeded {
-		return j, "", ErrConflict
-	}
-	return j, path, nil
 }
 
 // expire removes jobs that finished more than Retention ago, with their files.
@@ -626,6 +697,7 @@ func (s *Service) expire(ctx context.Context) error {
 			if err := s.blobs.removeJob(id); err != nil {
 				s.log.Warn("remove expired job files", slog.String("job_id", id), slog.String("error", err.Error()))
 			}
+			s.forgetVerified(id)
 		}
 		if len(ids) < 500 {
 			return nil

@@ -15,12 +15,17 @@ import (
 // openDB opens the SQLite file at path the way River's SQLite driver and our own writers need
 // it: WAL, fsync on every commit, a busy timeout, write transactions that take the lock when they
 // begin, and a single connection so that River's concurrent internal operations never meet
-// SQLITE_BUSY.
+// SQLITE_BUSY. The locking mode is exclusive (the data directory lock makes this process the
+// only user anyway), so the WAL index lives in memory rather than in a -shm file: growing that
+// file fails on a full disk, and the server must start there to let jobs be read and deleted.
 func openDB(path string) (*sql.DB, error) {
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(FULL)", "foreign_keys(1)"} {
+	for _, p := range []string{"locking_mode(EXCLUSIVE)", "busy_timeout(10000)", "synchronous(FULL)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
 	}
+	// The driver runs _pragma values sorted by name, but _journal_mode after them all: the
+	// database is first read in WAL mode only once the locking mode is exclusive.
+	q.Set("_journal_mode", "WAL")
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
@@ -30,9 +35,23 @@ func openDB(path string) (*sql.DB, error) {
 	return db, nil
 }
 
-// schema is our own job metadata; River keeps its queue in its own river_* tables of the same
-// file. Times are Unix milliseconds.
-const schema = `
+// migration is one step of our own job schema, run in the transaction that records its version.
+type migration func(ctx context.Context, tx *sql.Tx) error
+
+// migrations are the steps of our own job schema, in order: step i takes a database whose
+// PRAGMA user_version is i to version i+1. River keeps its queue in its own river_* tables of
+// the same file, migrated by River. Times are Unix milliseconds. To change the schema, append a
+// step; never edit one that has shipped. The steps tolerate a database from before versioning
+// (version 0, with the table and perhaps the manifest digest column already there).
+var migrations = []migration{
+	// 1: the job table.
+	execStep(schemaV1),
+	// 2: the manifest's digest, so that a download of a corrupted manifest is refused; rows
+	// from before it have none and their manifests are served unverified.
+	addColumn("converter_job", "manifest_sha256", "TEXT"),
+}
+
+const schemaV1 = `
 CREATE TABLE IF NOT EXISTS converter_job (
 	id              TEXT PRIMARY KEY,
 	tenant          TEXT NOT NULL,
@@ -59,11 +78,67 @@ CREATE INDEX IF NOT EXISTS converter_job_tenant ON converter_job (tenant, id);
 CREATE INDEX IF NOT EXISTS converter_job_finished ON converter_job (finished_at) WHERE finished_at IS NOT NULL;
 `
 
-func migrateSchema(ctx context.Context, db *sql.DB) error {
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		return fmt.Errorf("create job schema: %w", err)
+// execStep is a migration of plain SQL statements.
+func execStep(stmts string) migration {
+	return func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, stmts)
+		return err
 	}
-	return nil
+}
+
+// addColumn is a migration that adds a column unless the table already has it.
+func addColumn(table, column, decl string) migration {
+	return func(ctx context.Context, tx *sql.Tx) error {
+		var n int
+		err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n)
+		if err != nil || n > 0 {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", table, column, decl))
+		return err
+	}
+}
+
+// migrateSchema brings the job schema to the newest version, one step at a time, each step and
+// its version number in one transaction. A database newer than this binary is refused: its
+// schema may mean what this code does not know.
+func migrateSchema(ctx context.Context, db *sql.DB) error {
+	for {
+		done, err := migrateStep(ctx, db)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateStep applies the next migration, if any, and reports whether none was left.
+func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("migrate job schema: %w", err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return false, fmt.Errorf("read job schema version: %w", err)
+	}
+	switch {
+	case version > len(migrations):
+		return false, fmt.Errorf("job database schema version %d is newer than this converter's (%d)", version, len(migrations))
+	case version == len(migrations):
+		return true, nil
+	}
+	if err := migrations[version](ctx, tx); err != nil {
+		return false, fmt.Errorf("migrate job schema to version %d: %w", version+1, err)
+	}
+	// PRAGMA takes no bound parameters; the version is an integer of ours.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version+1)); err != nil {
+		return false, fmt.Errorf("set job schema version %d: %w", version+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("migrate job schema to version %d: %w", version+1, err)
+	}
+	return false, nil
 }
 
 // querier is what both *sql.DB and *sql.Tx provide.
@@ -74,27 +149,29 @@ type querier interface {
 }
 
 const jobColumns = `id, tenant, state, filename, select_path, input_size, input_sha256, output_size,
-	output_sha256, error_type, error_detail, idempotency_key, river_job_id, attempts, created_at,
+	output_sha256, manifest_sha256, error_type, error_detail, idempotency_key, river_job_id, attempts, created_at,
 	updated_at, started_at, finished_at`
 
-// row is a job as stored, with the River job id the API never sees.
+// row is a job as stored, with what the API never sees: the River job id and the manifest's
+// digest ("" for rows older than the column).
 type row struct {
 	Job
-	riverJobID int64
+	riverJobID     int64
+	manifestSHA256 string
 }
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanJob(s scanner) (row, error) {
 	var (
-		r                              row
-		state                          string
-		outSize, riverID, started, fin sql.NullInt64
-		outSHA, errType, errDetail, ik sql.NullString
-		created, updated               int64
+		r                                      row
+		state                                  string
+		outSize, riverID, started, fin         sql.NullInt64
+		outSHA, manSHA, errType, errDetail, ik sql.NullString
+		created, updated                       int64
 	)
 	err := s.Scan(&r.ID, &r.Tenant, &state, &r.Filename, &r.Select, &r.InputSize, &r.InputSHA256,
-		&outSize, &outSHA, &errType, &errDetail, &ik, &riverID, &r.Attempts, &created, &updated,
+		&outSize, &outSHA, &manSHA, &errType, &errDetail, &ik, &riverID, &r.Attempts, &created, &updated,
 		&started, &fin)
 	if err != nil {
 		return row{}, err
@@ -102,8 +179,12 @@ func scanJob(s scanner) (row, error) {
 	r.State = State(state)
 	r.OutputSize = outSize.Int64
 	r.OutputSHA256 = outSHA.String
+	r.manifestSHA256 = manSHA.String
 	if errType.Valid {
-		r.Error = &JobError{Type: ErrorType(errType.String), Detail: errDetail.String}
+		r.Error = &JobError{Detail: errDetail.String}
+		if err := r.Error.Type.UnmarshalText([]byte(errType.String)); err != nil {
+			return row{}, fmt.Errorf("job %s: %w", r.ID, err)
+		}
 	}
 	r.IdempotencyKey = ik.String
 	r.riverJobID = riverID.Int64
@@ -233,12 +314,12 @@ func markQueued(ctx context.Context, q querier, id string, uncount bool, now tim
 	return nil
 }
 
-// markSucceeded records the verified output of a running job and reports whether the job was
-// still running (not canceled or deleted meanwhile).
-func markSucceeded(ctx context.Context, q querier, id string, size int64, sha string, now time.Time) (bool, error) {
+// markSucceeded records the verified output and the manifest digest of a running job and
+// reports whether the job was still running (not canceled or deleted meanwhile).
+func markSucceeded(ctx context.Context, q querier, id string, size int64, sha, manifestSHA string, now time.Time) (bool, error) {
 	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'succeeded', output_size = ?,
-		output_sha256 = ?, error_type = NULL, error_detail = NULL, updated_at = ?, finished_at = ?
-		WHERE id = ? AND state = 'running'`, size, sha, millis(now), millis(now), id)
+		output_sha256 = ?, manifest_sha256 = ?, error_type = NULL, error_detail = NULL, updated_at = ?,
+		finished_at = ? WHERE id = ? AND state = 'running'`, size, sha, manifestSHA, millis(now), millis(now), id)
 	if err != nil {
 		return false, fmt.Errorf("record success of job %s: %w", id, err)
 	}
@@ -249,7 +330,7 @@ func markSucceeded(ctx context.Context, q querier, id string, size int64, sha st
 // markFinished moves a job that is in one of the from states to a terminal failed or canceled
 // state with its error, and reports whether it did.
 func markFinished(ctx context.Context, q querier, id string, state State, je JobError, now time.Time, from ...State) (bool, error) {
-	args := []any{string(state), string(je.Type), je.Detail, millis(now), millis(now), id}
+	args := []any{string(state), je.Type.String(), je.Detail, millis(now), millis(now), id}
 	marks := make([]string, len(from))
 	for i, s := range from {
 		marks[i] = "?"
@@ -311,20 +392,21 @@ func countByState(ctx context.Context, q querier) (map[State]int, error) {
 	return out, rows.Err()
 }
 
-// allJobIDs returns every job id, for removing blob directories no job owns.
-func allJobIDs(ctx context.Context, q querier) (map[string]bool, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id FROM converter_job`)
+// jobStates returns the state of every job, for telling which files in the data directory a
+// job owns.
+func jobStates(ctx context.Context, q querier) (map[string]State, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, state FROM converter_job`)
 	if err != nil {
-		return nil, fmt.Errorf("list job ids: %w", err)
+		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	defer rows.Close()
-	ids := map[string]bool{}
+	states := map[string]State{}
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("list job ids: %w", err)
+		var id, state string
+		if err := rows.Scan(&id, &state); err != nil {
+			return nil, fmt.Errorf("list jobs: %w", err)
 		}
-		ids[id] = true
+		states[id] = State(state)
 	}
-	return ids, rows.Err()
+	return states, rows.Err()
 }

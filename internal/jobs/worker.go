@@ -2,17 +2,19 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 )
@@ -37,10 +39,10 @@ type convertWorker struct {
 	s *Service
 }
 
-// Timeout bounds one conversion attempt by the conversion time limit.
-func (w *convertWorker) Timeout(*river.Job[convertArgs]) time.Duration {
-	return w.s.cfg.Limits.Timeout
-}
+// Timeout disables River's own timeout: the converter enforces Limits.Timeout itself and fails
+// with its own limit fault (the sandbox's wall clock is the backstop), which a second timer
+// here could only pre-empt with a vaguer error.
+func (w *convertWorker) Timeout(*river.Job[convertArgs]) time.Duration { return -1 }
 
 func (w *convertWorker) Work(ctx context.Context, rj *river.Job[convertArgs]) error {
 	return w.s.run(ctx, rj.ID, rj.Args.JobID)
@@ -59,7 +61,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		return err
 	}
 	if r.Attempts >= s.cfg.MaxAttempts {
-		s.fail(ctx, r, JobError{Type: ErrorInternal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now)
+		s.fail(ctx, r, JobError{Type: fault.Internal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now)
 		return nil
 	}
 	if ok, err := markRunning(ctx, s.db, id, now); err != nil || !ok {
@@ -87,6 +89,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		SourceName:   r.Filename,
 		Limits:       s.cfg.Limits,
 		MinFreeBytes: s.cfg.MinFreeBytes,
+		Overwrite:    true, // the job's own directory: an output left by an interrupted attempt
 	})
 	s.metrics.readBytes.Add(float64(r.InputSize))
 	if err == nil {
@@ -111,10 +114,12 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	if err != nil {
 		return fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := writeFileAtomic(s.blobs.manifest(r.ID), append(data, '\n')); err != nil {
-		return err
+	data = append(data, '\n')
+	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), data, 0o600, atomicfile.Replace); err != nil {
+		return fmt.Errorf("write manifest: %w", fault.PathFree(err))
 	}
-	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, time.Now())
+	manifestSum := sha256.Sum256(data)
+	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, hex.EncodeToString(manifestSum[:]), time.Now())
 	if err != nil {
 		return err
 	}
@@ -137,11 +142,8 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	if runCtx.Err() != nil {
 		cur, gerr := getJob(ctx, s.db, "", r.ID)
 		switch {
-		case errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
-			s.metrics.run.WithLabelValues(string(ErrorCanceled)).Observe(now.Sub(started).Seconds())
-			return river.JobCancel(err)
-		case errors.Is(runCtx.Err(), context.DeadlineExceeded):
-			s.fail(ctx, r, JobError{Type: ErrorLimit, Detail: fmt.Sprintf("conversion exceeded the time limit of %s", s.cfg.Limits.Timeout)}, started)
+		case errors.Is(context.Cause(runCtx), errCanceledByRequest), errors.Is(gerr, ErrNotFound) || gerr == nil && cur.State == StateCanceled:
+			s.metrics.run.WithLabelValues(fault.Canceled.String()).Observe(now.Sub(started).Seconds())
 			return river.JobCancel(err)
 		default:
 			// The server is stopping: put the job back without counting the attempt.
@@ -151,8 +153,8 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 			return err
 		}
 	}
-	je := s.classify(r, err)
-	if je.Type != ErrorInternal {
+	je := classify(err)
+	if je.Type != fault.Internal {
 		s.fail(ctx, r, je, started)
 		return river.JobCancel(err)
 	}
@@ -169,30 +171,10 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	return err
 }
 
-// classify maps a converter error to the job's error vocabulary. Server paths are replaced by
-// the names the user knows.
-func (s *Service) classify(r row, err error) JobError {
-	detail := err.Error()
-	detail = strings.ReplaceAll(detail, s.blobs.input(r.ID), r.Filename)
-	detail = strings.ReplaceAll(detail, s.blobs.jobDir(r.ID), "")
-	detail = strings.ReplaceAll(detail, s.blobs.dir, "")
-	switch fault.KindOf(err) {
-	case fault.Unsafe:
-		return JobError{Type: ErrorUnsafe, Detail: detail}
-	case fault.Malformed:
-		return JobError{Type: ErrorMalformed, Detail: detail}
-	case fault.Unsupported:
-		if !strings.HasPrefix(detail, "unsupported") {
-			detail = "unsupported: " + detail
-		}
-		return JobError{Type: ErrorMalformed, Detail: detail}
-	case fault.Limit:
-		return JobError{Type: ErrorLimit, Detail: detail}
-	case fault.Canceled:
-		return JobError{Type: ErrorCanceled, Detail: detail}
-	default:
-		return JobError{Type: ErrorInternal, Detail: detail}
-	}
+// classify maps a converter error to the job's error. Its text names files by the names the
+// user gave them (the converter is given the upload's file name), never by server paths.
+func classify(err error) JobError {
+	return JobError{Type: fault.KindOf(err), Detail: err.Error()}
 }
 
 // fail records a terminal failure of a running job.
@@ -207,9 +189,9 @@ func (s *Service) fail(ctx context.Context, r row, je JobError, started time.Tim
 		return
 	}
 	_ = s.blobs.removeInput(r.ID)
-	s.metrics.finished.WithLabelValues(string(je.Type)).Inc()
-	s.metrics.run.WithLabelValues(string(je.Type)).Observe(time.Since(started).Seconds())
-	s.log.Info("conversion failed", slog.String("job_id", r.ID), slog.String("error_type", string(je.Type)), slog.String("error", je.Detail))
+	s.metrics.finished.WithLabelValues(je.Type.String()).Inc()
+	s.metrics.run.WithLabelValues(je.Type.String()).Observe(time.Since(started).Seconds())
+	s.log.Info("conversion failed", slog.String("job_id", r.ID), slog.String("error_type", je.Type.String()), slog.String("error", je.Detail))
 }
 
 type expireArgs struct{}

@@ -9,11 +9,13 @@
 package limits
 
 import (
+	"errors"
 	"flag"
-	"fmt"
 	"math"
 	"strconv"
 	"time"
+
+	"github.com/ptsafe/converter/internal/envflag"
 )
 
 // Limits bounds the resources one conversion may consume. A zero field means "use the default";
@@ -137,79 +139,72 @@ func (l Limits) OutputBudget(inputBytes int64) int64 {
 	return ratio*in + slack
 }
 
-// RegisterFlags binds every limit to a flag named limit-NAME, whose default comes from the
-// environment variable CONVERTER_LIMIT_NAME when set (NAME in upper case with '-' as '_'), else
-// from l. It returns an error if an environment value does not parse.
+// RegisterFlags binds every limit to a flag named limit-NAME, whose default is l's value or,
+// when set, the environment variable CONVERTER_LIMIT_NAME (see envflag). A limit must be
+// positive, on the command line and in the environment alike. It returns an error if an
+// environment value does not parse.
 func (l *Limits) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) error {
-	type field struct {
+	flags := []struct {
 		name, usage string
-		i64         *int64
-		i           *int
+		v           flag.Value
+	}{
+		{"max-file-bytes", "largest input file in bytes", pos(&l.MaxFileBytes)},
+		{"max-pickle-bytes", "largest single pickle stream in bytes", pos(&l.MaxPickleBytes)},
+		{"max-tensors", "most tensors in one checkpoint", pos(&l.MaxTensors)},
+		{"max-dims", "highest tensor rank", pos(&l.MaxDims)},
+		{"max-output-bytes", "most tensor bytes written", pos(&l.MaxOutputBytes)},
+		{"max-output-ratio", "most output (and scratch) bytes per input byte, beyond max-output-slack", pos(&l.MaxOutputRatio)},
+		{"max-output-slack", "output (and scratch) bytes allowed beyond max-output-ratio x the input size", pos(&l.MaxOutputSlack)},
+		{"max-nesting", "deepest container nesting in a pickle", pos(&l.MaxNesting)},
+		{"max-memo", "most memo entries in one pickle", pos(&l.MaxMemo)},
+		{"max-objects", "most values one pickle creates", pos(&l.MaxObjects)},
+		{"max-marks", "most open MARKs in one pickle", pos(&l.MaxMarks)},
+		{"max-long-bytes", "longest encoded pickle integer in bytes", pos(&l.MaxLongBytes)},
+		{"max-walk-nodes", "most object-graph nodes visited", pos(&l.MaxWalkNodes)},
+		{"max-zip-entries", "most zip entries", pos(&l.MaxZipEntries)},
+		{"max-header-bytes", "largest safetensors header in bytes", pos(&l.MaxHeaderBytes)},
+		{"max-dropped-listed", "most dropped non-tensor leaves listed in a manifest (the rest are counted)", pos(&l.MaxDroppedListed)},
+		{"timeout", "longest conversion", (*positiveDuration)(&l.Timeout)},
 	}
-	fields := []field{
-		{"max-file-bytes", "largest input file in bytes", &l.MaxFileBytes, nil},
-		{"max-pickle-bytes", "largest single pickle stream in bytes", &l.MaxPickleBytes, nil},
-		{"max-tensors", "most tensors in one checkpoint", nil, &l.MaxTensors},
-		{"max-dims", "highest tensor rank", nil, &l.MaxDims},
-		{"max-output-bytes", "most tensor bytes written", &l.MaxOutputBytes, nil},
-		{"max-output-ratio", "most output (and scratch) bytes per input byte, beyond max-output-slack", nil, &l.MaxOutputRatio},
-		{"max-output-slack", "output (and scratch) bytes allowed beyond max-output-ratio x the input size", &l.MaxOutputSlack, nil},
-		{"max-nesting", "deepest container nesting in a pickle", nil, &l.MaxNesting},
-		{"max-memo", "most memo entries in one pickle", nil, &l.MaxMemo},
-		{"max-objects", "most values one pickle creates", nil, &l.MaxObjects},
-		{"max-marks", "most open MARKs in one pickle", nil, &l.MaxMarks},
-		{"max-long-bytes", "longest encoded pickle integer in bytes", nil, &l.MaxLongBytes},
-		{"max-walk-nodes", "most object-graph nodes visited", nil, &l.MaxWalkNodes},
-		{"max-zip-entries", "most zip entries", nil, &l.MaxZipEntries},
-		{"max-header-bytes", "largest safetensors header in bytes", &l.MaxHeaderBytes, nil},
-		{"max-dropped-listed", "most dropped non-tensor leaves listed in a manifest (the rest are counted)", nil, &l.MaxDroppedListed},
+	names := make([]string, len(flags))
+	for i, f := range flags {
+		names[i] = "limit-" + f.name
+		fs.Var(f.v, names[i], f.usage)
 	}
-	for _, f := range fields {
-		env := envName(f.name)
-		v := getenv(env)
-		usage := fmt.Sprintf("%s (env %s)", f.usage, env)
-		switch {
-		case f.i64 != nil:
-			if v != "" {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil || n <= 0 {
-					return fmt.Errorf("%s=%q: want a positive integer", env, v)
-				}
-				*f.i64 = n
-			}
-			fs.Int64Var(f.i64, "limit-"+f.name, *f.i64, usage)
-		default:
-			if v != "" {
-				n, err := strconv.Atoi(v)
-				if err != nil || n <= 0 {
-					return fmt.Errorf("%s=%q: want a positive integer", env, v)
-				}
-				*f.i = n
-			}
-			fs.IntVar(f.i, "limit-"+f.name, *f.i, usage)
-		}
+	return envflag.Bind(fs, getenv, names...)
+}
+
+// positive is an integer flag that refuses zero and negative values.
+type positive[T int | int64] struct{ p *T }
+
+func pos[T int | int64](p *T) positive[T] { return positive[T]{p} }
+
+func (v positive[T]) String() string {
+	if v.p == nil { // the flag package's zero value, for help
+		return "0"
 	}
-	env := envName("timeout")
-	if v := getenv(env); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("%s=%q: want a positive duration", env, v)
-		}
-		l.Timeout = d
+	return strconv.FormatInt(int64(*v.p), 10)
+}
+
+func (v positive[T]) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || int64(T(n)) != n {
+		return errors.New("want a positive integer")
 	}
-	fs.DurationVar(&l.Timeout, "limit-timeout", l.Timeout, fmt.Sprintf("longest conversion (env %s)", env))
+	*v.p = T(n)
 	return nil
 }
 
-func envName(flagName string) string {
-	b := []byte("CONVERTER_LIMIT_" + flagName)
-	for i, c := range b {
-		switch {
-		case c == '-':
-			b[i] = '_'
-		case c >= 'a' && c <= 'z':
-			b[i] = c - 'a' + 'A'
-		}
+// positiveDuration is a duration flag that refuses zero and negative values.
+type positiveDuration time.Duration
+
+func (p *positiveDuration) String() string { return time.Duration(*p).String() }
+
+func (p *positiveDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return errors.New("want a positive duration")
 	}
-	return string(b)
+	*p = positiveDuration(d)
+	return nil
 }

@@ -135,6 +135,8 @@ func TestRegisterFlags(t *testing.T) {
 		{name: "env negative int64", env: map[string]string{"CONVERTER_LIMIT_MAX_OUTPUT_BYTES": "-1"}, wantErr: "CONVERTER_LIMIT_MAX_OUTPUT_BYTES"},
 		{name: "env bad duration", env: map[string]string{"CONVERTER_LIMIT_TIMEOUT": "soon"}, wantErr: "CONVERTER_LIMIT_TIMEOUT"},
 		{name: "flag not a number", args: []string{"-limit-max-dims", "x"}, wantErr: "limit-max-dims"},
+		{name: "flag zero", args: []string{"-limit-max-dims", "0"}, wantErr: "positive"},
+		{name: "flag beyond int", args: []string{"-limit-max-memo", "99999999999999999999"}, wantErr: "positive"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -82,7 +82,7 @@ func serve(req *request) *response {
 		return fail(fmt.Errorf("restrict file access: %w", err))
 	}
 
-	// The parent enforces the wall-clock limit by killing the child.
+	// convert enforces the time limit itself; the parent's wall clock only backs it up.
 	ctx := context.Background()
 	switch req.Op {
 	case opConvert:
@@ -90,13 +90,13 @@ func serve(req *request) *response {
 			return fail(fmt.Errorf("convert wants 2 files (source, output), got %d", len(files)))
 		}
 		m, err := convert.FileFD(ctx, files[0], files[1], req.Options)
-		resp.Manifest, resp.Error = toWire(m), encodeError(outputLimit(err, req.Rlimits.FileSize))
+		resp.Manifest, resp.Error = m, encodeError(outputLimit(err, req.Rlimits.FileSize))
 	case opScan:
 		if len(files) != 1 {
 			return fail(fmt.Errorf("scan wants 1 file (source), got %d", len(files)))
 		}
 		m, err := convert.ScanFD(ctx, files[0], req.Options)
-		resp.Manifest, resp.Error = toWire(m), encodeError(err)
+		resp.Manifest, resp.Error = m, encodeError(err)
 	case opVerify:
 		if len(files) != 1 && len(files) != 2 {
 			return fail(fmt.Errorf("verify wants 1 or 2 files (file, source), got %d", len(files)))
@@ -132,16 +132,17 @@ func encodeResponse(resp *response, max int64) ([]byte, error) {
 	}
 	full := len(b)
 	if w := resp.Manifest; w != nil {
-		m := *w.Manifest
+		m := *w
 		m.Tensors, m.Aliases, m.Dropped = []convert.Tensor{}, map[string]string{}, []convert.Dropped{}
-		resp.Manifest = &wireManifest{Manifest: &m, Globals: []wireGlobal{}}
+		m.Globals = []convert.GlobalRef{}
+		resp.Manifest = &m
 	}
 	if resp.Report != nil {
 		rep := *resp.Report
 		rep.Tensors = []convert.Tensor{}
 		resp.Report = &rep
 	}
-	if resp.Error == nil && (resp.Manifest == nil || resp.Manifest.Error == nil) {
+	if resp.Error == nil { // a judged file's error travels beside its manifest
 		resp.Error = encodeError(fault.New(fault.Limit, "", "the answer of %d bytes exceeds the %d-byte limit on a sandbox child's answer", full, max))
 	}
 	if e := resp.Error; e != nil {

@@ -55,32 +55,27 @@ type Config struct {
 	AddressSpace int64
 	// OpenFiles is the child's RLIMIT_NOFILE (default 64).
 	OpenFiles int
-	// CPUTime is the child's RLIMIT_CPU (default twice Limits.Timeout: a conversion hashes the
-	// source and copies tensors at the same time).
+	// CPUTime is the child's RLIMIT_CPU (default: the wall-clock limit times the number of
+	// CPUs, more than the child can use before the parent kills it; see backstops).
 	CPUTime time.Duration
+	// WallGrace is how long beyond Limits.Timeout, which the child enforces itself, the parent
+	// waits before it kills the child (default 30s and a tenth of Limits.Timeout).
+	WallGrace time.Duration
 	// Logger receives the warning when a child runs with degraded confinement (no seccomp);
 	// nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Runner runs conversions, scans and verifications in sandbox children. It satisfies the job
-// runner's Convert interface, and warns about degraded confinement once in its lifetime. Use it
-// by pointer; the zero value is ready to use.
+// Runner is the convert.Engine that runs conversions, scans and verifications in sandbox
+// children. It warns about degraded confinement once in its lifetime. Use it by pointer; the
+// zero value is ready to use.
 type Runner struct {
 	Config Config
 
 	warn sync.Once
 }
 
-// Convert converts src into dst in a sandbox child; see convert.File for the contract.
-func Convert(ctx context.Context, src, dst string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
-	return (&Runner{Config: cfg}).Convert(ctx, src, dst, opts)
-}
-
-// Scan scans src in a sandbox child; see convert.Scan for the contract.
-func Scan(ctx context.Context, src string, opts convert.Options, cfg Config) (*convert.Manifest, error) {
-	return (&Runner{Config: cfg}).Scan(ctx, src, opts)
-}
+var _ convert.Engine = (*Runner)(nil)
 
 // Convert converts src into dst in a sandbox child; see convert.File for the contract. The
 // parent opens src, creates the temporary output beside dst and a private scratch directory,
@@ -111,7 +106,7 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 		return err
 	}
 	defer in.Close()
-	out, err := convert.CreatePending(dst)
+	out, err := convert.CreatePending(dst, opts.Overwrite)
 	if err != nil {
 		return err
 	}
@@ -119,7 +114,10 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 	if opts.ScratchDir == "" {
 		opts.ScratchDir = filepath.Dir(dst) // the output's disk, as in-process
 	}
-	resp, err := r.withScratch(ctx, &request{Op: op, Options: opts}, in, out.File)
+	// The child knows its files by names that are no server's paths: the source's display
+	// name, and the temporary output's base name.
+	names := []string{opts.DisplayName(src), filepath.Base(out.Name())}
+	resp, err := r.withScratch(ctx, &request{Op: op, Files: names, Options: opts}, in, out.File)
 	if err != nil {
 		return err
 	}
@@ -137,7 +135,7 @@ func (r *Runner) Scan(ctx context.Context, src string, opts convert.Options) (*c
 		return nil, err
 	}
 	defer in.Close()
-	resp, err := r.run(ctx, &request{Op: opScan, Options: opts}, in)
+	resp, err := r.run(ctx, &request{Op: opScan, Files: []string{opts.DisplayName(src)}, Options: opts}, in)
 	if err != nil {
 		return nil, err
 	}
@@ -154,16 +152,16 @@ func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.O
 		return nil, err
 	}
 	defer f.Close()
-	files := []*os.File{f}
+	files, names := []*os.File{f}, []string{path}
 	if source != "" {
 		src, err := convert.OpenInput(source)
 		if err != nil {
 			return nil, err
 		}
 		defer src.Close()
-		files = append(files, src)
+		files, names = append(files, src), append(names, source)
 	}
-	resp, err := r.withScratch(ctx, &request{Op: opVerify, Options: opts}, files...)
+	resp, err := r.withScratch(ctx, &request{Op: opVerify, Files: names, Options: opts}, files...)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +181,7 @@ func (r *Runner) Verify(ctx context.Context, path, source string, opts convert.O
 func (r *Runner) withScratch(ctx context.Context, req *request, files ...*os.File) (*response, error) {
 	dir, err := os.MkdirTemp(req.Options.ScratchDir, ".converter-scratch-*")
 	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: scratch directory")
+		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "sandbox: scratch directory")
 	}
 	defer os.RemoveAll(dir)
 	req.Options.ScratchDir = dir
@@ -204,10 +202,7 @@ func (r *Runner) Probe(ctx context.Context) (Status, error) {
 }
 
 func (resp *response) result() (*convert.Manifest, error) {
-	m, err := resp.Manifest.manifest()
-	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: decode child manifest")
-	}
+	m := resp.Manifest
 	if resp.Error != nil {
 		return m, resp.Error.decode()
 	}
@@ -217,9 +212,24 @@ func (resp *response) result() (*convert.Manifest, error) {
 	return m, nil
 }
 
-// maxWallGrace bounds the time the parent allows beyond Limits.Timeout before it kills the
-// child, so that the child's own timeout error (classified as in-process) normally comes first.
-const maxWallGrace = 30 * time.Second
+// backstops derives the parent's wall-clock limit and the child's CPU-time limit from the
+// conversion's time limit, which convert enforces in the child with a limit fault of its own.
+// Both are strictly larger, so that a slow file fails with the child's own error and they
+// only stop a child that no longer checks its clock: the wall clock by WallGrace (30s and a
+// tenth of the time limit by default), the CPU time by as much as every CPU can use in that
+// wall time.
+func backstops(cfg Config, lim limits.Limits) (wall, cpu time.Duration) {
+	grace := cfg.WallGrace
+	if grace <= 0 {
+		grace = 30*time.Second + lim.Timeout/10
+	}
+	wall = lim.Timeout + grace
+	cpu = cfg.CPUTime
+	if cpu <= 0 {
+		cpu = wall * time.Duration(runtime.NumCPU())
+	}
+	return wall, cpu
+}
 
 // maxStderr bounds the child's stderr the parent keeps: the first line of a crash report is
 // what names the crash.
@@ -231,7 +241,7 @@ const maxStderr = 8 << 10
 const childEnv = "CONVERTER_SANDBOX_CHILD=1"
 
 // run starts one child, sends it req and the descriptors of files (its fds 3, 4, ... in
-// order), and returns its response, or a classified error when it gave none.
+// order, named by req.Files), and returns its response, or a classified error when it gave none.
 func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*response, error) {
 	cfg := r.Config
 	if k, v, _ := strings.Cut(childEnv, "="); os.Getenv(k) == v {
@@ -245,19 +255,18 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 		}
 	}
 	lim := req.Options.Limits.OrDefault()
-	req.Rlimits = childLimits(cfg, lim)
+	wall, cpu := backstops(cfg, lim)
+	req.Rlimits = childLimits(cfg, lim, cpu)
 	req.MemLimit = int64(req.Rlimits.AddressSpace / 4 * 3)
 	req.MaxResponse = responseLimit(lim)
-	req.Files = make([]string, len(files))
-	for i, f := range files {
-		req.Files[i] = f.Name()
+	if len(req.Files) != len(files) {
+		return nil, fault.New(fault.Internal, "", "sandbox: %d files named for %d descriptors", len(req.Files), len(files))
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: encode request")
 	}
 
-	wall := lim.Timeout + min(lim.Timeout/10, maxWallGrace)
 	runCtx, cancel := context.WithTimeout(ctx, wall)
 	defer cancel()
 	cmd := exec.CommandContext(runCtx, exe, ChildCommand)
@@ -370,8 +379,9 @@ func addressSpace(lim limits.Limits) int64 {
 	return as
 }
 
-// childLimits turns the configuration and the conversion's limits into the child's rlimits.
-func childLimits(cfg Config, lim limits.Limits) rlimits {
+// childLimits turns the configuration, the conversion's limits and the CPU-time backstop into
+// the child's rlimits.
+func childLimits(cfg Config, lim limits.Limits, cpu time.Duration) rlimits {
 	as := cfg.AddressSpace
 	if as <= 0 {
 		as = addressSpace(lim)
@@ -379,10 +389,6 @@ func childLimits(cfg Config, lim limits.Limits) rlimits {
 	nofile := cfg.OpenFiles
 	if nofile <= 0 {
 		nofile = DefaultOpenFiles
-	}
-	cpu := cfg.CPUTime
-	if cpu <= 0 {
-		cpu = 2 * lim.Timeout
 	}
 	// The output is an 8-byte length, the header and the tensor bytes; a margin covers the
 	// header's padding.

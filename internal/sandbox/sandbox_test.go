@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/synth"
 	"github.com/ptsafe/converter/internal/testkit"
 )
 
@@ -233,13 +235,16 @@ func TestScanVerdicts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			want, err := convert.Scan(context.Background(), c.src, convert.Options{})
-			if err != nil {
-				t.Fatalf("in-process: %v", err)
+			want, wantErr := convert.Scan(context.Background(), c.src, convert.Options{})
+			if want == nil {
+				t.Fatalf("in-process: %v", wantErr)
 			}
 			got, err := testRunner().Scan(context.Background(), c.src, convert.Options{})
-			if err != nil {
+			if got == nil {
 				t.Fatalf("sandbox: %v", err)
+			}
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) || fault.KindOf(err) != fault.KindOf(wantErr) {
+				t.Errorf("error: got %v, want %v", err, wantErr)
 			}
 			if got.Verdict != c.verdict {
 				t.Errorf("verdict: got %q, want %q", got.Verdict, c.verdict)
@@ -264,7 +269,7 @@ func TestChildFailures(t *testing.T) {
 	}{
 		{"address space", "selftest-alloc", "", Config{AddressSpace: 512 << 20}, limits.Limits{}, fault.Limit, "RLIMIT_AS"},
 		{"CPU time", "selftest-spin", "", Config{CPUTime: time.Second}, limits.Limits{Timeout: time.Minute}, fault.Limit, "RLIMIT_CPU"},
-		{"wall clock", "selftest-sleep", "", Config{}, limits.Limits{Timeout: 500 * time.Millisecond}, fault.Limit, "wall-clock limit"},
+		{"wall clock", "selftest-sleep", "", Config{WallGrace: 100 * time.Millisecond}, limits.Limits{Timeout: 500 * time.Millisecond}, fault.Limit, "wall-clock limit"},
 		{"SIGABRT", "selftest-signal", fmt.Sprint(int(syscall.SIGABRT)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed (exit status 2): SIGABRT"},
 		{"SIGSEGV", "selftest-signal", fmt.Sprint(int(syscall.SIGSEGV)), Config{}, limits.Limits{}, fault.Internal, "sandbox child crashed"},
 		{"SIGKILL", "selftest-signal", fmt.Sprint(int(syscall.SIGKILL)), Config{}, limits.Limits{}, fault.Internal, "killed by SIGKILL"},
@@ -427,7 +432,7 @@ func TestNoInheritedDescriptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds"}, g)
+	resp, err := testRunner().run(context.Background(), &request{Op: "selftest-fds", Files: []string{"given"}}, g)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,14 +620,14 @@ func TestLongAnswerKeepsVerdict(t *testing.T) {
 	}
 	opts := convert.Options{Limits: limits.Limits{MaxHeaderBytes: 1000}}
 	want, err := convert.Scan(context.Background(), src, opts)
-	if err != nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
-		t.Fatalf("in-process scan: %v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
+	if want == nil || want.Verdict != "unsafe" || len(want.Globals) != n || len(manifestJSON(t, want)) <= int(responseLimit(opts.Limits.OrDefault())) {
+		t.Fatalf("in-process scan: %.200v; want an unsafe verdict with %d globals, longer than an answer may be", err, n)
 	}
 	got, err := testRunner().Scan(context.Background(), src, opts)
-	if err != nil {
-		t.Fatalf("sandbox scan: %v", err)
+	if got == nil || fault.KindOf(err) != fault.Unsafe {
+		t.Fatalf("sandbox scan: %.200v; want a manifest and the unsafe fault", err)
 	}
-	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != "unsafe" || len(got.Globals) != 0 {
+	if got.Verdict != "unsafe" || got.Error == nil || got.Error.Type != fault.Unsafe || len(got.Globals) != 0 {
 		t.Errorf("sandbox scan: verdict %q, error %+v, %d globals; want unsafe, an unsafe error, the list left out", got.Verdict, got.Error, len(got.Globals))
 	}
 	_, err = testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
@@ -635,7 +640,7 @@ func TestLongAnswerKeepsVerdict(t *testing.T) {
 // to send whole, it becomes a limit error rather than a verdict of safe without its tensors.
 func TestEncodeResponseLimit(t *testing.T) {
 	m := &convert.Manifest{Verdict: "safe", Tensors: make([]convert.Tensor, 1000)}
-	b, err := encodeResponse(&response{Manifest: toWire(m)}, 10_000)
+	b, err := encodeResponse(&response{Manifest: m}, 10_000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,7 +654,7 @@ func TestEncodeResponseLimit(t *testing.T) {
 	if resp.Error == nil || fault.KindOf(resp.Error.decode()) != fault.Limit || len(resp.Manifest.Tensors) != 0 {
 		t.Errorf("got error %+v and %d tensors; want a limit error and no tensors", resp.Error, len(resp.Manifest.Tensors))
 	}
-	if b, _ := encodeResponse(&response{Manifest: toWire(m)}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
+	if b, _ := encodeResponse(&response{Manifest: m}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
 		t.Errorf("an answer within the limit lost its tensors")
 	}
 
@@ -821,10 +826,10 @@ func TestAddressSpaceFollowsLimits(t *testing.T) {
 	if got := addressSpace(huge); got != 1<<62 {
 		t.Errorf("an object limit of MaxInt: address space %d, want it saturated at 2^62", got)
 	}
-	if got := childLimits(Config{}, def).AddressSpace; got != uint64(addressSpace(def)) {
+	if got := childLimits(Config{}, def, time.Minute).AddressSpace; got != uint64(addressSpace(def)) {
 		t.Errorf("default config: RLIMIT_AS %d, want %d", got, addressSpace(def))
 	}
-	if got := childLimits(Config{AddressSpace: 1 << 30}, def).AddressSpace; got != 1<<30 {
+	if got := childLimits(Config{AddressSpace: 1 << 30}, def, time.Minute).AddressSpace; got != 1<<30 {
 		t.Errorf("configured 1 GiB: RLIMIT_AS %d", got)
 	}
 }
@@ -858,5 +863,71 @@ func TestObjectsAtLimitConvert(t *testing.T) {
 				t.Errorf("one object over the limit: got %v, want a max-objects limit fault", err)
 			}
 		})
+	}
+}
+
+// TestChildNamesNoPath checks that the child knows its files by display names: a scan reports
+// the source by Options.SourceName, and a refused conversion's error names no part of the
+// directory the files are in (a server's data directory).
+func TestChildNamesNoPath(t *testing.T) {
+	dir := t.TempDir()
+	opts := convert.Options{SourceName: "upload.pt"}
+	m, _ := testRunner().Scan(context.Background(), fixtures+"dtypes.pt", opts)
+	if m == nil || m.Source.Path != "upload.pt" {
+		t.Fatalf("scan: %+v; want the source named upload.pt", m)
+	}
+	_, err := testRunner().Convert(context.Background(), truncated(t, dir), filepath.Join(dir, "out.safetensors"), opts)
+	if err == nil || strings.Contains(err.Error(), dir) {
+		t.Errorf("convert: %v; want an error that does not name %s", err, dir)
+	}
+}
+
+// TestBackstopsExceedTheTimeLimit checks that the parent's wall clock and the child's CPU time
+// leave the time limit to the child's own clock, and yield to an explicit configuration.
+func TestBackstopsExceedTheTimeLimit(t *testing.T) {
+	for _, timeout := range []time.Duration{time.Nanosecond, time.Second, limits.Default().Timeout} {
+		wall, cpu := backstops(Config{}, limits.Limits{Timeout: timeout})
+		if wall <= timeout || cpu < wall {
+			t.Errorf("time limit %s: wall clock %s, CPU time %s; want both beyond it, CPU time at least the wall clock", timeout, wall, cpu)
+		}
+	}
+	if wall, cpu := backstops(Config{WallGrace: time.Second, CPUTime: time.Hour}, limits.Limits{Timeout: time.Minute}); wall != time.Minute+time.Second || cpu != time.Hour {
+		t.Errorf("configured: wall clock %s, CPU time %s; want 1m1s, 1h", wall, cpu)
+	}
+}
+
+// TestTimeLimitIsTheChildsOwn converts a synthetic checkpoint under a time limit far shorter
+// than the conversion: the child stops itself with its own limit fault, not the parent's
+// wall clock.
+func TestTimeLimitIsTheChildsOwn(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "model.pt")
+	if err := synth.WriteFile(src, synth.Spec{Tensors: 4, TotalBytes: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	opts := convert.Options{Limits: limits.Limits{Timeout: time.Nanosecond}}
+	_, err := testRunner().Convert(context.Background(), src, filepath.Join(dir, "out.safetensors"), opts)
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "conversion exceeded the time limit of 1ns") {
+		t.Errorf("convert: %v; want the child's time-limit fault", err)
+	}
+	m, err := testRunner().Scan(context.Background(), src, opts)
+	if fault.KindOf(err) != fault.Limit || !strings.Contains(err.Error(), "time limit") {
+		t.Errorf("scan: %+v, %v; want the child's time-limit fault", m, err)
+	}
+}
+
+// TestCommitNeverReplacesUnlessOverwrite: the parent commits the child's output, and without
+// Options.Overwrite never onto a file that exists by then.
+func TestCommitNeverReplacesUnlessOverwrite(t *testing.T) {
+	dst := filepath.Join(t.TempDir(), "model.safetensors")
+	if err := os.WriteFile(dst, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := testRunner().Convert(context.Background(), fixtures+"dtypes.pt", dst, convert.Options{})
+	if got, _ := os.ReadFile(dst); !errors.Is(err, fs.ErrExist) || string(got) != "keep" {
+		t.Errorf("convert onto an existing file: %v, file holds %q; want fs.ErrExist and the file kept", err, got)
+	}
+	if _, err := testRunner().Convert(context.Background(), fixtures+"dtypes.pt", dst, convert.Options{Overwrite: true}); err != nil {
+		t.Errorf("convert with Overwrite: %v", err)
 	}
 }

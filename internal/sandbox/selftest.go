@@ -86,7 +86,8 @@ func selftest(req *request, files []*os.File) (map[string]string, bool) {
 		// test puts a file named "secret" beside the source), nothing in the output's directory
 		// or below it, nothing in /tmp.
 		src, out, scratch := files[0], files[1], req.Options.ScratchDir
-		outDir := filepath.Dir(out.Name())
+		// The output is named by its base name; the scratch directory is made beside it.
+		outDir := filepath.Dir(scratch)
 		probe := map[string]string{}
 		_, err := io.ReadAll(src)
 		probe["read source descriptor"] = errString(err)
@@ -100,9 +101,10 @@ func selftest(req *request, files []*os.File) (map[string]string, bool) {
 		_, err = os.ReadDir(filepath.Dir(src.Name()))
 		probe["list source directory"] = errString(err)
 		probe["write beside source"] = errString(os.WriteFile(filepath.Join(filepath.Dir(src.Name()), "planted"), []byte("x"), 0o600))
-		_, err = os.ReadFile(out.Name())
+		outPath := filepath.Join(outDir, out.Name())
+		_, err = os.ReadFile(outPath)
 		probe["read output path"] = errString(err)
-		probe["write output path"] = errString(os.WriteFile(out.Name(), []byte("x"), 0o600))
+		probe["write output path"] = errString(os.WriteFile(outPath, []byte("x"), 0o600))
 		probe["write in output directory"] = errString(os.WriteFile(filepath.Join(outDir, "planted"), []byte("x"), 0o600))
 		probe["append below output directory"] = errString(appendTo(filepath.Join(outDir, ".ssh", "authorized_keys")))
 		probe["write in /tmp"] = errString(os.WriteFile(filepath.Join("/tmp", "converter-planted"), []byte("x"), 0o600))

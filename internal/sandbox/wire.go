@@ -3,12 +3,10 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
-	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // Operations a child understands. Test-only operations exist only in binaries built with the
@@ -86,74 +84,11 @@ func (s Status) Degraded() (string, bool) {
 // response is what the child writes on stdout: a manifest, a classified error, or both (a
 // scan's verdict travels inside its manifest).
 type response struct {
-	Manifest *wireManifest     `json:"manifest,omitempty"`
+	Manifest *convert.Manifest `json:"manifest,omitempty"`
 	Error    *wireError        `json:"error,omitempty"`
 	Status   Status            `json:"status"`
 	Report   *convert.Report   `json:"report,omitempty"`
 	Probe    map[string]string `json:"probe,omitempty"`
-}
-
-// wireManifest carries a manifest across the pipe. unpickler.Class marshals by name but has
-// no unmarshaler, so globals travel as wireGlobal; the outer Globals field shadows the
-// embedded one in encoding/json.
-type wireManifest struct {
-	*convert.Manifest
-	Globals []wireGlobal `json:"globals"`
-}
-
-type wireGlobal struct {
-	Entry  string `json:"entry"`
-	Module string `json:"module"`
-	Name   string `json:"name"`
-	Offset int64  `json:"offset"`
-	Class  string `json:"class"`
-}
-
-func toWire(m *convert.Manifest) *wireManifest {
-	if m == nil {
-		return nil
-	}
-	w := &wireManifest{Manifest: m, Globals: make([]wireGlobal, len(m.Globals))}
-	for i, g := range m.Globals {
-		w.Globals[i] = wireGlobal{Entry: g.Entry, Module: g.Module, Name: g.Name, Offset: g.Offset, Class: g.Class.String()}
-	}
-	return w
-}
-
-func (w *wireManifest) manifest() (*convert.Manifest, error) {
-	if w == nil || w.Manifest == nil {
-		return nil, nil
-	}
-	m := w.Manifest
-	m.Globals = make([]convert.GlobalRef, len(w.Globals))
-	for i, g := range w.Globals {
-		c, ok := classByName(g.Class)
-		if !ok {
-			return nil, fmt.Errorf("global %s.%s has unknown class %q", g.Module, g.Name, g.Class)
-		}
-		m.Globals[i] = convert.GlobalRef{Entry: g.Entry, Global: unpickler.Global{Module: g.Module, Name: g.Name, Offset: g.Offset, Class: c}}
-	}
-	return m, nil
-}
-
-// classByName inverts unpickler.Class.String.
-func classByName(s string) (unpickler.Class, bool) {
-	for c := unpickler.Class(0); c < 16; c++ {
-		if c.String() == s {
-			return c, true
-		}
-	}
-	return 0, false
-}
-
-// kindByName inverts fault.Kind.String.
-func kindByName(s string) (fault.Kind, bool) {
-	for k := fault.Kind(0); k < 16; k++ {
-		if k.String() == s {
-			return k, true
-		}
-	}
-	return 0, false
 }
 
 // wireError carries an error across the pipe so that the parent's copy prints the same text
@@ -168,11 +103,11 @@ type wireError struct {
 }
 
 type wireFault struct {
-	Kind   string `json:"kind"`
-	Entry  string `json:"entry"`
-	Offset int64  `json:"offset"`
-	Msg    string `json:"msg"`
-	Cause  string `json:"cause,omitempty"`
+	Kind   fault.Kind `json:"kind"`
+	Entry  string     `json:"entry"`
+	Offset int64      `json:"offset"`
+	Msg    string     `json:"msg"`
+	Cause  string     `json:"cause,omitempty"`
 	// HasCause distinguishes a cause with an empty message from no cause.
 	HasCause bool `json:"has_cause,omitempty"`
 }
@@ -190,7 +125,7 @@ func encodeError(err error) *wireError {
 	}
 	var fe *fault.Error
 	if errors.As(err, &fe) {
-		w.Fault = &wireFault{Kind: fe.Kind.String(), Entry: fe.Entry, Offset: fe.Offset, Msg: fe.Msg}
+		w.Fault = &wireFault{Kind: fe.Kind, Entry: fe.Entry, Offset: fe.Offset, Msg: fe.Msg}
 		if fe.Err != nil {
 			w.Fault.Cause, w.Fault.HasCause = fe.Err.Error(), true
 		}
@@ -219,11 +154,7 @@ func (w *wireError) decode() error {
 	if w.Fault == nil {
 		return &remoteError{text: w.Text, cause: ctxErr}
 	}
-	kind, ok := kindByName(w.Fault.Kind)
-	if !ok {
-		kind = fault.Internal
-	}
-	fe := &fault.Error{Kind: kind, Entry: w.Fault.Entry, Offset: w.Fault.Offset, Msg: w.Fault.Msg}
+	fe := &fault.Error{Kind: w.Fault.Kind, Entry: w.Fault.Entry, Offset: w.Fault.Offset, Msg: w.Fault.Msg}
 	if w.Fault.HasCause {
 		fe.Err = &remoteError{text: w.Fault.Cause, cause: ctxErr}
 	}

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"maps"
+	"slices"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
@@ -60,7 +62,7 @@ func Open(ra io.ReaderAt, size int64, lim limits.Limits, pol *unpickler.Policy) 
 		c.Problem = fault.New(fault.Limit, "", "file of %d bytes exceeds limit max-file-bytes %d", size, lim.MaxFileBytes)
 		return c, nil
 	}
-	c.Kind = sniff(ra, size)
+	c.Kind = sniff(ra)
 	var err error
 	switch c.Kind {
 	case Zip:
@@ -121,4 +123,10 @@ func (c *Container) Globals() []EntryGlobal {
 type EntryGlobal struct {
 	Entry string
 	unpickler.Global
+}
+
+// StorageKeys returns the keys of the records located so far (a zip's, or a legacy file's once
+// LocateLegacy has run), sorted; for a zip they are folded to lower case, as miniz finds them.
+func (c *Container) StorageKeys() []string {
+	return slices.Sorted(maps.Keys(c.records))
 }

@@ -1,6 +1,7 @@
 package torchzip
 
 import (
+	"archive/zip"
 	"bytes"
 	"io"
 	"testing"
@@ -13,7 +14,10 @@ import (
 // FuzzContainer opens arbitrary bytes as a checkpoint container. Open must never panic or fail
 // with anything but a classified Problem (a bytes.Reader has no I/O errors), and whatever it
 // accepts must be internally consistent: a zip has its data.pkl scanned, a legacy file all five
-// pickles, and every storage record reads back within its declared size.
+// pickles, and every storage record reads back within its declared size. It must also be read
+// the one way other readers read it: an accepted zip gives archive/zip the same data.pkl and
+// records, byte for byte (found by miniz's case-insensitive lookup), and an accepted legacy
+// file is no tar that Python's tarfile (which torch.load tries first) would open.
 func FuzzContainer(f *testing.F) {
 	for _, s := range testkit.FileSeeds(f, testkit.MaxSeedBytes) {
 		f.Add(s)
@@ -51,6 +55,7 @@ func FuzzContainer(f *testing.F) {
 			if c.Main == nil {
 				t.Fatal("zip accepted without a data.pkl stream")
 			}
+			checkArchiveZip(t, data, c)
 			for key, rec := range c.records {
 				if rec.Size > 1<<20 {
 					continue // deflate can claim up to ~1000x its input; bounded, but slow to fuzz
@@ -65,6 +70,9 @@ func FuzzContainer(f *testing.F) {
 				}
 			}
 		case Legacy:
+			if isPythonTar(data) {
+				t.Fatal("legacy file accepted that tarfile opens: torch.load would read the tar")
+			}
 			if c.Main == nil || c.Keys == nil || len(c.Streams) != 5 {
 				t.Fatalf("legacy file accepted with %d streams", len(c.Streams))
 			}
@@ -77,4 +85,46 @@ func FuzzContainer(f *testing.F) {
 			t.Fatalf("container of kind %s accepted", c.Kind)
 		}
 	})
+}
+
+// checkArchiveZip reads an accepted archive with archive/zip, which must open it and find in
+// data.pkl and in every storage record the bytes our reader gives.
+func checkArchiveZip(t *testing.T, data []byte, c *Container) {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatalf("accepted an archive archive/zip refuses: %v", err)
+	}
+	byName := map[string]*zip.File{}
+	for _, f := range zr.File {
+		byName[foldName(f.Name)] = f
+	}
+	read := func(name string) []byte {
+		f := byName[foldName(c.Prefix+"/"+name)]
+		if f == nil {
+			t.Fatalf("archive/zip has no %s/%s", c.Prefix, name)
+		}
+		r, err := f.Open()
+		if err != nil {
+			t.Fatalf("archive/zip opens %s: %v", f.Name, err)
+		}
+		b, _ := io.ReadAll(io.LimitReader(r, 1<<20+1)) // bytes, even when a check fails at EOF
+		return b
+	}
+	if got := read("data.pkl"); c.Main.Err == nil && !bytes.Equal(got, c.Main.Raw) {
+		t.Fatalf("archive/zip reads a data.pkl of %d bytes, we scanned %d others", len(got), len(c.Main.Raw))
+	}
+	for key, rec := range c.records {
+		if rec.Size > 1<<20 {
+			continue
+		}
+		r, _ := rec.Open()
+		ours, err := io.ReadAll(r)
+		if err != nil {
+			continue // a refused record is read by no one
+		}
+		if got := read("data/" + key); !bytes.Equal(got, ours) {
+			t.Fatalf("record %s: archive/zip reads other bytes", key)
+		}
+	}
 }

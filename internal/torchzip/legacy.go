@@ -1,8 +1,6 @@
 package torchzip
 
 import (
-	"archive/tar"
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -158,36 +156,8 @@ func (c *Container) openNumpy() error {
 	default:
 		return nil
 	}
-	if start < c.size && firstByte(c.ra, start) == 0x80 {
+	if start < c.size && looksLikePickle(firstByte(c.ra, start)) {
 		c.scan(newSource(c.ra, start, c.size-start), c.size-start, "npy-object-data", start)
-	}
-	return nil
-}
-
-// openTar scans the pickles of a pre-0.1.10 tar checkpoint, then refuses it: torch itself no
-// longer loads these with weights_only.
-func (c *Container) openTar() error {
-	c.Problem = fault.New(fault.Unsupported, "", "legacy tar checkpoint (torch < 0.1.10): not supported, re-save it with a current torch")
-	tr := tar.NewReader(io.NewSectionReader(c.ra, 0, c.size))
-	for i := 0; i < 64; i++ {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		if h.Size <= 0 || h.Size > c.lim.MaxPickleBytes {
-			continue
-		}
-		head := make([]byte, 1)
-		if _, err := io.ReadFull(tr, head); err != nil || !looksLikePickle(head[0]) {
-			continue
-		}
-		// The member is read into memory for scanning: it is bounded by max-pickle-bytes.
-		rest, err := io.ReadAll(io.LimitReader(tr, h.Size-1))
-		if err != nil {
-			break
-		}
-		body := append(head, rest...)
-		c.scan(bytes.NewReader(body), int64(len(body)), "tar:"+h.Name, -1)
 	}
 	return nil
 }

@@ -1,16 +1,10 @@
-// Package torchzip reads the containers PyTorch checkpoints come in: it sniffs the kind by magic
-// bytes (never by extension), validates a torch zip archive against the parser-differential
-// attacks scanners have fallen for, splits a legacy multi-pickle file into its streams, and gives
-// streaming, size-checked readers over each storage's bytes.
-//
-// It pre-scans every pickle stream it finds (through internal/unpickler) so that dangerous
-// content is reported even in a file that is no valid checkpoint, but it never runs a pickle and
-// never extracts anything to disk.
 package torchzip
 
 import (
 	"bytes"
 	"io"
+
+	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // Kind is what a file turned out to be.
@@ -35,14 +29,17 @@ var (
 	magicNumpy = []byte("\x93NUMPY")
 )
 
-// sniff classifies by the first bytes of the file, as torch does for zips (PK\x03\x04 only).
-func sniff(ra io.ReaderAt, size int64) Kind {
-	head := make([]byte, 512)
+// sniff classifies by the first bytes of the file in torch.load's order: a zip by its first
+// local header (PK\x03\x04 only), then whatever Python's tarfile opens, then the rest.
+func sniff(ra io.ReaderAt) Kind {
+	head := make([]byte, tarBlock)
 	n, _ := ra.ReadAt(head, 0)
 	head = head[:n]
 	switch {
 	case bytes.HasPrefix(head, magicZip):
 		return Zip
+	case isPythonTar(head):
+		return Tar
 	case bytes.HasPrefix(head, magic7z):
 		return SevenZip
 	case bytes.HasPrefix(head, magicNumpy):
@@ -55,12 +52,7 @@ func sniff(ra io.ReaderAt, size int64) Kind {
 	return Unknown
 }
 
-// looksLikePickle reports whether b can start a pickle: PROTO for protocol 2+, or an opcode that
-// protocol 0/1 streams start with.
-func looksLikePickle(b byte) bool {
-	switch b {
-	case 0x80, '(', 'c', ']', '}', ')', 'N', 'I', 'L', 'J', 'K', 'M', 'S', 'T', 'U', 'V', 'X', 'F', 'G', '\x88', '\x89':
-		return true
-	}
-	return false
-}
+// looksLikePickle reports whether b can start a pickle stream: Python's unpickler starts with
+// whatever opcode comes first (PROTO is optional; FRAME or SHORT_BINUNICODE may lead), so any
+// opcode can begin a pickle that torch.load would run.
+func looksLikePickle(b byte) bool { return unpickler.IsOpcode(b) }

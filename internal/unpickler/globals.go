@@ -1,6 +1,9 @@
 package unpickler
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Class is the converter's judgement of one pickle global.
 type Class int
@@ -33,6 +36,17 @@ func (c Class) String() string {
 
 // MarshalText makes Class print by name in JSON.
 func (c Class) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText decodes a class from its String; an unknown name is an error.
+func (c *Class) UnmarshalText(b []byte) error {
+	for k := Unknown; k <= Dangerous; k++ {
+		if k.String() == string(b) {
+			*c = k
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown global class %q", b)
+}
 
 // Global is one GLOBAL, STACK_GLOBAL or INST reference found in a pickle stream.
 type Global struct {
