@@ -776,15 +776,15 @@ func blobCheckpoint(t *testing.T, path string, n int64, blob func(io.Writer) err
 // TestPickleNearLimitConverts converts, in a child confined by default (its address space
 // following the limits), a checkpoint whose data.pkl is 64 KiB under MaxPickleBytes: a string
 // leaf, which the parser holds as the stream and as the decoded value. The documented default
-// (512 MiB, with every other limit at its default) needs about 3 GB of memory and a minute of
-// CPU, so it is skipped in -short mode; a scaled-down limit, with a walk limit small enough
+// (512 MiB, with every other limit at its default) needs about 3 GB of memory (13 s), so it
+// is skipped in -short mode; a scaled-down limit, with a walk limit small enough
 // that the pickle's share of the address space is what is tested, always runs.
 func TestPickleNearLimitConverts(t *testing.T) {
 	cases := []limits.Limits{{MaxPickleBytes: 128 << 20, MaxWalkNodes: 1000}, limits.Default()}
 	for _, lim := range cases {
 		t.Run(fmt.Sprintf("MaxPickleBytes=%d", lim.MaxPickleBytes), func(t *testing.T) {
 			if lim.MaxPickleBytes > 128<<20 && testing.Short() {
-				t.Skip("needs about 3 GB of memory and a minute of CPU; runs without -short")
+				t.Skip("needs about 3 GB of memory; runs without -short")
 			}
 			dir := t.TempDir()
 			src := filepath.Join(dir, "big.pt")
@@ -838,13 +838,13 @@ func TestAddressSpaceFollowsLimits(t *testing.T) {
 // creates exactly MaxObjects objects, nearly all of them empty dicts (the costliest value per
 // object), with the pickle and walk limits just large enough for it: the address space must
 // follow the object limit. One object fewer allowed is a limit fault. Two million objects
-// always run (about 15 s); eight million, the default, only without -short (about a minute
-// and 6 GB of memory).
+// always run (8 s); eight million, the default, only without -short (30 s and 6 GB of
+// memory).
 func TestObjectsAtLimitConvert(t *testing.T) {
 	for _, n := range []int{2_000_000, limits.Default().MaxObjects - dtypesObjects} {
 		t.Run(fmt.Sprint(n+dtypesObjects), func(t *testing.T) {
 			if n > 2_000_000 && testing.Short() {
-				t.Skip("needs about a minute and 6 GB of memory; runs without -short")
+				t.Skip("needs 30 s and 6 GB of memory; runs without -short")
 			}
 			dir := t.TempDir()
 			src := filepath.Join(dir, "dicts.pt")
