@@ -41,8 +41,8 @@ func TestRegressions(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			m, err := convert.Scan(context.Background(), filepath.Join(dir, name), convert.Options{})
-			if err != nil {
-				t.Fatal(err)
+			if m == nil {
+				t.Fatal(err) // the scan could not run; a judged file's refusal comes with its manifest
 			}
 			if m.Verdict != w.Verdict || m.Source.Container != w.Container {
 				detail := ""
