@@ -36,26 +36,20 @@ type hdr struct {
 }
 
 func localHeader(r rec, h hdr) []byte {
-	b := le32(nil, sigLocal)
-	b = le16(b, 20)
-	b = le16(b, 0) // flags
-	b = le16(b, 0) // stored
-	b = le32(b, 0) // time, date
-	crc := crc32.ChecksumIEEE(r.data)
-	if h.crc != nil {
-		crc = *h.crc
-	}
-	b = le32(b, crc)
-	b = le32(b, or32(h.csize, len(r.data)))
-	b = le32(b, or32(h.usize, len(r.data)))
-	b = le16(b, uint16(len(r.name)))
-	b = le16(b, uint16(len(h.extra)))
+	b := headerFields(le32(nil, sigLocal), r, h)
 	return append(append(b, r.name...), h.extra...)
 }
 
 func centralHeader(r rec, off int, h hdr) []byte {
-	b := le32(nil, sigCentral)
-	b = le16(b, 20)
+	b := headerFields(le16(le32(nil, sigCentral), 20), r, h) // version made by, then the local fields
+	b = append(b, make([]byte, 10)...)                       // comment length, disk, attributes
+	b = le32(b, or32(h.off, off))
+	return append(append(b, r.name...), h.extra...)
+}
+
+// headerFields appends the fields the local and central headers share, from the version needed
+// to extract through the extra field's length.
+func headerFields(b []byte, r rec, h hdr) []byte {
 	b = le16(b, 20)
 	b = le16(b, 0) // flags
 	b = le16(b, 0) // stored
@@ -68,10 +62,7 @@ func centralHeader(r rec, off int, h hdr) []byte {
 	b = le32(b, or32(h.csize, len(r.data)))
 	b = le32(b, or32(h.usize, len(r.data)))
 	b = le16(b, uint16(len(r.name)))
-	b = le16(b, uint16(len(h.extra)))
-	b = append(b, make([]byte, 10)...) // comment length, disk, attributes
-	b = le32(b, or32(h.off, off))
-	return append(append(b, r.name...), h.extra...)
+	return le16(b, uint16(len(h.extra)))
 }
 
 func or32(v uint32, def int) uint32 {
