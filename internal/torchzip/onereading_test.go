@@ -449,6 +449,17 @@ func TestOneReading(t *testing.T) {
 			file: func(*testing.T) []byte {
 				return plainZip([]rec{{"archive/data.pkl", []byte(benignPkl)}, {"archive/.data/version", []byte("3\n")}, {"archive/version", []byte("x")}})
 			}, kind: Zip},
+		{name: "sweep-bounded-by-signatures", why: "a refused file of 200,000 local header signatures is swept within its budget, not header by header",
+			file: func(t *testing.T) []byte {
+				block := append(append([]byte("PK\x03\x04"), make([]byte, 26)...), '.')
+				return bytes.Repeat(block, 200_000)
+			}, kind: OtherZip, problem: fault.Malformed,
+			check: func(t *testing.T, c *Container) {
+				size := int64(31 * 200_000)
+				if most := (4*size+1<<20)/sweepHeaderCost + 1; int64(len(c.Streams)) > most {
+					t.Errorf("%d streams scanned; want at most %d", len(c.Streams), most)
+				}
+			}},
 		{name: "sweep-ignores-refused-opcodes", why: "in a refused archive, tensor bytes that read as EXT4 are no payload",
 			file: func(*testing.T) []byte {
 				b := plainZip(append(torchRecs(benignPkl), rec{"archive/data/0", []byte("\x84\x01\x00\x00\x00.")}))

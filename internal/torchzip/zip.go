@@ -621,7 +621,9 @@ func cmpInt64(a, b int64) int {
 // would say which is not to be trusted. Every reader finds an entry's data through a local
 // header, and a pickle ends at its STOP, so this sees at least what any reader's sizes would
 // give it. At most max-zip-entries headers are read, and the streams scanned stop once they
-// have consumed four times the file's size or two pickle limits.
+// have consumed four times the file's size or two pickle limits; each header costs at least
+// sweepHeaderCost of that budget, so a file made of signatures alone cannot make it read
+// (and allocate a decoder for) millions of them.
 func (c *Container) sweepLocalHeaders() {
 	budget := min(4*c.size, 2*c.lim.MaxPickleBytes) + 1<<20
 	sig := []byte("PK\x03\x04")
@@ -635,11 +637,15 @@ func (c *Container) sweepLocalHeaders() {
 				break
 			}
 			headers++
-			budget -= c.sweepHeader(base + int64(i+j))
+			budget -= max(c.sweepHeader(base+int64(i+j)), sweepHeaderCost)
 			i += j + 1
 		}
 	}
 }
+
+// sweepHeaderCost is the least a swept header is charged: about what its deflate reader and
+// buffer allocate.
+const sweepHeaderCost = 64 << 10
 
 // sweepHeader scans the data after the local header at off as a stored and as a deflated
 // pickle, and returns the bytes the scans consumed.
