@@ -29,7 +29,7 @@ const cleanupTimeout = time.Minute
 // PutObject request; a larger one is a multipart upload of bounded parts, several in flight,
 // completed only when every part is sent and the whole matched sha256hex, and aborted on any
 // failure. Every request carries the SHA-256 of its bytes (x-amz-checksum-sha256), which the
-// store checks. Afterwards the stored object's size is checked.
+// store checks. Afterwards the stored object's size and checksum are checked.
 func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string) error {
 	key, err := t.key(path)
 	if err != nil {
@@ -44,16 +44,17 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 			return fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
 		}
 	}
+	var checksum string
 	partSize := t.partSizeFor(size)
 	if size <= partSize {
-		err = t.putObject(ctx, key, r, size, want)
+		checksum, err = t.putObject(ctx, key, r, size, want)
 	} else {
-		err = t.putMultipart(ctx, key, r, size, partSize, want)
+		checksum, err = t.putMultipart(ctx, key, r, size, partSize, want)
 	}
 	if err != nil {
 		return err
 	}
-	return t.checkStored(ctx, key, size)
+	return t.checkStored(ctx, key, size, checksum)
 }
 
 // partSizeFor returns the part size for an object of size bytes: the configured one, or more
@@ -63,27 +64,28 @@ func (t *Tree) partSizeFor(size int64) int64 {
 }
 
 // putObject sends an object of at most one part in one request, read into a buffer first so
-// that the SDK can sign it and retry it.
-func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int64, want []byte) error {
+// that the SDK can sign it and retry it. It returns the checksum sent.
+func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int64, want []byte) (string, error) {
 	buf := make([]byte, size)
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return fault.Wrap(fault.Internal, t.url(key), err, "cannot read the %d bytes to put", size)
+		return "", fault.Wrap(fault.Internal, t.url(key), err, "cannot read the %d bytes to put", size)
 	}
 	sum := sha256.Sum256(buf)
 	if err := checkSum(sum[:], want); err != nil {
-		return fault.Wrap(fault.Internal, t.url(key), err, "refusing to put")
+		return "", fault.Wrap(fault.Internal, t.url(key), err, "refusing to put")
 	}
+	checksum := base64.StdEncoding.EncodeToString(sum[:])
 	_, err := t.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket:         &t.bucket,
 		Key:            &key,
 		Body:           bytes.NewReader(buf),
 		ContentLength:  &size,
-		ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(sum[:])),
+		ChecksumSHA256: &checksum,
 	})
 	if err != nil {
-		return t.fail(err, key, "cannot put")
+		return "", t.fail(err, key, "cannot put")
 	}
-	return nil
+	return checksum, nil
 }
 
 // errSum says that the bytes read are not those the caller expected.
@@ -97,18 +99,19 @@ func checkSum(got, want []byte) error {
 }
 
 // putMultipart sends size bytes from r as parts of partSize, at most t.concurrency at once,
-// and completes the upload only if all went well; otherwise it aborts it.
-func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte) error {
+// and completes the upload only if all went well; otherwise it aborts it. It returns the
+// object's composite checksum: the SHA-256 of the parts' SHA-256s, then "-" and their count.
+func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte) (string, error) {
 	created, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket:            &t.bucket,
 		Key:               &key,
 		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
 	})
 	if err != nil {
-		return t.fail(err, key, "cannot start a multipart upload")
+		return "", t.fail(err, key, "cannot start a multipart upload")
 	}
 	up := upload{tree: t, key: key, id: created.UploadId}
-	parts, err := up.sendParts(ctx, r, size, partSize, want)
+	parts, checksum, err := up.sendParts(ctx, r, size, partSize, want)
 	if err == nil {
 		_, err = t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 			Bucket:          &t.bucket,
@@ -121,9 +124,9 @@ func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, 
 		}
 	}
 	if err != nil {
-		return errors.Join(err, up.abort(ctx))
+		return "", errors.Join(err, up.abort(ctx))
 	}
-	return nil
+	return checksum, nil
 }
 
 // upload is one multipart upload in progress.
@@ -134,9 +137,9 @@ type upload struct {
 }
 
 // sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte,
-// and sends each part while the next is read. It returns the parts for completion, or the
-// first error.
-func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) ([]types.CompletedPart, error) {
+// and sends each part while the next is read. It returns the parts for completion and the
+// composite checksum, or the first error.
+func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) ([]types.CompletedPart, string, error) {
 	t := u.tree
 	n := int((size + partSize - 1) / partSize)
 	parts := make([]types.CompletedPart, n)
@@ -145,7 +148,7 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 		free <- nil // allocated on first use, so a small upload holds few buffers
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	whole := sha256.New()
+	whole, composite := sha256.New(), sha256.New()
 	readErr := func() error {
 		for i := range n {
 			var buf []byte
@@ -162,6 +165,7 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 			if err != nil {
 				return fault.Wrap(fault.Internal, t.url(u.key), err, "cannot read part %d of %d (%d bytes)", i+1, n, length)
 			}
+			composite.Write(sum)
 			g.Go(func() error {
 				defer func() { free <- buf }()
 				var err error
@@ -173,15 +177,15 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	}()
 	// A failed part stops the reading: its error is the one to report.
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if readErr != nil {
-		return nil, readErr
+		return nil, "", readErr
 	}
 	if err := checkSum(whole.Sum(nil), want); err != nil {
-		return nil, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+		return nil, "", fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
 	}
-	return parts, nil
+	return parts, fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), n), nil
 }
 
 // readPart fills part from r, adding it to whole, and returns it with its own SHA-256.
@@ -232,15 +236,28 @@ func (t *Tree) abortUpload(ctx context.Context, key string, id *string) error {
 	return nil
 }
 
-// checkStored compares the stored object's size with the size put: the checksums cover the
-// bytes sent, this covers a store that assembled them wrongly.
-func (t *Tree) checkStored(ctx context.Context, key string, size int64) error {
-	out, err := t.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.bucket, Key: &key})
+// checkStored compares the stored object with the one put: the request checksums cover the
+// bytes sent, this covers a store that assembled them wrongly, or another client's put to the
+// same name meanwhile.
+func (t *Tree) checkStored(ctx context.Context, key string, size int64, checksum string) error {
+	out, err := t.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.bucket, Key: &key, ChecksumMode: types.ChecksumModeEnabled})
 	if err != nil {
 		return t.fail(err, key, "cannot check the object put")
 	}
+	if err := storedMismatch(out, size, checksum); err != nil {
+		return fault.Wrap(fault.Internal, t.url(key), err, "the store does not hold the object put")
+	}
+	return nil
+}
+
+// storedMismatch compares a HEAD answer with the size and SHA-256 checksum put. A store that
+// keeps no checksums answers none, and is checked by size alone.
+func storedMismatch(out *s3.HeadObjectOutput, size int64, checksum string) error {
 	if got := aws.ToInt64(out.ContentLength); got != size {
-		return fault.New(fault.Internal, t.url(key), "the store holds %d bytes after a put of %d", got, size)
+		return fmt.Errorf("%d bytes stored, %d put", got, size)
+	}
+	if got := aws.ToString(out.ChecksumSHA256); got != "" && got != checksum {
+		return fmt.Errorf("SHA-256 checksum %s stored, %s put", got, checksum)
 	}
 	return nil
 }

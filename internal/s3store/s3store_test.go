@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/s3store"
@@ -109,6 +111,21 @@ func checkNoUploads(t *testing.T, tree *s3store.Tree) {
 	}
 }
 
+// checkStoredChecksum fails t unless the store holds key with the SHA-256 checksum want: the
+// proof that Put sent it, for the store to check the bytes against.
+func checkStoredChecksum(t *testing.T, f *fixture, key, want string) {
+	t.Helper()
+	head, err := s3store.Client(f.tree).HeadObject(t.Context(), &s3.HeadObjectInput{
+		Bucket: aws.String(f.bucket), Key: aws.String(key), ChecksumMode: types.ChecksumModeEnabled,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := aws.ToString(head.ChecksumSHA256); got != want {
+		t.Errorf("HeadObject(%q) = checksum %q; want %q", key, got, want)
+	}
+}
+
 func TestWalkListsFilesInLexicalOrderOverPages(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "hub", s3store.Config{})
@@ -178,11 +195,8 @@ func TestPutStatOpenRemove(t *testing.T) {
 			t.Errorf("Open read %q; want %q", got, data)
 		}
 		// The key is under the prefix, as other S3 clients see it.
-		if _, err := s3store.Client(f.tree).HeadObject(t.Context(), &s3.HeadObjectInput{
-			Bucket: aws.String(f.bucket), Key: aws.String("models/bert/" + path),
-		}); err != nil {
-			t.Errorf("HeadObject of the full key: %v", err)
-		}
+		sum := sha256.Sum256(data)
+		checkStoredChecksum(t, f, "models/bert/"+path, base64.StdEncoding.EncodeToString(sum[:]))
 		for range 2 { // removing what is gone is no error
 			if err := f.tree.Remove(t.Context(), path); err != nil {
 				t.Fatalf("Remove: %v", err)
@@ -226,9 +240,18 @@ func TestPutMultipart(t *testing.T) {
 	head, err := s3store.Client(f.tree).HeadObject(t.Context(), &s3.HeadObjectInput{
 		Bucket: aws.String(f.bucket), Key: aws.String("hub/pytorch_model.bin"), PartNumber: aws.Int32(1),
 	})
-	if err != nil || aws.ToInt32(head.PartsCount) != 4 {
-		t.Errorf("HeadObject part 1 = %v parts, %v; want 4 parts", aws.ToInt32(head.PartsCount), err)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if got := aws.ToInt32(head.PartsCount); got != 4 {
+		t.Errorf("the object has %d parts; want 4", got)
+	}
+	composite := sha256.New()
+	for part := range slices.Chunk(data, minPart) {
+		sum := sha256.Sum256(part)
+		composite.Write(sum[:])
+	}
+	checkStoredChecksum(t, f, "hub/pytorch_model.bin", base64.StdEncoding.EncodeToString(composite.Sum(nil))+"-4")
 	// Without an expected SHA-256 the parts' own checksums still apply.
 	if err := f.tree.Put(t.Context(), "again.bin", bytes.NewReader(data), int64(len(data)), ""); err != nil {
 		t.Fatal(err)
