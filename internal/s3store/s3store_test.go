@@ -421,3 +421,26 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 		t.Errorf("Stat with a wrong secret = %v; want fs.ErrPermission", err)
 	}
 }
+
+// TestStandardChain configures everything through the SDK's environment, as the CLI is: the
+// credentials, and an endpoint that AWS_ENDPOINT_URL names, which must be addressed path-style.
+// The endpoint is named "localhost" here: the SDK addresses an IP address path-style anyway.
+func TestStandardChain(t *testing.T) {
+	srv := testkit.StartS3(t)
+	bucket := srv.Bucket(t)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		if k == "AWS_ENDPOINT_URL" {
+			v = strings.Replace(v, "127.0.0.1", "localhost", 1)
+		}
+		t.Setenv(k, v)
+	}
+	tree, err := s3store.New(t.Context(), "s3://"+bucket+"/hub", s3store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, tree, "config.json", []byte("{}"))
+	if got := read(t, tree, "config.json"); string(got) != "{}" {
+		t.Errorf("read %q back; want {}", got)
+	}
+}
