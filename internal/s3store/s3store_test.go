@@ -27,7 +27,7 @@ import (
 )
 
 // minPart is the smallest part S3 (and versitygw) accepts but for the last.
-const minPart = 5 << 20
+const minPart = s3store.MinPartSize
 
 // fixture is a versitygw server with a fresh bucket, and a tree on it.
 type fixture struct {
@@ -442,5 +442,35 @@ func TestStandardChain(t *testing.T) {
 	put(t, tree, "config.json", []byte("{}"))
 	if got := read(t, tree, "config.json"); string(got) != "{}" {
 		t.Errorf("read %q back; want {}", got)
+	}
+}
+
+func TestTinyPartSizeIsRaisedToTheMinimum(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{PartSize: 1 << 20})
+	data := randomBytes(minPart + 1)
+	put(t, f.tree, "model.bin", data) // two parts, or S3's EntityTooSmall for 1 MiB parts
+	if got := read(t, f.tree, "model.bin"); !bytes.Equal(got, data) {
+		t.Error("read other bytes back")
+	}
+}
+
+func TestReadErrorsAreClassified(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{})
+	put(t, f.tree, "model.bin", randomBytes(minPart))
+	ctx, cancel := context.WithCancel(t.Context())
+	rc, err := f.tree.Open(ctx, "model.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	_, err = io.Copy(io.Discard, rc)
+	if fault.KindOf(err) != fault.Canceled || !strings.Contains(err.Error(), "s3://"+f.bucket+"/hub/model.bin") {
+		t.Errorf("reading on after a cancel = %v; want a %s fault naming the object", err, fault.Canceled)
 	}
 }
