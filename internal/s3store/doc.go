@@ -14,6 +14,8 @@
 //     profiles, SSO, IMDS) and AWS_ENDPOINT_URL, which we would otherwise reimplement badly.
 //   - github.com/aws/smithy-go: the SDK's error type (APIError codes such as NoSuchKey), already
 //     required by the SDK.
+//   - github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager (v0.5.7, bench/s3put only): the
+//     SDK's own tree upload, the baseline the local-to-S3 benchmark compares Put with.
 //
 // Multipart uploads are written here rather than through the SDK's transfer manager because
 // the manager completes an upload as soon as its parts are sent: it cannot refuse to complete

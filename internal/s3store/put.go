@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"time"
@@ -143,12 +142,13 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	t := u.tree
 	n := int((size + partSize - 1) / partSize)
 	parts := make([]types.CompletedPart, n)
+	sums := make([][sha256.Size]byte, n)
 	free := make(chan []byte, t.concurrency)
 	for range t.concurrency {
 		free <- nil // allocated on first use, so a small upload holds few buffers
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	whole, composite := sha256.New(), sha256.New()
+	whole := sha256.New()
 	readErr := func() error {
 		for i := range n {
 			var buf []byte
@@ -161,15 +161,17 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 				buf = make([]byte, partSize)
 			}
 			length := min(partSize, size-int64(i)*partSize)
-			part, sum, err := readPart(r, buf[:length], whole)
-			if err != nil {
+			part := buf[:length]
+			if _, err := io.ReadFull(r, part); err != nil {
 				return fault.Wrap(fault.Internal, t.url(u.key), err, "cannot read part %d of %d (%d bytes)", i+1, n, length)
 			}
-			composite.Write(sum)
+			whole.Write(part)
+			// Each part is hashed again by its sender, so that the two hashes run on two cores.
 			g.Go(func() error {
 				defer func() { free <- buf }()
+				sums[i] = sha256.Sum256(part)
 				var err error
-				parts[i], err = u.sendPart(gctx, int32(i+1), part, sum)
+				parts[i], err = u.sendPart(gctx, int32(i+1), part, sums[i][:])
 				return err
 			})
 		}
@@ -185,17 +187,11 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	if err := checkSum(whole.Sum(nil), want); err != nil {
 		return nil, "", fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
 	}
-	return parts, fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), n), nil
-}
-
-// readPart fills part from r, adding it to whole, and returns it with its own SHA-256.
-func readPart(r io.Reader, part []byte, whole hash.Hash) ([]byte, []byte, error) {
-	if _, err := io.ReadFull(r, part); err != nil {
-		return nil, nil, err
+	composite := sha256.New()
+	for _, sum := range sums {
+		composite.Write(sum[:])
 	}
-	whole.Write(part)
-	sum := sha256.Sum256(part)
-	return part, sum[:], nil
+	return parts, fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), n), nil
 }
 
 // sendPart uploads one part with its checksum, which the store checks, and returns what

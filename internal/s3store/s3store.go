@@ -28,8 +28,8 @@ type Config struct {
 	// Credentials replaces the standard credential chain when not nil.
 	Credentials aws.CredentialsProvider
 	// PartSize is the size of a multipart upload's parts, and the largest object Put sends in
-	// a single request; 0 means DefaultPartSize. S3 refuses parts under 5 MiB but the last.
-	// A larger object than 10,000 parts of PartSize hold gets larger parts.
+	// a single request; 0 means DefaultPartSize, and less than MinPartSize means MinPartSize.
+	// An object larger than 10,000 parts of PartSize hold gets larger parts.
 	PartSize int64
 	// Concurrency is how many parts of one upload are in flight at once; 0 means
 	// DefaultConcurrency. A Put holds at most Concurrency buffers of the part size.
@@ -40,6 +40,8 @@ const (
 	// DefaultPartSize is Config.PartSize's default: the SDK transfer manager's default part
 	// size is 8 MiB; 16 MiB halves the requests for multi-gigabyte checkpoints.
 	DefaultPartSize = 16 << 20
+	// MinPartSize is the smallest part S3 accepts, but for the last.
+	MinPartSize = 5 << 20
 	// DefaultConcurrency is Config.Concurrency's default, as in the SDK's transfer manager.
 	DefaultConcurrency = 4
 	// maxParts is S3's limit on the parts of one upload.
@@ -102,9 +104,10 @@ func New(ctx context.Context, location string, cfg Config) (*Tree, error) {
 		partSize:    cfg.PartSize,
 		concurrency: cfg.Concurrency,
 	}
-	if t.partSize <= 0 {
+	if t.partSize == 0 {
 		t.partSize = DefaultPartSize
 	}
+	t.partSize = max(t.partSize, MinPartSize)
 	if t.concurrency <= 0 {
 		t.concurrency = DefaultConcurrency
 	}
@@ -269,7 +272,25 @@ func (t *Tree) Open(ctx context.Context, path string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, t.fail(err, key, "cannot open")
 	}
-	return out.Body, nil
+	return &body{ReadCloser: out.Body, tree: t, key: key}, nil
+}
+
+// body is an object's content being read, whose read errors (a dropped connection, a canceled
+// context) are classified and name the object like every other error of the tree.
+type body struct {
+	io.ReadCloser
+	tree *Tree
+	key  string
+	read int64
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
+	if err != nil && err != io.EOF {
+		err = b.tree.fail(err, b.key, "cannot read after %d bytes", b.read)
+	}
+	return n, err
 }
 
 // Remove deletes the object at path; S3 answers success for a key that is already gone.

@@ -27,7 +27,7 @@ import (
 )
 
 // minPart is the smallest part S3 (and versitygw) accepts but for the last.
-const minPart = 5 << 20
+const minPart = s3store.MinPartSize
 
 // fixture is a versitygw server with a fresh bucket, and a tree on it.
 type fixture struct {
@@ -419,5 +419,58 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 	}
 	if _, err := stranger.Stat(t.Context(), "x"); !errors.Is(err, fs.ErrPermission) {
 		t.Errorf("Stat with a wrong secret = %v; want fs.ErrPermission", err)
+	}
+}
+
+// TestStandardChain configures everything through the SDK's environment, as the CLI is: the
+// credentials, and an endpoint that AWS_ENDPOINT_URL names, which must be addressed path-style.
+// The endpoint is named "localhost" here: the SDK addresses an IP address path-style anyway.
+func TestStandardChain(t *testing.T) {
+	srv := testkit.StartS3(t)
+	bucket := srv.Bucket(t)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		if k == "AWS_ENDPOINT_URL" {
+			v = strings.Replace(v, "127.0.0.1", "localhost", 1)
+		}
+		t.Setenv(k, v)
+	}
+	tree, err := s3store.New(t.Context(), "s3://"+bucket+"/hub", s3store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, tree, "config.json", []byte("{}"))
+	if got := read(t, tree, "config.json"); string(got) != "{}" {
+		t.Errorf("read %q back; want {}", got)
+	}
+}
+
+func TestTinyPartSizeIsRaisedToTheMinimum(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{PartSize: 1 << 20})
+	data := randomBytes(minPart + 1)
+	put(t, f.tree, "model.bin", data) // two parts, or S3's EntityTooSmall for 1 MiB parts
+	if got := read(t, f.tree, "model.bin"); !bytes.Equal(got, data) {
+		t.Error("read other bytes back")
+	}
+}
+
+func TestReadErrorsAreClassified(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{})
+	put(t, f.tree, "model.bin", randomBytes(minPart))
+	ctx, cancel := context.WithCancel(t.Context())
+	rc, err := f.tree.Open(ctx, "model.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	_, err = io.Copy(io.Discard, rc)
+	if fault.KindOf(err) != fault.Canceled || !strings.Contains(err.Error(), "s3://"+f.bucket+"/hub/model.bin") {
+		t.Errorf("reading on after a cancel = %v; want a %s fault naming the object", err, fault.Canceled)
 	}
 }
