@@ -81,6 +81,7 @@ type runner struct {
 	mu                sync.Mutex // guards what follows and serializes Progress
 	bytesIn, bytesOut int64
 	runErr            error
+	remove            []string // sources to delete at the end (--remove-source)
 }
 
 // Run converts the tree src into dst (nil: in place, beside each source) with eng, which
