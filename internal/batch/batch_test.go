@@ -138,7 +138,14 @@ func TestShardedSetIndex(t *testing.T) {
 	t.Parallel()
 	src := repo(t, nil)
 	dst := filepath.Join(t.TempDir(), "dst")
-	run(t, convert.InProcess{}, src, dst, batch.Options{})
+	// The shards converted one by one first (their index left out): the next run writes the
+	// index from what their receipts say, without converting them again.
+	run(t, convert.InProcess{}, src, dst, batch.Options{Exclude: []string{"*.index.json"}})
+	eng := &counting{Engine: convert.InProcess{}}
+	rep := run(t, eng, src, dst, batch.Options{})
+	if got := outcomes(rep)["pytorch_model.bin.index.json"]; got != "converted -> model.safetensors.index.json" || eng.converts.Load() != 0 {
+		t.Errorf("index: %q after %d conversions, want converted after none", got, eng.converts.Load())
+	}
 	var idx struct {
 		Metadata  map[string]int64  `json:"metadata"`
 		WeightMap map[string]string `json:"weight_map"`

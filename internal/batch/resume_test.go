@@ -208,3 +208,32 @@ func TestLockedDestination(t *testing.T) {
 		t.Errorf("the refused run wrote: %v", err)
 	}
 }
+
+// In place, what a killed run left is neither a source (not even for a dry run, which cleans
+// nothing) nor kept by the next real run; a user's own temporary-looking file is left alone.
+func TestInPlaceStrayFiles(t *testing.T) {
+	t.Parallel()
+	stray := map[string][]byte{
+		".legacy.safetensors.123456.tmp":            maliciousPickle[:10], // a partial output
+		"checkpoints/.converter-scratch-7/inflated": maliciousPickle,
+		batch.StateDir + "/receipts/.x.json.42.tmp": []byte("{"),
+	}
+	src := repo(t, stray)
+	writeFiles(t, src, map[string][]byte{".notes.txt.99.tmp": []byte("mine")})
+	rep := run(t, convert.InProcess{}, src, "", batch.Options{DryRun: true})
+	for _, f := range rep.Files {
+		if strings.Contains(f.Path, ".tmp") || strings.Contains(f.Path, "scratch") {
+			t.Errorf("dry run reports %s (%s)", f.Path, f.Outcome)
+		}
+	}
+	run(t, convert.InProcess{}, src, "", batch.Options{})
+	left := listing(t, src)
+	for p := range stray {
+		if _, ok := left[p]; ok {
+			t.Errorf("%s left after a run", p)
+		}
+	}
+	if _, ok := left[".notes.txt.99.tmp"]; !ok {
+		t.Error("a user's own .notes.txt.99.tmp was removed")
+	}
+}

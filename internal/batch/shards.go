@@ -177,6 +177,9 @@ func (s *shardSet) check() (map[string]string, int64, error) {
 		if o := sh.file.Outcome; o != Converted && o != Skipped {
 			return nil, 0, fault.New(fault.Malformed, "", "shard %s was %s", sh.obj.Path, o)
 		}
+		if sh.file.Detail != "" { // skipped, but not converted by this run or an earlier one
+			return nil, 0, fault.New(fault.Unsupported, "", "shard %s: %s", sh.obj.Path, sh.file.Detail)
+		}
 		rel := strings.TrimPrefix(sh.out, dir+"/")
 		for _, t := range sh.tensors {
 			if prev, ok := weights[t.Name]; ok {

@@ -260,8 +260,8 @@ func (r *runner) saveReceipt(ctx context.Context, it *item, outcome string) {
 		}
 		rc.OutputSize = o.Size
 	}
-	if it.set != nil {
-		rc.Tensors = it.tensors
+	if outcome == Converted {
+		rc.Tensors = it.tensors // for the index of a set it is, or will be, a shard of
 	}
 	if err := r.state.save(ctx, rc); err != nil {
 		r.setRunErr(fmt.Errorf("write receipt of %s: %w", it.obj.Path, err))
