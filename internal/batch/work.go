@@ -235,7 +235,7 @@ func (r *runner) copyPlain(ctx context.Context, it *item, name string) {
 	if err == nil {
 		defer rd.Close()
 		h := sha256.New()
-		err = r.dst.Put(ctx, it.obj.Path, io.TeeReader(rd, h), it.obj.Size, "")
+		err = r.put(ctx, it.obj.Path, io.TeeReader(rd, h), it.obj.Size)
 		it.file.SourceSHA256 = hex.EncodeToString(h.Sum(nil))
 		it.file.OutputSHA256 = it.file.SourceSHA256
 	}
@@ -245,6 +245,19 @@ func (r *runner) copyPlain(ctx context.Context, it *item, name string) {
 	}
 	r.addOut(it.obj.Size)
 	r.saveReceipt(ctx, it, Copied)
+}
+
+// put stores a copy in DEST. In a local DEST, its directory counts as in use meanwhile, so
+// that a failed conversion beside it does not remove the directory under it.
+func (r *runner) put(ctx context.Context, p string, rd io.Reader, size int64) error {
+	if name, ok := r.dst.LocalPath(p); ok {
+		dir := filepath.Dir(name)
+		if err := r.dirs.use(dir); err != nil {
+			return err
+		}
+		defer r.dirs.release(dir, false)
+	}
+	return r.dst.Put(ctx, p, rd, size, "")
 }
 
 // saveReceipt records the file's outcome in the state; a failure to is the run's.
