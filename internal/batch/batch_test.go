@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/batch"
@@ -189,6 +190,10 @@ func TestShardedSetFailures(t *testing.T) {
 			writeFiles(t, src, map[string][]byte{"pytorch_model-00002-of-00003.bin": maliciousPickle})
 		}, map[string]string{"pytorch_model-00001-of-00003.bin": "failed", "pytorch_model-00002-of-00003.bin": "refused",
 			"pytorch_model-00003-of-00003.bin": "failed"}},
+		{"the index names a file outside its directory", func(t *testing.T, src string) {
+			writeFiles(t, src, map[string][]byte{"pytorch_model.bin.index.json": []byte(`{"weight_map": {"w": "../pytorch_model.bin"}}`)})
+		}, map[string]string{ // no longer in a set: single checkpoints
+			"pytorch_model-00001-of-00003.bin": "converted -> model-00001-of-00003.safetensors"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -209,7 +214,7 @@ func TestShardedSetFailures(t *testing.T) {
 				t.Errorf("legacy.pt: %q: the rest of the batch must go on", got["legacy.pt"])
 			}
 			for p := range listing(t, dst) {
-				if matched, _ := filepath.Match("model*", p); matched {
+				if matched, _ := filepath.Match("model*", p); matched && !strings.HasPrefix(got[shardOf(p)], "converted") {
 					t.Errorf("DEST keeps %s of the failed set", p)
 				}
 			}
@@ -219,6 +224,9 @@ func TestShardedSetFailures(t *testing.T) {
 		})
 	}
 }
+
+// shardOf names the shard whose output p is.
+func shardOf(p string) string { return "pytorch_" + strings.TrimSuffix(p, ".safetensors") + ".bin" }
 
 func TestInPlace(t *testing.T) {
 	t.Parallel()
