@@ -43,7 +43,9 @@ type Options struct {
 // Progress hears of a run's work. Its methods are never called concurrently.
 type Progress interface {
 	// Start is called once, after listing: files is how many files will get an outcome
-	// (Finish), bytes the size of the sources that will be read.
+	// (Finish), bytes the size of the sources that will be read. In place and in a scan,
+	// where a plain file has no outcome, files is an upper bound: a file that looked like a
+	// pickle and turns out to be text or safetensors gets no Finish, only its Advance.
 	Start(files int, bytes int64)
 	// Advance adds bytes of source processed.
 	Advance(bytes int64)
@@ -81,6 +83,7 @@ type runner struct {
 	mu                sync.Mutex // guards what follows and serializes Progress
 	bytesIn, bytesOut int64
 	runErr            error
+	remove            []string // sources to delete at the end (--remove-source)
 }
 
 // Run converts the tree src into dst (nil: in place, beside each source) with eng, which

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/batch"
@@ -138,7 +139,14 @@ func TestShardedSetIndex(t *testing.T) {
 	t.Parallel()
 	src := repo(t, nil)
 	dst := filepath.Join(t.TempDir(), "dst")
-	run(t, convert.InProcess{}, src, dst, batch.Options{})
+	// The shards converted one by one first (their index left out): the next run writes the
+	// index from what their receipts say, without converting them again.
+	run(t, convert.InProcess{}, src, dst, batch.Options{Exclude: []string{"*.index.json"}})
+	eng := &counting{Engine: convert.InProcess{}}
+	rep := run(t, eng, src, dst, batch.Options{})
+	if got := outcomes(rep)["pytorch_model.bin.index.json"]; got != "converted -> model.safetensors.index.json" || eng.converts.Load() != 0 {
+		t.Errorf("index: %q after %d conversions, want converted after none", got, eng.converts.Load())
+	}
 	var idx struct {
 		Metadata  map[string]int64  `json:"metadata"`
 		WeightMap map[string]string `json:"weight_map"`
@@ -182,6 +190,10 @@ func TestShardedSetFailures(t *testing.T) {
 			writeFiles(t, src, map[string][]byte{"pytorch_model-00002-of-00003.bin": maliciousPickle})
 		}, map[string]string{"pytorch_model-00001-of-00003.bin": "failed", "pytorch_model-00002-of-00003.bin": "refused",
 			"pytorch_model-00003-of-00003.bin": "failed"}},
+		{"the index names a file outside its directory", func(t *testing.T, src string) {
+			writeFiles(t, src, map[string][]byte{"pytorch_model.bin.index.json": []byte(`{"weight_map": {"w": "../pytorch_model.bin"}}`)})
+		}, map[string]string{ // no longer in a set: single checkpoints
+			"pytorch_model-00001-of-00003.bin": "converted -> model-00001-of-00003.safetensors"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -202,7 +214,7 @@ func TestShardedSetFailures(t *testing.T) {
 				t.Errorf("legacy.pt: %q: the rest of the batch must go on", got["legacy.pt"])
 			}
 			for p := range listing(t, dst) {
-				if matched, _ := filepath.Match("model*", p); matched {
+				if matched, _ := filepath.Match("model*", p); matched && !strings.HasPrefix(got[shardOf(p)], "converted") {
 					t.Errorf("DEST keeps %s of the failed set", p)
 				}
 			}
@@ -212,6 +224,9 @@ func TestShardedSetFailures(t *testing.T) {
 		})
 	}
 }
+
+// shardOf names the shard whose output p is.
+func shardOf(p string) string { return "pytorch_" + strings.TrimSuffix(p, ".safetensors") + ".bin" }
 
 func TestInPlace(t *testing.T) {
 	t.Parallel()

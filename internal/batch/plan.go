@@ -21,8 +21,8 @@ import (
 func (r *runner) list(ctx context.Context) ([]*item, error) {
 	var items []*item
 	err := r.src.Walk(ctx, func(o store.Object, err error) error {
-		if o.Path == StateDir || strings.HasPrefix(o.Path, StateDir+"/") {
-			return nil
+		if o.Path == StateDir || strings.HasPrefix(o.Path, StateDir+"/") || isStray(o.Path) {
+			return nil // a dry run in place finds what a killed run left, and cleans nothing
 		}
 		it := &item{obj: o, listed: true}
 		it.file.Path = o.Path
@@ -87,8 +87,12 @@ func (r *runner) plan(ctx context.Context, items []*item) []*shardSet {
 	sets := r.findSets(ctx, items, byPath)
 	r.resolveOutputs(items, sets, byPath, ours)
 	for _, it := range items {
-		if !it.done && it.fresh && it.index == nil {
+		switch {
+		case it.done || it.index != nil:
+		case it.fresh:
 			r.fromReceipt(it)
+		case !it.candidate && r.dst == nil:
+			it.done, it.listed = true, false // a plain file with nowhere to go
 		}
 	}
 	return sets

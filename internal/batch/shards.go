@@ -127,6 +127,7 @@ func (r *runner) finishSet(ctx context.Context, s *shardSet) {
 	if it.done { // SOURCE has the output already, or a collision
 		return
 	}
+	r.addIn(it.obj.Size) // read by findSets
 	weights, total, err := s.check()
 	if err != nil {
 		r.failSet(ctx, s, err)
@@ -136,11 +137,10 @@ func (r *runner) finishSet(ctx context.Context, s *shardSet) {
 	redone := slices.ContainsFunc(s.shards, func(sh *item) bool { return sh.file.Outcome != Skipped })
 	if !redone && !r.opts.Force && rc.matches(it.obj, r.state.options) && rc.Outcome == Converted && r.intact(ctx, rc) {
 		it.file = File{Path: it.obj.Path, Outcome: Skipped, Output: rc.Output, SourceSHA256: rc.SourceSHA256, OutputSHA256: rc.OutputSHA256}
-		r.removeSources(ctx, s)
+		s.removeSources(r)
 		return
 	}
 	it.file.Outcome, it.file.Output = Converted, s.out
-	r.addIn(it.obj.Size)
 	if !r.writes() {
 		return
 	}
@@ -158,7 +158,7 @@ func (r *runner) finishSet(ctx context.Context, s *shardSet) {
 		}
 	}
 	r.saveReceipt(ctx, it, Converted)
-	r.removeSources(ctx, s)
+	s.removeSources(r)
 }
 
 // check returns the new index's weight_map (tensor -> shard output, relative to the index)
@@ -176,6 +176,9 @@ func (s *shardSet) check() (map[string]string, int64, error) {
 	for _, sh := range s.shards {
 		if o := sh.file.Outcome; o != Converted && o != Skipped {
 			return nil, 0, fault.New(fault.Malformed, "", "shard %s was %s", sh.obj.Path, o)
+		}
+		if sh.file.Detail != "" { // skipped, but not converted by this run or an earlier one
+			return nil, 0, fault.New(fault.Unsupported, "", "shard %s: %s", sh.obj.Path, sh.file.Detail)
 		}
 		rel := strings.TrimPrefix(sh.out, dir+"/")
 		for _, t := range sh.tensors {
@@ -216,10 +219,11 @@ func (r *runner) failSet(ctx context.Context, s *shardSet, err error) {
 	}
 }
 
-// removeSources removes the shards and the index of a set whose new index is written.
-func (r *runner) removeSources(ctx context.Context, s *shardSet) {
+// removeSources marks the shards and the index of a set whose new index is written for
+// deletion.
+func (s *shardSet) removeSources(r *runner) {
 	for _, sh := range s.shards {
-		r.removeSource(ctx, sh)
+		r.removeSource(sh)
 	}
-	r.removeSource(ctx, s.index)
+	r.removeSource(s.index)
 }

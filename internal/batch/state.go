@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -47,7 +48,8 @@ type receipt struct {
 	OutputSHA256 string              `json:"output_sha256,omitempty"`
 	Error        *convert.ErrorInfo  `json:"error,omitempty"`
 	Globals      []convert.GlobalRef `json:"globals,omitempty"`
-	// Tensors lists a shard's tensors, from which a later run rebuilds the set's index.
+	// Tensors lists a converted file's tensors, from which a later run builds the index of a
+	// sharded set the file is a shard of.
 	Tensors []shardTensor `json:"tensors,omitempty"`
 }
 
@@ -165,6 +167,23 @@ var (
 	strayScratch = regexp.MustCompile(`^\.converter-scratch-`)
 )
 
+// isStray reports whether the slash path p is a temporary file of an output or receipt, or
+// lies in a sandbox scratch directory: what a killed run leaves, never a file of SOURCE.
+func isStray(p string) bool {
+	for _, el := range strings.Split(p, "/") {
+		if strayScratch.MatchString(el) {
+			return true
+		}
+	}
+	m := strayTemp.FindStringSubmatch(path.Base(p))
+	return m != nil && isOutputName(m[1])
+}
+
+// isOutputName reports whether base is the name of something a run writes beside its sources.
+func isOutputName(base string) bool {
+	return strings.HasSuffix(base, ".safetensors") || strings.HasSuffix(base, ".safetensors.index.json")
+}
+
 // cleanStray removes what a killed run left in a local output tree. In place, SOURCE is the
 // user's own tree: only the temporary files of outputs and receipts are removed there.
 func cleanStray(t store.Tree, inPlace bool) error {
@@ -186,8 +205,7 @@ func cleanStray(t store.Tree, inPlace bool) error {
 		if d.IsDir() || m == nil {
 			return nil
 		}
-		ours := !inPlace || strings.HasSuffix(m[1], ".safetensors") || strings.HasSuffix(m[1], ".safetensors.index.json") ||
-			strings.HasPrefix(name, filepath.Join(root, StateDir)+string(filepath.Separator))
+		ours := !inPlace || isOutputName(m[1]) || strings.HasPrefix(name, filepath.Join(root, StateDir)+string(filepath.Separator))
 		if ours {
 			return os.Remove(name)
 		}

@@ -30,7 +30,7 @@ func (r *runner) execute(ctx context.Context, items []*item, sets []*shardSet) {
 		switch {
 		case it.done:
 			if it.rc != nil && it.fresh && it.rc.Outcome == Converted && it.set == nil {
-				r.removeSource(ctx, it) // converted by an earlier run, perhaps killed before this
+				r.removeSource(it) // converted by an earlier run, perhaps killed before this
 			}
 		case it.index != nil: // finished with its set
 		default:
@@ -50,6 +50,7 @@ func (r *runner) execute(ctx context.Context, items []*item, sets []*shardSet) {
 	for _, s := range sets {
 		r.finishSet(ctx, s)
 	}
+	r.removeSources(ctx)
 }
 
 // process converts or copies one file.
@@ -169,7 +170,7 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 		return // its receipt waits for the set's index
 	}
 	r.saveReceipt(ctx, it, Converted)
-	r.removeSource(ctx, it)
+	r.removeSource(it)
 }
 
 // judged records the outcome of a file the engine would not convert: refused when unsafe,
@@ -234,7 +235,7 @@ func (r *runner) copyPlain(ctx context.Context, it *item, name string) {
 	if err == nil {
 		defer rd.Close()
 		h := sha256.New()
-		err = r.dst.Put(ctx, it.obj.Path, io.TeeReader(rd, h), it.obj.Size, "")
+		err = r.put(ctx, it.obj.Path, io.TeeReader(rd, h), it.obj.Size)
 		it.file.SourceSHA256 = hex.EncodeToString(h.Sum(nil))
 		it.file.OutputSHA256 = it.file.SourceSHA256
 	}
@@ -244,6 +245,19 @@ func (r *runner) copyPlain(ctx context.Context, it *item, name string) {
 	}
 	r.addOut(it.obj.Size)
 	r.saveReceipt(ctx, it, Copied)
+}
+
+// put stores a copy in DEST. In a local DEST, its directory counts as in use meanwhile, so
+// that a failed conversion beside it does not remove the directory under it.
+func (r *runner) put(ctx context.Context, p string, rd io.Reader, size int64) error {
+	if name, ok := r.dst.LocalPath(p); ok {
+		dir := filepath.Dir(name)
+		if err := r.dirs.use(dir); err != nil {
+			return err
+		}
+		defer r.dirs.release(dir, false)
+	}
+	return r.dst.Put(ctx, p, rd, size, "")
 }
 
 // saveReceipt records the file's outcome in the state; a failure to is the run's.
@@ -259,21 +273,33 @@ func (r *runner) saveReceipt(ctx context.Context, it *item, outcome string) {
 		}
 		rc.OutputSize = o.Size
 	}
-	if it.set != nil {
-		rc.Tensors = it.tensors
+	if outcome == Converted {
+		rc.Tensors = it.tensors // for the index of a set it is, or will be, a shard of
 	}
 	if err := r.state.save(ctx, rc); err != nil {
 		r.setRunErr(fmt.Errorf("write receipt of %s: %w", it.obj.Path, err))
 	}
 }
 
-// removeSource deletes a converted source with --remove-source, once its output is in place.
-func (r *runner) removeSource(ctx context.Context, it *item) {
+// removeSource marks a converted source for deletion with --remove-source, once its output
+// is in place. The deletions wait for the end of the run: a symlink and its target (a Hugging
+// Face snapshot and its blob) may both be sources, and the link must be converted before the
+// target goes.
+func (r *runner) removeSource(it *item) {
 	if !r.opts.RemoveSource || !r.writes() {
 		return
 	}
-	if err := r.src.Remove(ctx, it.obj.Path); err != nil {
-		r.setRunErr(fmt.Errorf("remove source %s: %w", it.obj.Path, err))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.remove = append(r.remove, it.obj.Path)
+}
+
+// removeSources deletes the sources marked by removeSource.
+func (r *runner) removeSources(ctx context.Context) {
+	for _, p := range r.remove {
+		if err := r.src.Remove(ctx, p); err != nil {
+			r.setRunErr(fmt.Errorf("remove source %s: %w", p, err))
+		}
 	}
 }
 
