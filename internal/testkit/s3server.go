@@ -25,7 +25,12 @@ const VersitygwModule = "github.com/versity/versitygw/cmd/versitygw@v1.8.0"
 const s3StartTimeout = 30 * time.Second
 
 // S3Server is a versitygw process on a loopback port, serving the buckets under a temporary
-// directory. It is stopped when the test that started it ends.
+// directory. It is stopped when the test that started it ends. A test opens a tree on it with
+//
+//	s3store.New(ctx, "s3://"+srv.Bucket(t)+"/prefix", s3store.Config{Endpoint: srv.Endpoint,
+//		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
+//
+// and runs a child process (the CLI) with srv.Env() in its environment.
 type S3Server struct {
 	Endpoint  string // for example "http://127.0.0.1:40123"
 	AccessKey string
