@@ -326,7 +326,13 @@ func sha256Hex(b []byte) string {
 // receives each job's source path when its conversion begins.
 type blockingConverter struct{ started chan string }
 
-func (c blockingConverter) Convert(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+func (c blockingConverter) Convert(ctx context.Context, src, _ string, opts convert.Options) (*convert.Manifest, error) {
+	return c.Scan(ctx, src, opts)
+}
+
+// Scan reports progress, as a sandbox child would, before it blocks.
+func (c blockingConverter) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
 	c.started <- src
 	<-ctx.Done()
 	return nil, errors.Join(errors.New("conversion stopped"), ctx.Err())
