@@ -68,12 +68,12 @@ type JobError struct {
 
 // Job is one conversion request and its outcome.
 type Job struct {
-	ID             string
-	Tenant         string
-	State          State
-	Filename       string
-	Select         string
-	Mode           Mode
+	ID       string
+	Tenant   string
+	State    State
+	Filename string
+	Select   string
+	Mode     Mode
 	// AllowGlobals are the "module.name" globals the job admits as inert records.
 	AllowGlobals   []string
 	InputSize      int64
