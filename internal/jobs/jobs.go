@@ -88,6 +88,9 @@ type Job struct {
 	StartedAt      time.Time // zero until the first attempt starts
 	FinishedAt     time.Time // zero until terminal
 	ExpiresAt      time.Time // zero until terminal; files and record are removed then
+	// HasReport reports whether the job has a scan report (see Service.OpenReport): a
+	// succeeded job's manifest, or a failed job's refused file's report.
+	HasReport bool
 	// Progress is the latest progress of a job running in this process, kept in memory only;
 	// nil otherwise.
 	Progress *convert.Progress

@@ -193,6 +193,7 @@ func scanJob(s scanner) (row, error) {
 	r.OutputSize = outSize.Int64
 	r.OutputSHA256 = outSHA.String
 	r.manifestSHA256 = manSHA.String
+	r.HasReport = r.State == StateSucceeded || r.State == StateFailed && r.manifestSHA256 != ""
 	if errType.Valid {
 		r.Error = &JobError{Detail: errDetail.String}
 		if err := r.Error.Type.UnmarshalText([]byte(errType.String)); err != nil {
