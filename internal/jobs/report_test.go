@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
@@ -152,5 +153,39 @@ func TestRunningJobHasProgress(t *testing.T) {
 	}
 	if got, _ := s.Get(t.Context(), "t", j.ID); got.State != jobs.StateCanceled || got.Progress != nil {
 		t.Errorf("after Cancel: %s %+v, want canceled without progress", got.State, got.Progress)
+	}
+}
+
+// A restart keeps what a scan job and a refused conversion own: their reports (a scan job has
+// no output, and is not lost for it).
+func TestReportsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	s, err := jobs.Open(t.Context(), jobs.Config{Dir: dir, Converter: convert.InProcess{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	scan := waitFor(t, s, submitParams(t, s, systemPickle, jobs.SubmitParams{Mode: jobs.ModeScan}).ID, "finished", terminal)
+	refused := waitFor(t, s, submit(t, s, systemPickle).ID, "finished", terminal)
+	if !scan.HasReport || !refused.HasReport {
+		t.Fatalf("HasReport = %v (scan), %v (refused), want both", scan.HasReport, refused.HasReport)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open(t, dir, convert.InProcess{}, 0)
+	for _, j := range []jobs.Job{scan, refused} {
+		if m := readReport(t, s, j.ID); m.Verdict != "unsafe" {
+			t.Errorf("job %s's report after a restart: verdict %q, want unsafe", j.Mode, m.Verdict)
+		}
+		if got, err := s.Get(t.Context(), "t", j.ID); err != nil || got.State != j.State {
+			t.Errorf("job %s after a restart: %s (%v), want %s", j.Mode, got.State, err, j.State)
+		}
 	}
 }
