@@ -103,3 +103,24 @@ func healthcheck(bin, addr string) ([]byte, error) {
 	cmd.Env = []string{"CONVERTER_ADDR=" + addr}
 	return cmd.CombinedOutput()
 }
+
+// The address serve listens on is the one healthcheck asks: an unspecified host on loopback.
+func TestHealthcheckDialAddr(t *testing.T) {
+	cases := []struct{ addr, want string }{
+		{"0.0.0.0:8080", "127.0.0.1:8080"},
+		{"[::]:8080", "[::1]:8080"},
+		{":8080", "127.0.0.1:8080"},
+		{"127.0.0.1:9", "127.0.0.1:9"},
+		{"converter.internal:8080", "converter.internal:8080"},
+	}
+	for _, c := range cases {
+		if got, err := dialAddr(c.addr); err != nil || got != c.want {
+			t.Errorf("dialAddr(%q) = %q, %v; want %q", c.addr, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"8080", "host:"} {
+		if got, err := dialAddr(bad); err == nil {
+			t.Errorf("dialAddr(%q) = %q, want an error", bad, got)
+		}
+	}
+}
