@@ -302,6 +302,8 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
 	}
 	progress.started()
+	// Every path below waits for the child first: no progress is reported after run returns.
+	defer progress.wait()
 	answer, err := readAnswer(stdout, req.MaxResponse)
 	if err != nil {
 		cancel() // a child that says too much is not heard to the end
@@ -309,7 +311,6 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 		return nil, err
 	}
 	waitErr := cmd.Wait()
-	progress.wait() // no progress is reported after the operation returns
 	var resp response
 	decErr := json.Unmarshal(answer, &resp)
 	if decErr == nil && waitErr == nil {
