@@ -36,11 +36,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return sandbox.RunChild(stdin, stdout, stderr)
 	}
 	cmds := map[string]func(context.Context, []string, func(string) string, io.Writer, io.Writer) error{
-		"convert": runConvert,
-		"batch":   runBatch,
-		"scan":    runScan,
-		"verify":  runVerify,
-		"serve":   runServe,
+		"convert":     runConvert,
+		"batch":       runBatch,
+		"scan":        runScan,
+		"verify":      runVerify,
+		"serve":       runServe,
+		"healthcheck": runHealthcheck,
 	}
 	name := args[0]
 	switch name {
