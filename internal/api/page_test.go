@@ -157,7 +157,7 @@ func TestJobPageRefreshesUntilFinished(t *testing.T) {
 
 // What refuses a browser's form post, or its job page, is an HTML page with the same status, and
 // says why; an API client gets the problem JSON.
-func TestBrowserProblemsAreHTML(t *testing.T) {
+func TestFormProblemsAreHTML(t *testing.T) {
 	open := newEnv(t, envOpts{})
 	withTokens := newEnv(t, envOpts{tokens: "alice secret-a\n"})
 	data := []byte("any bytes")

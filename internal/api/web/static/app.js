@@ -116,7 +116,8 @@
 
   // Card is one job in the page's list: its upload, its state, its report.
   class Card {
-    constructor(name, size) {
+    // constructor adds a card for a file; uploaded is false for a job the page did not upload.
+    constructor(name, size, uploaded) {
       const n = ++cardCount;
       this.name = name;
       this.state = '';
@@ -127,7 +128,7 @@
       this.uploadLabel = el('span', { id: `job-${n}-up`, class: 'progress-label', text: 'Upload' });
       this.uploadBar = el('progress', { max: '100', value: '0', 'aria-labelledby': `job-${n}-up` });
       this.uploadText = el('span', { class: 'progress-text', text: 'waiting' });
-      this.upload = el('div', { class: 'progress-row' }, this.uploadLabel, this.uploadBar, this.uploadText);
+      this.upload = el('div', { class: 'progress-row', hidden: !uploaded }, this.uploadLabel, this.uploadBar, this.uploadText);
       this.convLabel = el('span', { id: `job-${n}-cv`, class: 'progress-label', text: 'Conversion' });
       this.convBar = el('progress', { max: '100', 'aria-labelledby': `job-${n}-cv` });
       this.convText = el('span', { class: 'progress-text' });
@@ -137,15 +138,17 @@
       this.actions = el('p', { class: 'actions', hidden: true });
       this.status = el('p', { class: 'help', role: 'status' });
       this.report = el('details', { class: 'report', hidden: true });
-      this.root = el('li', { class: 'job', 'aria-labelledby': this.title.id },
+      this.root = el('li', { class: 'job', 'data-state': 'waiting', 'aria-labelledby': this.title.id },
         el('div', { class: 'job-head' }, this.title, this.badge),
         this.meta, this.upload, this.conv, this.refusal, this.facts, this.actions, this.status, this.report);
       $('jobs-h').hidden = false;
       $('jobs').prepend(this.root);
     }
 
+    // setBadge shows state, and keeps it in data-state for styles and tests.
     setBadge(state) {
       this.badge.replaceWith(this.badge = badge(state));
+      this.root.dataset.state = state;
     }
 
     uploading(loaded, total) {
@@ -165,6 +168,7 @@
     // update shows a job as the API returned it.
     update(job) {
       this.job = job;
+      this.root.dataset.job = job.id;
       cards.set(job.id, this);
       if (this.state !== job.state) {
         this.state = job.state;
@@ -172,7 +176,6 @@
         announce(job.error ? `${this.name}: ${job.state}, ${job.error.type}` : `${this.name}: ${job.state}`);
       }
       this.meta.textContent = `${formatBytes(job.input.size)} · job ${job.id}`;
-      this.upload.hidden = true;
       this.conv.hidden = TERMINAL.has(job.state);
       this.showProgress(job);
       this.showFacts(job);
@@ -229,7 +232,8 @@
       const list = offenders.length ? el('ul', { class: 'offenders' }, ...offenders.map((g) =>
         el('li', {}, code(`${g.module}.${g.name}`), ` ${g.class}, in ${g.entry} at byte ${g.offset}`))) : null;
       this.refusal.replaceChildren(el('p', { class: 'refusal-title', text: title }),
-        el('p', { class: 'problem-detail', text: detail }), list);
+        el('p', { class: 'problem-detail', text: detail }));
+      if (list) this.refusal.append(list);
       this.refusal.hidden = false;
     }
 
@@ -373,7 +377,7 @@
   async function submitFile(file, query) {
     query.set('filename', file.name);
     const q = query.toString();
-    const card = new Card(file.name, file.size);
+    const card = new Card(file.name, file.size, true);
     let job;
     try {
       job = await withSlot(() => upload(card, file, q));
@@ -460,7 +464,7 @@
     show.addEventListener('click', () => {
       let card = cards.get(job.id);
       if (!card) {
-        card = new Card(job.input.filename, job.input.size);
+        card = new Card(job.input.filename, job.input.size, false);
         card.update(job);
         card.track();
       }
