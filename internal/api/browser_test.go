@@ -24,9 +24,12 @@ import (
 
 // The web page in a real browser: Debian's chromium, driven over the DevTools protocol with
 // chromedp, against the real server and job service. Each test waits on the page's DOM, never
-// on time; browserTimeout only bounds a test that would otherwise hang.
+// on time; browserTimeout and waitTimeout only bound a test that would otherwise hang.
 
-const browserTimeout = 2 * time.Minute
+const (
+	browserTimeout = 3 * time.Minute
+	waitTimeout    = time.Minute
+)
 
 // chromiumPath returns the browser to drive. Without one the test is skipped, except in CI
 // (CI set), where .ci/run installs chromium so that these tests always run.
@@ -129,11 +132,13 @@ func eval[T any](tb *tab, expr string) T {
 	return v
 }
 
-// waitFor waits until a JavaScript predicate holds, re-checking it on every DOM change.
+// waitFor waits until a JavaScript predicate holds, re-checking it on every DOM change. It gives
+// up after waitTimeout, while the browser still answers, to show what the page says.
 func (tb *tab) waitFor(predicate string) {
 	tb.t.Helper()
-	if _, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(0))); err != nil {
-		tb.t.Fatalf("browser: waiting for %s: %v\npage text:\n%s", predicate, err, tb.text("body"))
+	if _, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(waitTimeout))); err != nil {
+		body, _ := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`document.body.innerText`))
+		tb.t.Fatalf("browser: waiting for %s: %v\npage text:\n%s", predicate, err, body)
 	}
 }
 
