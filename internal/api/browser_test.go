@@ -6,17 +6,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -134,11 +137,22 @@ func eval[T any](tb *tab, expr string) T {
 
 // waitFor waits until a JavaScript predicate holds, re-checking it on every DOM change. It gives
 // up after waitTimeout, while the browser still answers, to show what the page says.
+//
+// A poll does not survive a navigation: when the page it ran in is gone (or chromedp still
+// names the previous page's context, just after a reload) it starts again in the new one.
 func (tb *tab) waitFor(predicate string) {
 	tb.t.Helper()
-	if _, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(waitTimeout))); err != nil {
-		body, _ := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`document.body.innerText`))
-		tb.t.Fatalf("browser: waiting for %s: %v\npage text:\n%s", predicate, err, body)
+	for {
+		_, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(waitTimeout)))
+		if err != nil && tb.ctx.Err() == nil && (strings.Contains(err.Error(), "Cannot find context with specified id") ||
+			strings.Contains(err.Error(), "Execution context was destroyed")) {
+			continue
+		}
+		if err != nil {
+			body, _ := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`document.body.innerText`))
+			tb.t.Fatalf("browser: waiting for %s: %v\npage text:\n%s", predicate, err, body)
+		}
+		return
 	}
 }
 
@@ -490,5 +504,169 @@ func TestBrowserWithToken(t *testing.T) {
 	tb.waitFor(`/Enter your token/.test(document.getElementById('recent-status').textContent)`)
 	if v := eval[bool](tb, `sessionStorage.length === 0`); !v {
 		t.Errorf("forgetting the token left sessionStorage non-empty")
+	}
+}
+
+// The page follows the API the issue describes even where this server does not serve it yet:
+// the job's links (self, output, report) rather than paths it builds, the conversion progress
+// of a running job, and the report of a refused one. The test answers the page's API requests
+// itself, through the DevTools protocol, with those shapes; a request to any other URL (a path
+// the page built instead of following a link) fails the test.
+func TestBrowserFollowsLinksAndProgress(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	tb := openTab(t, e, true)
+	const id = "01a22c77-0000-7000-8000-000000000001"
+	var state atomic.Value
+	state.Store("running")
+	job := func() map[string]any {
+		j := map[string]any{
+			"id": id, "state": state.Load(), "created_at": "2026-11-30T12:00:00Z", "updated_at": "2026-11-30T12:00:01Z",
+			"attempts": 1, "input": map[string]any{"filename": "lightning.ckpt", "size": 4096, "sha256": strings.Repeat("ab", 32)},
+			"links": map[string]string{"self": "/v1/jobs/" + id + "?via=link", "output": "/v1/jobs/" + id + "/output?via=link", "report": "/v1/jobs/" + id + "/report?via=link"},
+		}
+		if state.Load() == "running" {
+			j["progress"] = map[string]any{"phase": "writing", "bytes_done": 1024, "bytes_total": 4096, "tensors_done": 1, "tensors_total": 4}
+		} else {
+			j["error"] = map[string]any{"type": "unsafe", "detail": "unsafe: archive/data.pkl@5: global os.system is known-dangerous"}
+		}
+		return j
+	}
+	report := map[string]any{
+		"converter_version": "test", "verdict": "unsafe",
+		"source": map[string]any{"size": 4096, "container": "zip", "pickle_protocol": 2},
+		"error":  map[string]any{"type": "unsafe", "detail": "unsafe: archive/data.pkl@5: global os.system is known-dangerous"},
+		"globals": []map[string]any{
+			{"entry": "archive/data.pkl", "module": "os", "name": "system", "offset": 5, "class": "dangerous"},
+			{"entry": "archive/data.pkl", "module": "torch._utils", "name": "_rebuild_tensor_v2", "offset": 40, "class": "allowed"},
+			{"entry": "archive/data.pkl", "module": "pytorch_lightning.callbacks", "name": "ModelCheckpoint", "offset": 97, "class": "unknown"},
+		},
+		"tensors": []map[string]any{{"name": "model.w", "dtype": "F32", "shape": []int{2, 3}, "bytes": 24}},
+		"aliases": map[string]string{"model.w_alias": "model.w"},
+		"dropped": []map[string]any{{"path": "callbacks.0", "type": "pytorch_lightning.callbacks.ModelCheckpoint"}},
+	}
+	answers := map[string]func() (int, any){
+		"GET /v1/jobs?page_size=20":               func() (int, any) { return http.StatusOK, map[string]any{"jobs": []any{job()}} },
+		"GET /v1/jobs/" + id + "?via=link":        func() (int, any) { return http.StatusOK, job() },
+		"GET /v1/jobs/" + id + "/report?via=link": func() (int, any) { return http.StatusOK, report },
+	}
+	unexpected := tb.fakeAPI(answers)
+	tb.run(chromedp.Click(chromedp.CSS("#recent-form button")))
+	tb.waitFor(`document.querySelectorAll('#recent tbody tr').length === 1`)
+	tb.run(chromedp.Click(chromedp.CSS("#recent tbody button")))
+	c := `#jobs li[data-job="` + id + `"]`
+	tb.waitFor(`/writing 25% · 1 of 4 tensors/.test(document.querySelector('` + c + `').textContent)`)
+	if v := eval[float64](tb, `document.querySelector('`+c+` .progress-row:not([hidden]) progress').value`); v != 25 {
+		t.Errorf("conversion bar = %v, want 25", v)
+	}
+	if id := eval[string](tb, `document.activeElement.closest('li') && document.activeElement.closest('li').dataset.job`); id == "" {
+		t.Errorf("Show did not move the focus to the job's card")
+	}
+	tb.screenshot("progress")
+
+	state.Store("failed")
+	tb.waitFor(`document.querySelector('` + c + ` .offenders') !== null`)
+	if got, want := tb.text(c+" .offenders"), "os.system dangerous, in archive/data.pkl at byte 5"+
+		"pytorch_lightning.callbacks.ModelCheckpoint unknown, in archive/data.pkl at byte 97"; got != want {
+		t.Errorf("offending globals = %q, want %q", got, want)
+	}
+	rep := tb.text(c + " details.report")
+	for _, want := range []string{"Globals (3)", "torch._utils._rebuild_tensor_v2allowedarchive/data.pkl40", "model.wF32[2, 3]24 B",
+		"Aliases (1)", "model.w_aliasmodel.w", "Dropped entries (1)", "callbacks.0pytorch_lightning.callbacks.ModelCheckpoint"} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("report lacks %q:\n%s", want, rep)
+		}
+	}
+	if open := eval[bool](tb, `document.querySelector('`+c+` details.report').open`); !open {
+		t.Errorf("an unsafe file's report is folded")
+	}
+	tb.screenshot("report")
+	if u := unexpected(); len(u) != 0 {
+		t.Errorf("the page requested %q, not the job's links", u)
+	}
+}
+
+// fakeAPI answers the page's requests to /v1/ from answers, by method and request URI, through
+// the DevTools protocol: the server never sees them. A request answers has no entry for gets a
+// 404 and is listed by the function fakeAPI returns.
+func (tb *tab) fakeAPI(answers map[string]func() (int, any)) (unexpected func() []string) {
+	var (
+		mu   sync.Mutex
+		miss []string
+	)
+	paused := chromedp.Events(tb.ctx, fetch.RequestPaused)
+	tb.run(chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: "*/v1/*"}}})
+		return err
+	}))
+	go func() {
+		for ev, err := range paused {
+			if err != nil {
+				return
+			}
+			u, _ := url.Parse(ev.Request.URL)
+			key := ev.Request.Method + " " + u.RequestURI()
+			status, body := http.StatusNotFound, any(map[string]any{"type": "about:blank", "title": "Not found", "status": 404})
+			if answer, ok := answers[key]; ok {
+				status, body = answer()
+			} else {
+				mu.Lock()
+				miss = append(miss, key)
+				mu.Unlock()
+			}
+			b, _ := json.Marshal(body)
+			chromedp.Call(tb.ctx, fetch.FulfillRequest, fetch.FulfillRequestParams{
+				RequestID: ev.RequestID, ResponseCode: int64(status), Body: b,
+				ResponseHeaders: []*fetch.HeaderEntry{{Name: "Content-Type", Value: "application/json"}, {Name: "Retry-After", Value: "1"}},
+			})
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(miss)
+	}
+}
+
+// The options reach the upload's query (select, mode=scan, allow_global), and a scan-only job,
+// which succeeds whatever the verdict and has no output, shows its verdict and the globals that
+// made it, with no download link.
+func TestBrowserScanOnlyWithOptions(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	tb := openTab(t, e, true)
+	const id = "01a22c77-0000-7000-8000-000000000002"
+	job := map[string]any{
+		"id": id, "state": "succeeded", "created_at": "2026-11-30T12:00:00Z", "updated_at": "2026-11-30T12:00:01Z",
+		"attempts": 1, "input": map[string]any{"filename": "mymodel.pt", "size": 999, "sha256": strings.Repeat("cd", 32)},
+	}
+	report := map[string]any{
+		"converter_version": "test", "verdict": "unsafe", "source": map[string]any{"size": 999, "container": "zip"},
+		"error":   map[string]any{"type": "unsafe", "detail": "unsafe: mymodel/data.pkl@9: global mylib.Config is not allowed"},
+		"globals": []map[string]any{{"entry": "mymodel/data.pkl", "module": "mylib", "name": "Config", "offset": 9, "class": "unknown"}},
+	}
+	ok := func(v any) func() (int, any) { return func() (int, any) { return http.StatusOK, v } }
+	unexpected := tb.fakeAPI(map[string]func() (int, any){
+		"GET /v1/jobs?page_size=20": ok(map[string]any{"jobs": []any{}}),
+		"POST /v1/jobs?select=model&mode=scan&allow_global=mylib.Config&allow_global=mylib.Schedule&filename=mymodel.pt": func() (int, any) {
+			return http.StatusAccepted, job
+		},
+		"GET /v1/jobs/" + id:             ok(job),
+		"GET /v1/jobs/" + id + "/report": ok(report),
+	})
+	tb.run(chromedp.Click(chromedp.CSS("#options summary")),
+		chromedp.SendKeys(chromedp.ID("select"), "model"),
+		chromedp.SendKeys(chromedp.ID("allow"), "mylib.Config\nmylib.Schedule"))
+	tb.choose(testdataPath(t, "mymodel.pt"))
+	tb.run(chromedp.Click(chromedp.ID("scan-btn")))
+	c := `#jobs li[data-job="` + id + `"]`
+	tb.waitFor(`document.querySelector('` + c + ` .offenders') !== null`)
+	if got, want := tb.text(c+" .refusal"), "Verdict: unsafeunsafe: mymodel/data.pkl@9: global mylib.Config is not allowedmylib.Config unknown, in mymodel/data.pkl at byte 9"; got != want {
+		t.Errorf("refusal = %q, want %q", got, want)
+	}
+	if n := eval[int](tb, `document.querySelectorAll('`+c+` a.download').length`); n != 0 {
+		t.Errorf("a scan-only job has %d download links", n)
+	}
+	tb.screenshot("scan-only")
+	if u := unexpected(); len(u) != 0 {
+		t.Errorf("unexpected requests %q", u)
 	}
 }

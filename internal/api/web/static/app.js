@@ -65,6 +65,8 @@
     return (i === 0 ? String(n) : n.toFixed(1)) + ' ' + units[i];
   }
 
+  function plural(n, noun) { return `${n} ${noun}${n === 1 ? '' : 's'}`; }
+
   function wait(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
   // announce tells screen readers about a change through the page's one polite live region.
@@ -99,7 +101,9 @@
     }
   }
 
+  // table renders rows (at most MAX_ROWS of total) under a caption, or says there are none.
   function table(caption, columns, rows, total) {
+    if (!rows.length) return el('p', { class: 'meta', text: `${caption}: none` });
     const head = el('tr', {}, ...columns.map((c) => el('th', { scope: 'col', class: c.num ? 'num' : null, text: c.title })));
     const body = el('tbody', {}, ...rows.slice(0, MAX_ROWS).map((r) =>
       el('tr', {}, ...columns.map((c) => el('td', { class: c.num ? 'num' : null }, c.cell(r))))));
@@ -180,7 +184,7 @@
       this.showProgress(job);
       this.showFacts(job);
       if (job.error) this.showError();
-      if (job.state === 'succeeded') this.showActions(job);
+      if (job.output) this.showActions(job);
     }
 
     showProgress(job) {
@@ -244,16 +248,20 @@
       const aliases = Object.entries(rep.aliases || {});
       const dropped = rep.dropped || [];
       this.offenders = globals.filter((g) => g.class === 'dangerous' || g.class === 'unknown');
-      if (this.job.error) this.showError();
+      if (this.job.error) {
+        this.showError();
+      } else if (rep.verdict && rep.verdict !== 'safe') {
+        // A scan-only job succeeds whatever the verdict: the report is where a refusal shows.
+        this.showRefusal(`Verdict: ${rep.verdict}`, rep.error ? rep.error.detail : '', this.offenders);
+      }
       const src = rep.source || {};
       const parts = [
         el('summary', {}, 'Scan report: ', badge(rep.verdict || 'unknown'),
-          ` ${tensors.length} tensors, ${globals.length} globals`),
+          ` ${plural(tensors.length, 'tensor')}, ${plural(globals.length, 'global')}`),
         el('p', { class: 'meta', text: [src.container && `container ${src.container}`,
           src.pickle_protocol !== undefined && `pickle protocol ${src.pickle_protocol}`,
           rep.converter_version && `converter ${rep.converter_version}`].filter(Boolean).join(' · ') }),
       ];
-      if (rep.error) parts.push(el('p', { class: 'problem-detail', text: `${rep.error.type}: ${rep.error.detail}` }));
       parts.push(table('Globals', [
         { title: 'Global', cell: (g) => code(`${g.module}.${g.name}`) },
         { title: 'Class', cell: (g) => el('span', { class: `class-${g.class}`, text: g.class }) },
@@ -411,7 +419,7 @@
       const files = [...input.files];
       const scan = e.submitter && e.submitter.id === 'scan-btn';
       input.value = '';
-      announce(`Uploading ${files.length} file${files.length === 1 ? '' : 's'}`);
+      announce(`Uploading ${plural(files.length, 'file')}`);
       for (const f of files) submitFile(f, uploadQuery(scan));
     });
     // Dropping files chooses them, as the file picker does; the buttons then start the work.
@@ -426,7 +434,7 @@
       if (!e.dataTransfer || !e.dataTransfer.files.length) return;
       input.files = e.dataTransfer.files;
       const n = input.files.length;
-      announce(`${n} file${n === 1 ? '' : 's'} chosen: press Convert or Scan only`);
+      announce(`${plural(n, 'file')} chosen: press Convert or Scan only`);
       $('convert-btn').focus();
     });
   }
@@ -449,10 +457,12 @@
       nextPage = page.next_page_token || '';
       $('recent-more').hidden = !nextPage;
       const n = body.rows.length;
-      status.textContent = n ? `${n} job${n === 1 ? '' : 's'}${state ? ' ' + state : ''}${nextPage ? ', more below' : ''}`
+      $('recent').hidden = n === 0;
+      status.textContent = n ? `${plural(n, 'job')}${state ? ' ' + state : ''}${nextPage ? ', more below' : ''}`
         : `No ${state || ''} jobs yet`.replace('  ', ' ');
     } catch (e) {
       body.replaceChildren();
+      $('recent').hidden = true;
       $('recent-more').hidden = true;
       status.textContent = e.status === 401 ? 'Enter your token above to list your jobs.' : `Could not list jobs: ${e.message}`;
     }
