@@ -61,21 +61,71 @@ type tab struct {
 	problems  []string // exceptions, and errors the browser logged other than failed requests
 }
 
-// openTab starts a fresh headless Chromium (its own profile, no network services) on the page
-// of e. With script false the page runs without JavaScript.
-func openTab(t *testing.T, e *env, script bool) *tab {
+// chromium is the package's one browser. Starting Chromium takes seconds (8 s on a loaded
+// 2-core machine), so the tests share it, each in a browser context of its own (its own
+// storage and downloads, like a fresh profile) and its own tab. TestMain stops it.
+var chromium struct {
+	mu   sync.Mutex
+	ctx  context.Context // its first tab, nil until started
+	stop func()
+}
+
+// sharedBrowser starts the package's browser, headless, on a fresh profile, with no network
+// services of its own, or returns it.
+func sharedBrowser(t *testing.T) context.Context {
 	t.Helper()
 	exe := chromiumPath(t)
-	ctx, cancelTimeout := context.WithTimeout(t.Context(), browserTimeout)
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(exe), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000),
+	chromium.mu.Lock()
+	defer chromium.mu.Unlock()
+	if chromium.ctx != nil {
+		return chromium.ctx
+	}
+	profile, err := os.MkdirTemp("", "converter-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(exe), chromedp.UserDataDir(profile), chromedp.WindowSize(1280, 1000),
 		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
 		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-dev-shm-usage", true))
-	bctx, cancelTab := chromedp.NewContext(actx)
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	stop := func() {
+		cancelBrowser()
+		cancelAlloc()
+		os.RemoveAll(profile)
+	}
+	if err := chromedp.Do(bctx); err != nil {
+		stop()
+		t.Fatalf("start %s: %v", exe, err)
+	}
+	chromium.ctx, chromium.stop = bctx, stop
+	return bctx
+}
+
+// stopBrowser stops the package's browser, if a test started it.
+func stopBrowser() {
+	chromium.mu.Lock()
+	defer chromium.mu.Unlock()
+	if chromium.stop != nil {
+		chromium.stop()
+	}
+}
+
+// openTab opens the page of e in a new tab, in a new browser context. With script false the
+// page runs without JavaScript.
+func openTab(t *testing.T, e *env, script bool) *tab {
+	t.Helper()
+	tabCtx, cancelTab := chromedp.NewContext(sharedBrowser(t), chromedp.WithNewBrowserContext())
+	// The first action binds the tab's life to its context: that one has no deadline.
+	if err := chromedp.Do(tabCtx); err != nil {
+		cancelTab()
+		t.Fatalf("browser: open a tab: %v", err)
+	}
+	bctx, cancelTimeout := context.WithTimeout(tabCtx, browserTimeout)
 	tb := &tab{t: t, ctx: bctx, e: e, downloads: t.TempDir()}
-	console := chromedp.Console(bctx)
+	console := chromedp.Console(tabCtx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -93,9 +143,8 @@ func openTab(t *testing.T, e *env, script bool) *tab {
 		}
 	}()
 	t.Cleanup(func() {
-		cancelTab()
-		cancelAlloc()
 		cancelTimeout()
+		cancelTab()
 		<-done
 		for _, p := range tb.problems {
 			t.Errorf("browser console: %s", p)
@@ -104,6 +153,7 @@ func openTab(t *testing.T, e *env, script bool) *tab {
 	tb.run(chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
 		_, err := chromedp.CallBrowser(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
 			Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: tb.downloads, EventsEnabled: new(true),
+			BrowserContextID: chromedp.FromContext(tabCtx).BrowserContextID,
 		})
 		return err
 	}))
@@ -331,6 +381,9 @@ func TestBrowserConvertsAndDownloads(t *testing.T) {
 	j := e.onlyJob("")
 	if j.State != "succeeded" {
 		t.Fatalf("job = %+v, want succeeded", j)
+	}
+	if got := tb.text("#announce"); got != "mymodel.pt: succeeded" {
+		t.Errorf("live region says %q, want the job's new state", got)
 	}
 	c := `#jobs li[data-job="` + j.ID + `"]`
 	if v := eval[float64](tb, `document.querySelector('`+c+` progress').value`); v != 100 {
