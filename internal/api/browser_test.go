@@ -55,7 +55,6 @@ func chromiumPath(t *testing.T) string {
 type tab struct {
 	t         *testing.T
 	ctx       context.Context
-	e         *env
 	downloads string
 	mu        sync.Mutex
 	problems  []string // exceptions, and errors the browser logged other than failed requests
@@ -124,7 +123,7 @@ func openTab(t *testing.T, e *env, script bool) *tab {
 		t.Fatalf("browser: open a tab: %v", err)
 	}
 	bctx, cancelTimeout := context.WithTimeout(tabCtx, browserTimeout)
-	tb := &tab{t: t, ctx: bctx, e: e, downloads: t.TempDir()}
+	tb := &tab{t: t, ctx: bctx, downloads: t.TempDir()}
 	console := chromedp.Console(tabCtx)
 	done := make(chan struct{})
 	go func() {

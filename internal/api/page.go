@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"log/slog"
 	"mime"
 	"net/http"
 	"path"
@@ -43,6 +44,14 @@ type pages struct {
 	// open is true when the server runs without tokens: the page then needs no token, and the
 	// plain form (no JavaScript, so no Authorization header) can upload.
 	open bool
+	log  *slog.Logger
+}
+
+// assetTypes are the content types of the assets, by extension: fixed here, since
+// mime.TypeByExtension also reads the system's tables, which differ between machines.
+var assetTypes = map[string]string{
+	".css": "text/css; charset=utf-8",
+	".js":  "text/javascript; charset=utf-8",
 }
 
 type asset struct {
@@ -52,8 +61,8 @@ type asset struct {
 
 // newPages loads the embedded templates and assets. They are part of the binary, so a failure
 // is a build defect, not an input error: it panics, and every test that builds a server sees it.
-func newPages(open bool) *pages {
-	p := &pages{assets: map[string]asset{}, paths: map[string]string{}, open: open}
+func newPages(open bool, log *slog.Logger) *pages {
+	p := &pages{assets: map[string]asset{}, paths: map[string]string{}, open: open, log: log}
 	entries, err := fs.ReadDir(webFS, "web/static")
 	if err != nil {
 		panic(err)
@@ -66,7 +75,11 @@ func newPages(open bool) *pages {
 		sum := sha256.Sum256(body)
 		ext := path.Ext(e.Name())
 		hashed := strings.TrimSuffix(e.Name(), ext) + "." + hex.EncodeToString(sum[:6]) + ext
-		p.assets[hashed] = asset{body: body, contentType: mime.TypeByExtension(ext)}
+		ct, ok := assetTypes[ext]
+		if !ok {
+			panic("web/static/" + e.Name() + ": no content type for " + ext)
+		}
+		p.assets[hashed] = asset{body: body, contentType: ct}
 		p.paths[e.Name()] = "/static/" + hashed
 	}
 	p.tmpl = template.Must(template.New("").Funcs(template.FuncMap{
@@ -95,7 +108,9 @@ func setPageHeaders(h http.Header) {
 func (p *pages) render(w http.ResponseWriter, status int, name string, data any) {
 	var buf bytes.Buffer
 	if err := p.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
-		status, buf = http.StatusInternalServerError, bytes.Buffer{}
+		p.log.Error("render page", "template", name, "err", err)
+		status = http.StatusInternalServerError
+		buf.Reset()
 		buf.WriteString("internal error: the page could not be rendered\n")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	} else {
@@ -149,8 +164,7 @@ func (p *pages) handleJobPage(svc JobService) http.HandlerFunc {
 		p.render(w, http.StatusOK, "job.html", struct {
 			Job      jobJSON
 			Finished bool
-			Open     bool
-		}{toJSON(j), j.State.Terminal(), p.open})
+		}{toJSON(j), j.State.Terminal()})
 	}
 }
 

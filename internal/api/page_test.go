@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"html"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -142,6 +143,23 @@ func TestFormPostRedirectsToJobPage(t *testing.T) {
 	resp, b = e.formPost("/v1/jobs", "*/*", nil, data)
 	if resp.StatusCode != http.StatusAccepted || !strings.HasPrefix(resp.Header.Get("Location"), "/v1/jobs/") {
 		t.Fatalf("API client's form post = %d %q, want 202 and the job's URL\n%s", resp.StatusCode, resp.Header.Get("Location"), b)
+	}
+}
+
+// A refused job's page says so, with the error's detail (the global and where), and offers no
+// download.
+func TestJobPageShowsRefusal(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	evil := []byte("cos\nsystem\n(S'touch /tmp/pwned-by-converter-test'\ntR.")
+	j := e.wait("", e.submit("", "evil.pt", evil, nil).ID)
+	_, page := e.do("GET", "/jobs/"+j.ID, "", nil, map[string]string{"Accept": browserAccept})
+	for _, want := range []string{"Refused as unsafe", html.EscapeString(j.Error.Detail), "os.system"} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("refused job's page lacks %q", want)
+		}
+	}
+	if bytes.Contains(page, []byte("/output")) {
+		t.Errorf("refused job's page links an output")
 	}
 }
 

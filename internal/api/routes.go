@@ -12,7 +12,7 @@ import (
 // routes is the whole URL space of the service; api/openapi.yaml documents exactly these.
 func routes(d Deps, m *metrics) *chi.Mux {
 	r := chi.NewRouter()
-	page := newPages(d.Tokens == nil)
+	page := newPages(d.Tokens == nil, d.Logger)
 	r.Use(m.instrument, middleware.Recoverer, page.browserPages)
 	if d.Tokens == nil {
 		r.Use(requireLoopbackHost(m))
