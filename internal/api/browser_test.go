@@ -495,7 +495,8 @@ func TestBrowserUploadsSeveral(t *testing.T) {
 }
 
 // Without JavaScript the page's form still uploads: the browser lands on the job's page, which
-// reloads itself until the job is done and then links the output.
+// reloads itself until the job is done and then links the output. With tokens it cannot, and
+// says so.
 func TestBrowserWithoutJavaScript(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	tb := openTab(t, e, false)
@@ -521,6 +522,19 @@ func TestBrowserWithoutJavaScript(t *testing.T) {
 	if name != j.Output.Filename || sha256Hex(got) != j.Output.SHA256 {
 		t.Errorf("downloaded %q with sha256 %s, want %q with %s", name, sha256Hex(got), j.Output.Filename, j.Output.SHA256)
 	}
+
+	// A server with tokens: the form cannot send one, and the answer says so, as a page.
+	withTokens := newEnv(t, envOpts{tokens: "alice secret-a\n"})
+	tb = openTab(t, withTokens, false)
+	if got := tb.text("noscript"); !strings.Contains(got, "a plain form cannot send") {
+		t.Errorf("the page does not tell a user without JavaScript that the form needs a token: %q", got)
+	}
+	tb.choose(testdataPath(t, "mymodel.pt"))
+	tb.run(chromedp.Click(chromedp.ID("convert-btn")), chromedp.WaitVisible(chromedp.CSS(".status-line")))
+	if got := tb.text("main"); !strings.Contains(got, "HTTP 401") || !strings.Contains(got, "a plain form cannot send") {
+		t.Errorf("form post without a token answered %q", got)
+	}
+	tb.screenshot("no-javascript-token")
 }
 
 // With tokens the page asks for one, keeps it in the tab's sessionStorage (a reload keeps it),
