@@ -12,7 +12,8 @@ import (
 // routes is the whole URL space of the service; api/openapi.yaml documents exactly these.
 func routes(d Deps, m *metrics) *chi.Mux {
 	r := chi.NewRouter()
-	r.Use(m.instrument, middleware.Recoverer)
+	page := newPages(d.Tokens == nil, d.Logger)
+	r.Use(m.instrument, middleware.Recoverer, page.browserPages)
 	if d.Tokens == nil {
 		r.Use(requireLoopbackHost(m))
 	}
@@ -23,6 +24,12 @@ func routes(d Deps, m *metrics) *chi.Mux {
 	r.Method("GET", "/metrics", metricsHandler(d, m))
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
 	r.Get(problemBase+"{type}", handleProblemPage())
+
+	// The web page (page.go): public, since it holds no data; what it shows comes from the
+	// API with the user's token. /jobs/{id} is the job as a page, for the plain form's upload.
+	r.Get("/", page.handleIndex())
+	r.Get("/static/{asset}", page.handleStatic())
+	r.With(authenticate(d.Tokens, m)).Get("/jobs/{id}", page.handleJobPage(d.Jobs))
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
