@@ -28,6 +28,8 @@ func mixedRepo(t *testing.T) string {
 		"optimizer.pt":             barePickle,
 		"broken/pytorch_model.bin": shard[:len(shard)/2],
 		"noext":                    legacy,
+		"embeddings.npy":           plainNpy,
+		"objects.npy":              objectNpy,
 	})
 	outside := filepath.Join(t.TempDir(), "secret.bin")
 	writeFiles(t, filepath.Dir(outside), map[string][]byte{"secret.bin": legacy})
@@ -51,11 +53,13 @@ var mixedWant = map[string]string{
 	"broken/pytorch_model.bin":         "failed",
 	"checkpoints/last.ckpt":            "converted -> checkpoints/last.safetensors",
 	"config.json":                      "copied -> config.json",
+	"embeddings.npy":                   "copied -> embeddings.npy", // no object data: no pickle
 	"evil/pytorch_model.bin":           "refused",
 	"legacy.pt":                        "converted -> legacy.safetensors",
 	"loop":                             "ignored",
 	"merges.txt":                       "copied -> merges.txt", // starts with the EMPTY_LIST opcode
 	"noext":                            "converted -> noext.safetensors",
+	"objects.npy":                      "refused",
 	"optimizer.pt":                     "failed",
 	"outside.bin":                      "ignored",
 	"pytorch_model-00001-of-00003.bin": "converted -> model-00001-of-00003.safetensors",
@@ -86,6 +90,7 @@ func TestMixedTreeLocalToLocal(t *testing.T) {
 	}{
 		{"evil/pytorch_model.bin", fault.Unsafe, "posix.system"},
 		{"training_args.bin", fault.Unsafe, "transformers.training_args.TrainingArguments"},
+		{"objects.npy", fault.Unsafe, "numpy.core.multiarray._reconstruct"},
 		{"optimizer.pt", fault.Unsupported, ""},
 		{"broken/pytorch_model.bin", fault.Malformed, ""},
 	} {
@@ -107,7 +112,7 @@ func TestMixedTreeLocalToLocal(t *testing.T) {
 	if got, want := rep.ExitCode(), 3; got != want {
 		t.Errorf("ExitCode = %d, want %d", got, want)
 	}
-	if rep.Summary != (batch.Summary{Converted: 8, Copied: 5, Refused: 2, Failed: 2, Ignored: 2,
+	if rep.Summary != (batch.Summary{Converted: 8, Copied: 6, Refused: 3, Failed: 2, Ignored: 2,
 		BytesIn: rep.Summary.BytesIn, BytesOut: rep.Summary.BytesOut}) || rep.Summary.BytesOut == 0 {
 		t.Errorf("summary %+v", rep.Summary)
 	}
@@ -116,7 +121,7 @@ func TestMixedTreeLocalToLocal(t *testing.T) {
 	// refused or failed file, no bin index, nothing temporary.
 	got := slices.Sorted(maps.Keys(withoutState(listing(t, dst))))
 	want := []string{"adapter.safetensors", "checkpoints/", "checkpoints/last.safetensors", "config.json",
-		"legacy.safetensors", "merges.txt", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+		"embeddings.npy", "legacy.safetensors", "merges.txt", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
 		"model-00003-of-00003.safetensors", "model.safetensors.index.json", "noext.safetensors", "snapshot/",
 		"snapshot/model.safetensors", "tokenizer.json", "vocab.txt"}
 	if !slices.Equal(got, want) {

@@ -82,10 +82,14 @@ func noPickleData(head []byte, size int64, m *convert.Manifest, kind fault.Kind)
 	return false
 }
 
+// headKept is how many first bytes of a file noPickleData reads: looksLikeSafetensors's
+// header length and the "{" after it.
+const headKept = 9
+
 // looksLikeSafetensors reports whether head starts as a safetensors file of size bytes does:
 // a little-endian header length that fits the file, then the header's "{".
 func looksLikeSafetensors(head []byte, size int64) bool {
-	if len(head) < 9 || head[8] != '{' {
+	if len(head) < headKept || head[8] != '{' {
 		return false
 	}
 	n := binary.LittleEndian.Uint64(head)

@@ -27,7 +27,21 @@ var (
 	trainingArgs = []byte("\x80\x03ctransformers.training_args\nTrainingArguments\nq\x00)\x81q\x01.")
 	// A bare pickle of {"a": 1}: pickle data, no checkpoint, no global.
 	barePickle = []byte("\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.")
+	// np.save of two float32 values: plain data.
+	plainNpy = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", "\x00\x00\x80\x3f\x00\x00\x00\x40")
+	// np.save of an object array: a pickle naming numpy's reconstructor follows the header.
+	objectNpy = npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+		"\x80\x03cnumpy.core.multiarray\n_reconstruct\nq\x00.")
 )
+
+// npy builds a version 1.0 .npy file: magic, header length, the header dict padded with
+// spaces and a newline to a multiple of 64 bytes, then the data.
+func npy(header, data string) []byte {
+	pad := 64 - (10+len(header)+1)%64
+	header += strings.Repeat(" ", pad%64) + "\n"
+	n := len(header)
+	return []byte("\x93NUMPY\x01\x00" + string([]byte{byte(n), byte(n >> 8)}) + header + data)
+}
 
 // repo copies testdata/repo (see gen_fixtures.py) into a fresh directory, adds files, and
 // returns the directory.

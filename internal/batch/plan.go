@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -85,6 +86,11 @@ func (r *runner) plan(ctx context.Context, items []*item) []*shardSet {
 		}
 	}
 	sets := r.findSets(ctx, items, byPath)
+	for _, it := range items {
+		if it.set == nil && it.rc != nil {
+			it.rc.Tensors = nil // only a shard's are needed, for its set's index
+		}
+	}
 	r.resolveOutputs(items, sets, byPath, ours)
 	for _, it := range items {
 		switch {
@@ -156,7 +162,8 @@ func (r *runner) prepare(ctx context.Context, it *item) {
 		it.decide(File{Outcome: Failed, Error: failure(fault.Wrap(fault.Internal, "", fault.PathFree(err), "read %s", it.obj.Path))})
 		return
 	}
-	it.head, it.candidate = head, isCandidate(head)
+	// Keep no more than noPickleData needs, per file of a large store.
+	it.head, it.candidate = bytes.Clone(head[:min(len(head), headKept)]), isCandidate(head)
 }
 
 // intact reports whether the output a receipt names is still there with its size.

@@ -170,6 +170,7 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 		return // its receipt waits for the set's index
 	}
 	r.saveReceipt(ctx, it, Converted)
+	it.tensors = nil // recorded; only a shard's are needed later
 	r.removeSource(it)
 }
 
