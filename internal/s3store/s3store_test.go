@@ -454,23 +454,3 @@ func TestTinyPartSizeIsRaisedToTheMinimum(t *testing.T) {
 		t.Error("read other bytes back")
 	}
 }
-
-func TestReadErrorsAreClassified(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, "hub", s3store.Config{})
-	put(t, f.tree, "model.bin", randomBytes(minPart))
-	ctx, cancel := context.WithCancel(t.Context())
-	rc, err := f.tree.Open(ctx, "model.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if _, err := io.ReadFull(rc, make([]byte, 10)); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	_, err = io.Copy(io.Discard, rc)
-	if fault.KindOf(err) != fault.Canceled || !strings.Contains(err.Error(), "s3://"+f.bucket+"/hub/model.bin") {
-		t.Errorf("reading on after a cancel = %v; want a %s fault naming the object", err, fault.Canceled)
-	}
-}
