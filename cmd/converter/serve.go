@@ -215,7 +215,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
 			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
 			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
-			AllowGlobals: cfg.allowGlobals,
+			AllowGlobals: cfg.allowGlobals, Stop: ctx.Done(),
 		}),
 		ReadHeaderTimeout: headerTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

@@ -130,13 +130,16 @@ func loadSpec(t *testing.T) *openapi3.T {
 	return doc
 }
 
-// registerHTMLDecoder lets the contract check read text/html answers (the problem pages) as
-// strings; kin-openapi decodes only JSON, YAML, text/plain and a few others by itself.
+// registerHTMLDecoder lets the contract check read text/html answers (the problem pages) and
+// event streams as strings; kin-openapi decodes only JSON, YAML, text/plain and a few others by
+// itself.
 var registerHTMLDecoder = sync.OnceFunc(func() {
-	openapi3filter.RegisterBodyDecoder("text/html", func(r io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+	asString := func(r io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
 		b, err := io.ReadAll(r)
 		return string(b), err
-	})
+	}
+	openapi3filter.RegisterBodyDecoder("text/html", asString)
+	openapi3filter.RegisterBodyDecoder("text/event-stream", asString)
 })
 
 func specRouter(t *testing.T, serverURL string) routers.Router {

@@ -379,8 +379,8 @@ func handleSubmit(svc JobService, lim uploadLimits, allowed map[string]bool, m *
 
 // jobOptions reads a submission's mode and allowed globals from its query: mode is convert
 // (the default) or scan, and each allow_global must be one the server allows (serve
-// --allow-global). The globals are sorted and deduplicated, so that an Idempotency-Key replay
-// does not depend on their order.
+// --allow-global) and, whatever the server's list, not known-dangerous. The globals are sorted
+// and deduplicated, so that an Idempotency-Key replay does not depend on their order.
 func jobOptions(q url.Values, allowed map[string]bool) (jobs.Mode, []string, error) {
 	mode := jobs.Mode(q.Get("mode"))
 	if mode == "" {
@@ -394,6 +394,9 @@ func jobOptions(q url.Values, allowed map[string]bool) (jobs.Mode, []string, err
 		if !allowed[g] {
 			return "", nil, fmt.Errorf("allow_global %q is not one this server allows (serve --allow-global)", g)
 		}
+	}
+	if err := (convert.Options{AllowGlobals: allow}).Validate(); err != nil {
+		return "", nil, err
 	}
 	allow = slices.Clone(allow)
 	slices.Sort(allow)

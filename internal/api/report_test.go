@@ -90,9 +90,10 @@ func TestScanJobAndLinks(t *testing.T) {
 	}
 }
 
-// A job may ask to admit only globals from the server's list; the job shows those it admits.
+// A job may ask to admit only globals from the server's list, and never a known-dangerous one
+// (even on a list that holds it); the job shows those it admits.
 func TestAllowGlobalQuery(t *testing.T) {
-	e := newEnv(t, envOpts{allowGlobals: []string{"mylib.Config", "mylib.Schedule"},
+	e := newEnv(t, envOpts{allowGlobals: []string{"mylib.Config", "mylib.Schedule", "builtins.eval"},
 		converter: blockingConverter{started: make(chan string, 16)}})
 	cases := []struct {
 		query  string
@@ -101,6 +102,7 @@ func TestAllowGlobalQuery(t *testing.T) {
 	}{
 		{"allow_global=mylib.Schedule&allow_global=mylib.Config&allow_global=mylib.Config", http.StatusAccepted, []string{"mylib.Config", "mylib.Schedule"}},
 		{"allow_global=os.system", http.StatusBadRequest, nil},
+		{"allow_global=builtins.eval", http.StatusBadRequest, nil},
 		{"allow_global=mylib.Other", http.StatusBadRequest, nil},
 		{"mode=dry-run", http.StatusBadRequest, nil},
 	}

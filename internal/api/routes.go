@@ -44,6 +44,7 @@ func routes(d Deps, m *metrics) *chi.Mux {
 		getHead(r, "/v1/jobs/{id}/output", handleOutput(d.Jobs))
 		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
 		r.Get("/v1/jobs/{id}/report", handleReport(d.Jobs))
+		r.Get("/v1/jobs/{id}/events", handleEvents(d.Jobs, d.Stop))
 	})
 
 	// The web page's routes (GET /) go here.

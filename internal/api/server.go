@@ -68,6 +68,9 @@ type Deps struct {
 	// (query parameter allow_global); the caller has checked them with
 	// convert.Options.Validate, which refuses known-dangerous ones.
 	AllowGlobals []string
+	// Stop is closed when the server begins to shut down: event streams end then, so that they
+	// do not hold the drain (nil: they end only with their job or client).
+	Stop <-chan struct{}
 }
 
 // DefaultUploadIdleTimeout is Deps.UploadIdleTimeout's default.

@@ -120,7 +120,7 @@ func (s *Service) OpenReport(ctx context.Context, tenant, id string) (Job, *Arti
 	switch {
 	case r.State == StateSucceeded:
 		return s.openArtifact(ctx, r, "manifest", s.blobs.manifest(id), r.manifestSHA256)
-	case r.State != StateFailed || r.manifestSHA256 == "":
+	case !r.HasReport:
 		return s.withExpiry(r.Job), nil, ErrNoReport
 	}
 	a, err := s.verify(s.blobs.manifest(id), r.manifestSHA256)

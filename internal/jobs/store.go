@@ -165,6 +165,19 @@ type row struct {
 	manifestSHA256 string
 }
 
+// hasReport reports whether the job has a scan report: a succeeded job's manifest, or the
+// stored report of a file a conversion refused (a job that failed as lost keeps the digest of
+// a manifest that is gone).
+func (r row) hasReport() bool {
+	switch {
+	case r.State == StateSucceeded:
+		return true
+	case r.State != StateFailed || r.manifestSHA256 == "" || r.Error == nil:
+		return false
+	}
+	return reported(r.Error.Type)
+}
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanJob(s scanner) (row, error) {
@@ -193,13 +206,13 @@ func scanJob(s scanner) (row, error) {
 	r.OutputSize = outSize.Int64
 	r.OutputSHA256 = outSHA.String
 	r.manifestSHA256 = manSHA.String
-	r.HasReport = r.State == StateSucceeded || r.State == StateFailed && r.manifestSHA256 != ""
 	if errType.Valid {
 		r.Error = &JobError{Detail: errDetail.String}
 		if err := r.Error.Type.UnmarshalText([]byte(errType.String)); err != nil {
 			return row{}, fmt.Errorf("job %s: %w", r.ID, err)
 		}
 	}
+	r.HasReport = r.hasReport()
 	r.IdempotencyKey = ik.String
 	r.riverJobID = riverID.Int64
 	r.CreatedAt = fromMillis(created)

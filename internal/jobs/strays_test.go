@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,5 +66,8 @@ func TestOpenRemovesStrayFiles(t *testing.T) {
 	j, err := s.Get(t.Context(), "t", lost.ID)
 	if err != nil || j.State != jobs.StateFailed || j.Error == nil || j.Error.Type != fault.Internal || !strings.Contains(j.Error.Detail, "output lost") {
 		t.Errorf("job whose output vanished = %s %+v (err %v), want failed internal output lost", j.State, j.Error, err)
+	}
+	if _, _, err := s.OpenReport(t.Context(), "t", lost.ID); j.HasReport || !errors.Is(err, jobs.ErrNoReport) {
+		t.Errorf("lost job: HasReport %v, OpenReport %v; want no report", j.HasReport, err)
 	}
 }

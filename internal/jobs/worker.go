@@ -227,9 +227,7 @@ func classify(err error) JobError {
 // so the file is scanned again, which judges it the same way. Files refused for a limit are
 // not: the limit may be the time limit, which a scan would run into again.
 func (s *Service) report(ctx context.Context, r row, je JobError) string {
-	switch je.Type {
-	case fault.Unsafe, fault.Malformed, fault.Unsupported:
-	default:
+	if !reported(je.Type) {
 		return ""
 	}
 	m, err := s.cfg.Converter.Scan(ctx, s.blobs.input(r.ID), s.options(r))
@@ -243,6 +241,12 @@ func (s *Service) report(ctx context.Context, r row, je JobError) string {
 		return ""
 	}
 	return sum
+}
+
+// reported reports whether a conversion that failed with kind keeps a report of its file: a
+// verdict on the file, which a scan repeats.
+func reported(kind fault.Kind) bool {
+	return kind == fault.Unsafe || kind == fault.Malformed || kind == fault.Unsupported
 }
 
 // fail records a terminal failure of a running job, with the digest of its stored scan report
