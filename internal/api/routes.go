@@ -24,12 +24,6 @@ func routes(d Deps, m *metrics) *chi.Mux {
 	r.Method("GET", "/metrics", metricsHandler(d, m))
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
 
-	// The web page (page.go): public, since it holds no data; what it shows comes from the
-	// API with the user's token. /jobs/{id} is the job as a page, for the plain form's upload.
-	r.Get("/", page.handleIndex())
-	r.Get("/static/{asset}", page.handleStatic())
-	r.With(authenticate(d.Tokens, m)).Get("/jobs/{id}", page.handleJobPage(d.Jobs))
-
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
 		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{
@@ -43,6 +37,13 @@ func routes(d Deps, m *metrics) *chi.Mux {
 		getHead(r, "/v1/jobs/{id}/output", handleOutput(d.Jobs))
 		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
 	})
+
+	// The web page's routes (page.go): GET / is public, since the page holds no data (what it
+	// shows comes from the API, with the user's token); /jobs/{id} is a job as a page, where
+	// the plain form's upload lands.
+	r.Get("/", page.handleIndex())
+	r.Get("/static/{asset}", page.handleStatic())
+	r.With(authenticate(d.Tokens, m)).Get("/jobs/{id}", page.handleJobPage(d.Jobs))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem(w, r, http.StatusNotFound, probNotFound, "no such resource")
 	})
