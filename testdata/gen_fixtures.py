@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generate the real-torch fixture set in testdata/torch/.
+"""Generate the real-torch fixture set in testdata/torch/, and the model repository testdata/repo/.
 
 Run with Debian's PyTorch (python3-torch, torch 1.13):
 
@@ -41,6 +41,7 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "torch")
+REPO = os.path.join(HERE, "repo")
 
 MAX_FILE = 100 * 1024
 MAX_TOTAL = 1536 * 1024
@@ -495,6 +496,81 @@ def unchanged_legacy(path, fx, obj):
         return False
 
 
+# ---------------------------------------------------------------------------------------------
+# repo/: a small Hugging Face-style model repository for batch conversion
+
+
+def save_zip(obj, path):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_safetensors(path, tensors):
+    """A safetensors file written by hand (the safetensors package is not in Debian's torch)."""
+    header, data = OrderedDict(), b""
+    for name, t in tensors.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + data)
+
+
+def gen_repo():
+    """Write testdata/repo/: a sharded checkpoint (3 shards and pytorch_model.bin.index.json),
+    configs, a Lightning checkpoint, a legacy-format file and a safetensors file to copy."""
+    torch.manual_seed(12)
+    os.makedirs(os.path.join(REPO, "checkpoints"), exist_ok=True)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.LayerNorm(2))
+    sd = model.state_dict()
+    names = list(sd)
+    shards = [names[0:2], names[2:4], names[4:]]
+    weight_map, total = OrderedDict(), 0
+    for i, part in enumerate(shards, 1):
+        shard = "pytorch_model-%05d-of-%05d.bin" % (i, len(shards))
+        save_zip(OrderedDict((k, sd[k]) for k in part), os.path.join(REPO, shard))
+        for k in part:
+            weight_map[k] = shard
+            total += sd[k].numel() * sd[k].element_size()
+    index = OrderedDict([("metadata", {"total_size": total}), ("weight_map", weight_map)])
+    write_text(os.path.join(REPO, "pytorch_model.bin.index.json"), json.dumps(index, indent=2) + "\n")
+    write_text(os.path.join(REPO, "config.json"),
+               json.dumps({"architectures": ["TinyModel"], "hidden_size": 3}, indent=2) + "\n")
+    write_text(os.path.join(REPO, "tokenizer.json"),
+               json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}}}) + "\n")
+    write_text(os.path.join(REPO, "vocab.txt"), "[PAD]\n[UNK]\na\n")  # starts with "[", no opcode
+    write_text(os.path.join(REPO, "merges.txt"), "]a b\n")  # starts with EMPTY_LIST, then junk
+
+    lightning = OrderedDict([
+        ("epoch", 3), ("global_step", 120), ("pytorch-lightning_version", "1.9.0"),
+        ("state_dict", OrderedDict(("model." + k, v) for k, v in sd.items())),
+        ("optimizer_states", [{"state": {}, "param_groups": [{"lr": 0.001, "params": [0, 1]}]}]),
+        ("lr_schedulers", []),
+    ])
+    save_zip(lightning, os.path.join(REPO, "checkpoints", "last.ckpt"))
+
+    legacy_path = os.path.join(REPO, "legacy.pt")
+    legacy = OrderedDict([("w", torch.arange(6, dtype=torch.float32).reshape(2, 3))])
+    fx = dict(container="legacy", protocol=2)
+    if not unchanged_legacy(legacy_path, fx, legacy):
+        torch.save(legacy, legacy_path, _use_new_zipfile_serialization=False)
+    assert file_facts(legacy_path)[0] == "legacy"
+
+    write_safetensors(os.path.join(REPO, "adapter.safetensors"),
+                      OrderedDict([("lora.a", torch.ones(2, 2)), ("lora.b", torch.zeros(2))]))
+    print("repo/: %d shards, %d tensor bytes, lightning, legacy, configs" % (len(shards), total))
+
+
 def main():
     force = "--force" in sys.argv[1:]
     if sys.byteorder != "little":
@@ -553,6 +629,7 @@ def main():
             "  error=" + fx["error"] if fx["error"] else ""))
     assert total < MAX_TOTAL, "fixtures total %d bytes" % total
     print("%d fixtures, %d bytes of checkpoints, torch %s" % (len(FIXTURES), total, torch.__version__))
+    gen_repo()
 
 
 if __name__ == "__main__":

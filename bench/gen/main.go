@@ -1,7 +1,7 @@
 // Command gen writes a synthetic PyTorch checkpoint with internal/synth, for bench/run.sh.
 //
 //	go run ./bench/gen -o model.pt -size 1G [-format zip|zip-deflated|legacy] [-tensors 128]
-//	    [-dtype F16] [-shapes matrix|flat|mixed] [-seed 1] [-many-small]
+//	    [-dtype F16] [-shapes matrix|flat|mixed] [-seed 1] [-first-layer 0] [-many-small]
 //
 // It prints the file's size, tensor count and write speed on stderr.
 package main
@@ -38,6 +38,7 @@ func run(_ context.Context, args []string, stderr io.Writer) error {
 	dt := fs.String("dtype", "F16", "safetensors dtype name of every tensor (F16, BF16, F32, F64, I64, I32, I16, I8, U8, BOOL, C64)")
 	shapes := fs.String("shapes", "matrix", "shape policy: matrix, flat or mixed")
 	seed := fs.Uint64("seed", 1, "content seed")
+	first := fs.Int("first-layer", 0, "the first tensor is model.layers.`N`.weight (a shard of a sharded model)")
 	many := fs.Bool("many-small", false, "the 100,000 small tensors case (overrides -size, -tensors, -dtype, -shapes)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -62,7 +63,7 @@ func run(_ context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	spec := synth.Spec{Format: f, Tensors: *tensors, TotalBytes: total, DType: d, Shapes: sp, Seed: *seed}
+	spec := synth.Spec{Format: f, Tensors: *tensors, TotalBytes: total, DType: d, Shapes: sp, Seed: *seed, FirstLayer: *first}
 	if *many {
 		spec = synth.ManySmall(*seed)
 		spec.Format = f

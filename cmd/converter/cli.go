@@ -373,8 +373,12 @@ func allowHint(globals []convert.GlobalRef) string {
 }
 
 func runScan(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	c := newCommand("scan", "INPUT", scanAbout)
-	asJSON := c.fs.Bool("json", false, "print the report as JSON (the manifest schema)")
+	c := newCommand("scan", "INPUT|DIR|s3://BUCKET/PREFIX", scanAbout+treeScanAbout)
+	asJSON := c.fs.Bool("json", false, "print the report as JSON (the manifest schema; for a tree, the batch report)")
+	tf, err := addTreeFlags(c, getenv)
+	if err != nil {
+		return err
+	}
 	in, err := inputFlags(c, getenv)
 	if err != nil {
 		return err
@@ -382,6 +386,9 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 	pos, opts, err := in.parse(c, args, 1, 1, stdout)
 	if err != nil {
 		return err
+	}
+	if isTree(pos[0]) {
+		return runTreeScan(ctx, tf, in, opts, pos[0], *asJSON, stdout, stderr)
 	}
 	if _, err := readable("INPUT", pos[0]); err != nil {
 		return err

@@ -36,10 +36,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return sandbox.RunChild(stdin, stdout, stderr)
 	}
 	cmds := map[string]func(context.Context, []string, func(string) string, io.Writer, io.Writer) error{
-		"convert": runConvert,
-		"scan":    runScan,
-		"verify":  runVerify,
-		"serve":   runServe,
+		"convert":     runConvert,
+		"batch":       runBatch,
+		"scan":        runScan,
+		"verify":      runVerify,
+		"serve":       runServe,
+		"healthcheck": runHealthcheck,
 	}
 	name := args[0]
 	switch name {
@@ -57,9 +59,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	err := guard(func() error { return cmd(ctx, args[1:], getenv, stdout, stderr) })
 	var ue *usageError
+	var st *exitStatus
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &st):
+		fmt.Fprintf(stderr, "converter %s: %s\n", name, st.msg)
+		return st.code
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "converter %s: %s\nusage: %s\n(converter %s -h explains the arguments and flags)\n", name, ue.msg, ue.synopsis, name)
 		return 2
@@ -67,6 +73,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	fmt.Fprintf(stderr, "converter %s: %s\n", name, oneLine(err.Error()))
 	return fault.KindOf(err).ExitCode()
 }
+
+// exitStatus is an error that sets the exit code itself: a batch's status follows the worst
+// outcome among its files, not one error's kind.
+type exitStatus struct {
+	code int
+	msg  string
+}
+
+func (e *exitStatus) Error() string { return e.msg }
 
 // guard runs fn and turns a panic into an internal error, so that the exit code and one-line
 // message contract holds even for a bug: a stack trace is never what a user sees.
@@ -86,7 +101,10 @@ func oneLine(s string) string {
 
 const usage = `usage:
   converter convert [--force] [--select PATH] [--manifest FILE] [--allow-global MODULE.NAME]... INPUT [OUTPUT]
-  converter scan    [--json] [--allow-global MODULE.NAME]... INPUT
+  converter scan    [--json] [--allow-global MODULE.NAME]... INPUT|DIR|s3://BUCKET/PREFIX
+  converter batch   [--workers N] [--dry-run] [--force] [--remove-source] [--report FILE]
+                    [--include GLOB]... [--exclude GLOB]... [--allow-global MODULE.NAME]...
+                    [--s3-endpoint URL] SOURCE [DEST]
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
   converter version

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
+	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/envflag"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/limits"
@@ -40,6 +42,33 @@ type serveConfig struct {
 	uploadIdle       time.Duration
 	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
 	limits limits.Limits
+	// allowGlobals are the globals a job may ask to admit as inert records.
+	allowGlobals []string
+}
+
+// defaultAddr is where serve listens, and healthcheck asks, unless told otherwise.
+const defaultAddr = "127.0.0.1:8080"
+
+// globalsFlag is serve's repeatable --allow-global. A value may also list several globals
+// separated by commas, so that CONVERTER_ALLOW_GLOBAL can hold the whole list; values given on
+// the command line replace the environment's, as every flag's do.
+type globalsFlag struct {
+	list    []string
+	fromEnv bool
+}
+
+func (g *globalsFlag) String() string { return strings.Join(g.list, ",") }
+
+func (g *globalsFlag) Set(v string) error {
+	if g.fromEnv {
+		g.list, g.fromEnv = nil, false
+	}
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			g.list = append(g.list, s)
+		}
+	}
+	return nil
 }
 
 // parseServeFlags reads flags, taking each default from its CONVERTER_* environment variable
@@ -49,7 +78,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.SetOutput(stderr)
 	var c serveConfig
 	var workers, maxUploads, maxTenantUploads int64
-	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&c.addr, "addr", defaultAddr, "listen address")
 	fs.StringVar(&c.dataDir, "data", "./data", "data directory: SQLite job store and blobs")
 	fs.Int64Var(&workers, "workers", 1, "concurrent conversions")
 	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
@@ -61,8 +90,11 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes on the next start")
 	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
+	var allow globalsFlag
+	fs.Var(&allow, "allow-global", "a `MODULE.NAME` jobs may ask to admit as an inert record with ?allow_global= (repeatable, or comma-separated); known-dangerous globals are refused")
 	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "workers", "retention", "max-upload-bytes", "max-uploads",
-		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout", "upload-idle-timeout")}
+		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout", "upload-idle-timeout", "allow-global")}
+	allow.fromEnv = len(allow.list) > 0
 	c.limits = limits.Default()
 	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	fs.Usage = func() {
@@ -102,6 +134,10 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if c.minFreeBytes <= 0 {
 		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 	}
+	if err := (convert.Options{AllowGlobals: allow.list}).Validate(); err != nil {
+		return c, err
+	}
+	c.allowGlobals = allow.list
 	return c, nil
 }
 
@@ -179,6 +215,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
 			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
 			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
+			AllowGlobals: cfg.allowGlobals,
 		}),
 		ReadHeaderTimeout: headerTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -194,7 +231,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		mode = "open (loopback only)"
 	}
 	logger.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("data", cfg.dataDir),
-		slog.Int("workers", cfg.workers), slog.String("auth", mode))
+		slog.Int("workers", cfg.workers), slog.String("auth", mode), slog.Any("allow_globals", cfg.allowGlobals))
 	fmt.Fprintf(stdout, "converter serve: listening on http://%s\n", ln.Addr())
 
 	serveErr := make(chan error, 1)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -59,7 +60,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
-		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT"} {
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT", "-allow-global", "CONVERTER_ALLOW_GLOBAL"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}
@@ -259,5 +260,41 @@ func TestServeLimitsReachConversions(t *testing.T) {
 	job := waitJob(t, srv, postFixture(t, srv, "mymodel.pt").ID)
 	if job.State != "failed" || job.Error == nil || job.Error.Type != "limit" {
 		t.Errorf("job = %+v %+v, want failed with error type limit", job, job.Error)
+	}
+}
+
+// --allow-global is repeatable and takes comma lists; CONVERTER_ALLOW_GLOBAL stands in for it
+// unless the command line gives any; a known-dangerous global stops the server from starting.
+func TestServeAllowGlobal(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string { return map[string]string{"CONVERTER_ALLOW_GLOBAL": v}[k] }
+	}
+	cases := []struct {
+		args []string
+		env  string
+		want []string
+	}{
+		{[]string{"--allow-global", "mylib.Config", "--allow-global", "a.B,c.D"}, "", []string{"mylib.Config", "a.B", "c.D"}},
+		{nil, "mylib.Config, mylib.Schedule", []string{"mylib.Config", "mylib.Schedule"}},
+		{[]string{"--allow-global", "a.B"}, "mylib.Config", []string{"a.B"}},
+		{nil, "", nil},
+	}
+	for _, c := range cases {
+		cfg, err := parseServeFlags(c.args, env(c.env), io.Discard)
+		if err != nil {
+			t.Errorf("%q with env %q: %v", c.args, c.env, err)
+			continue
+		}
+		if !slices.Equal(cfg.allowGlobals, c.want) {
+			t.Errorf("%q with env %q: allow %q, want %q", c.args, c.env, cfg.allowGlobals, c.want)
+		}
+	}
+	for _, bad := range [][]string{{"--allow-global", "os.system"}, {"--allow-global", "nodot"}} {
+		if _, err := parseServeFlags(bad, env(""), io.Discard); err == nil {
+			t.Errorf("%q was accepted", bad)
+		}
+	}
+	if _, err := parseServeFlags(nil, env("builtins.eval"), io.Discard); err == nil {
+		t.Error("CONVERTER_ALLOW_GLOBAL=builtins.eval was accepted")
 	}
 }

@@ -398,7 +398,7 @@ func TestBadUploads(t *testing.T) {
 			if resp.StatusCode != c.status {
 				t.Fatalf("status = %d, want %d\n%s", resp.StatusCode, c.status, b)
 			}
-			if p := decode[problemResp](t, b); p.Type != "https://ptsafe.github.io/converter/problems/"+c.kind {
+			if p := decode[problemResp](t, b); p.Type != "/problems/"+c.kind {
 				t.Errorf("problem type = %q, want .../%s", p.Type, c.kind)
 			}
 		})

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +61,8 @@ type envOpts struct {
 	minFree    int64
 	// uploadIdle is the upload body's progress deadline (0 for the default).
 	uploadIdle time.Duration
+	// allowGlobals is the server's list of globals jobs may ask to admit.
+	allowGlobals []string
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -96,7 +99,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 		}
 	}
 	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
-		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI})
+		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI,
+		AllowGlobals: o.allowGlobals})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
@@ -126,8 +130,18 @@ func loadSpec(t *testing.T) *openapi3.T {
 	return doc
 }
 
+// registerHTMLDecoder lets the contract check read text/html answers (the problem pages) as
+// strings; kin-openapi decodes only JSON, YAML, text/plain and a few others by itself.
+var registerHTMLDecoder = sync.OnceFunc(func() {
+	openapi3filter.RegisterBodyDecoder("text/html", func(r io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+		b, err := io.ReadAll(r)
+		return string(b), err
+	})
+})
+
 func specRouter(t *testing.T, serverURL string) routers.Router {
 	t.Helper()
+	registerHTMLDecoder()
 	doc := loadSpec(t)
 	doc.Servers = openapi3.Servers{{URL: serverURL}}
 	r, err := legacy.NewRouter(doc)
@@ -223,7 +237,15 @@ type jobResp struct {
 		Type   string `json:"type"`
 		Detail string `json:"detail"`
 	} `json:"error"`
-	Attempts int `json:"attempts"`
+	Attempts     int               `json:"attempts"`
+	Mode         string            `json:"mode"`
+	AllowGlobals []string          `json:"allow_globals"`
+	Progress     *convert.Progress `json:"progress"`
+	Links        struct {
+		Self   string `json:"self"`
+		Output string `json:"output"`
+		Report string `json:"report"`
+	} `json:"links"`
 }
 
 type problemResp struct {
@@ -326,7 +348,13 @@ func sha256Hex(b []byte) string {
 // receives each job's source path when its conversion begins.
 type blockingConverter struct{ started chan string }
 
-func (c blockingConverter) Convert(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
+func (c blockingConverter) Convert(ctx context.Context, src, _ string, opts convert.Options) (*convert.Manifest, error) {
+	return c.Scan(ctx, src, opts)
+}
+
+// Scan reports progress, as a sandbox child would, before it blocks.
+func (c blockingConverter) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
 	c.started <- src
 	<-ctx.Done()
 	return nil, errors.Join(errors.New("conversion stopped"), ctx.Err())

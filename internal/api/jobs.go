@@ -11,9 +11,11 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,18 +33,31 @@ import (
 
 // jobJSON is a job as the API shows it (schema Job in api/openapi.yaml).
 type jobJSON struct {
-	ID         string      `json:"id"`
-	State      jobs.State  `json:"state"`
-	CreatedAt  time.Time   `json:"created_at"`
-	UpdatedAt  time.Time   `json:"updated_at"`
-	StartedAt  *time.Time  `json:"started_at,omitempty"`
-	FinishedAt *time.Time  `json:"finished_at,omitempty"`
-	ExpiresAt  *time.Time  `json:"expires_at,omitempty"`
-	Attempts   int         `json:"attempts"`
-	Select     string      `json:"select,omitempty"`
-	Input      inputJSON   `json:"input"`
-	Output     *outputJSON `json:"output,omitempty"`
-	Error      *errorJSON  `json:"error,omitempty"`
+	ID         string     `json:"id"`
+	State      jobs.State `json:"state"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	Attempts   int        `json:"attempts"`
+	Mode       jobs.Mode  `json:"mode"`
+	Select     string     `json:"select,omitempty"`
+	// AllowGlobals are the globals the job admits as inert records (allow_global).
+	AllowGlobals []string          `json:"allow_globals,omitempty"`
+	Input        inputJSON         `json:"input"`
+	Output       *outputJSON       `json:"output,omitempty"`
+	Error        *errorJSON        `json:"error,omitempty"`
+	Progress     *convert.Progress `json:"progress,omitempty"`
+	Links        linksJSON         `json:"links"`
+}
+
+// linksJSON are the URLs of a job's resources, each present once the resource exists, so that
+// clients follow links rather than build paths.
+type linksJSON struct {
+	Self   string `json:"self"`
+	Output string `json:"output,omitempty"`
+	Report string `json:"report,omitempty"`
 }
 
 type inputJSON struct {
@@ -73,11 +88,17 @@ func toJSON(j jobs.Job) jobJSON {
 	out := jobJSON{
 		ID: j.ID, State: j.State, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt,
 		StartedAt: timePtr(j.StartedAt), FinishedAt: timePtr(j.FinishedAt), ExpiresAt: timePtr(j.ExpiresAt),
-		Attempts: j.Attempts, Select: j.Select,
-		Input: inputJSON{Filename: j.Filename, Size: j.InputSize, SHA256: j.InputSHA256},
+		Attempts: j.Attempts, Mode: j.Mode, Select: j.Select, AllowGlobals: j.AllowGlobals,
+		Input:    inputJSON{Filename: j.Filename, Size: j.InputSize, SHA256: j.InputSHA256},
+		Progress: j.Progress,
+		Links:    linksJSON{Self: "/v1/jobs/" + j.ID},
 	}
-	if j.State == jobs.StateSucceeded {
+	if j.State == jobs.StateSucceeded && j.Mode == jobs.ModeConvert {
 		out.Output = &outputJSON{Filename: convert.OutputName(j.Filename), Size: j.OutputSize, SHA256: j.OutputSHA256}
+		out.Links.Output = out.Links.Self + "/output"
+	}
+	if j.HasReport {
+		out.Links.Report = out.Links.Self + "/report"
 	}
 	if j.Error != nil {
 		out.Error = &errorJSON{Type: j.Error.Type, Detail: j.Error.Detail}
@@ -215,7 +236,7 @@ func (ir idleReader) Read(p []byte) (int, error) {
 
 // handleSubmit receives a checkpoint (raw body or the "file" part of a multipart form),
 // streaming it to storage while hashing it, and creates a job for it.
-func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc {
+func handleSubmit(svc JobService, lim uploadLimits, allowed map[string]bool, m *metrics) http.HandlerFunc {
 	maxBytes := lim.maxBytes
 	return func(w http.ResponseWriter, r *http.Request) {
 		tenant := tenantOf(r.Context())
@@ -256,6 +277,12 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 		}
 		q := r.URL.Query()
 		sel := q.Get("select")
+		mode, allow, err := jobOptions(q, allowed)
+		if err != nil {
+			m.reject("bad_request")
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
 
 		rc := http.NewResponseController(w)
 		defer rc.SetReadDeadline(time.Time{})
@@ -326,7 +353,8 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 			}
 		}
 		job, created, err := svc.Submit(r.Context(), jobs.SubmitParams{
-			Tenant: tenant, Filename: filename, Select: sel, IdempotencyKey: key, Upload: up,
+			Tenant: tenant, Filename: filename, Select: sel, Mode: mode, AllowGlobals: allow,
+			IdempotencyKey: key, Upload: up,
 		})
 		if errors.Is(err, jobs.ErrIdempotencyMismatch) {
 			m.reject("idempotency_mismatch")
@@ -347,6 +375,29 @@ func handleSubmit(svc JobService, lim uploadLimits, m *metrics) http.HandlerFunc
 		w.Header().Set("Retry-After", "1")
 		encode(w, http.StatusAccepted, toJSON(job))
 	}
+}
+
+// jobOptions reads a submission's mode and allowed globals from its query: mode is convert
+// (the default) or scan, and each allow_global must be one the server allows (serve
+// --allow-global). The globals are sorted and deduplicated, so that an Idempotency-Key replay
+// does not depend on their order.
+func jobOptions(q url.Values, allowed map[string]bool) (jobs.Mode, []string, error) {
+	mode := jobs.Mode(q.Get("mode"))
+	if mode == "" {
+		mode = jobs.ModeConvert
+	}
+	if !mode.Valid() {
+		return "", nil, errors.New("mode must be convert or scan")
+	}
+	allow := q["allow_global"]
+	for _, g := range allow {
+		if !allowed[g] {
+			return "", nil, fmt.Errorf("allow_global %q is not one this server allows (serve --allow-global)", g)
+		}
+	}
+	allow = slices.Clone(allow)
+	slices.Sort(allow)
+	return mode, slices.Compact(allow), nil
 }
 
 // filePart advances a multipart body to its "file" part.
@@ -539,14 +590,39 @@ func handleOutput(svc JobService) http.HandlerFunc {
 func handleManifest(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a, _, ok := openArtifact(w, r, "a manifest", svc.OpenManifest)
+		if ok {
+			serveJSONFile(w, a)
+		}
+	}
+}
+
+// handleReport serves a finished job's scan report: a succeeded job's manifest, or the report
+// of a failed job's refused file (verdict, every global with its class and offset, tensors).
+func handleReport(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := jobID(w, r)
 		if !ok {
 			return
 		}
-		defer a.Close()
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "private")
-		_, _ = io.Copy(w, a)
+		j, a, err := svc.OpenReport(r.Context(), tenantOf(r.Context()), id)
+		if errors.Is(err, jobs.ErrNoReport) {
+			problem(w, r, http.StatusConflict, probConflict, "the job is "+string(j.State)+" and has no scan report: only a job whose file was judged has one")
+			return
+		}
+		if err != nil {
+			jobError(w, r, err)
+			return
+		}
+		serveJSONFile(w, a)
 	}
+}
+
+// serveJSONFile sends a stored JSON file and closes it.
+func serveJSONFile(w http.ResponseWriter, a *jobs.Artifact) {
+	defer a.Close()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "private")
+	_, _ = io.Copy(w, a)
 }
 
 func handleHealthz() http.HandlerFunc {

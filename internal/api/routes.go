@@ -23,19 +23,21 @@ func routes(d Deps, m *metrics) *chi.Mux {
 	getHead(r, "/readyz", handleReadyz(d.Jobs))
 	r.Method("GET", "/metrics", metricsHandler(d, m))
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
+	r.Get(problemBase+"{type}", handleProblemPage())
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
 		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{
 			maxBytes: d.MaxUploadBytes, idle: d.UploadIdleTimeout,
 			slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant),
-		}, m))
+		}, allowSet(d.AllowGlobals), m))
 		r.Get("/v1/jobs", handleList(d.Jobs))
 		getHead(r, "/v1/jobs/{id}", handleGet(d.Jobs))
 		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))
 		r.Post("/v1/jobs/{id}/cancel", handleCancel(d.Jobs))
 		getHead(r, "/v1/jobs/{id}/output", handleOutput(d.Jobs))
 		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
+		r.Get("/v1/jobs/{id}/report", handleReport(d.Jobs))
 	})
 
 	// The web page's routes (page.go): GET / is public, since the page holds no data (what it
@@ -54,6 +56,15 @@ func routes(d Deps, m *metrics) *chi.Mux {
 			req.Method+" is not allowed here; use "+strings.Join(allowed, " or "))
 	})
 	return r
+}
+
+// allowSet is the set of the server's allowed globals.
+func allowSet(globals []string) map[string]bool {
+	set := make(map[string]bool, len(globals))
+	for _, g := range globals {
+		set[g] = true
+	}
+	return set
 }
 
 // getHead routes GET and HEAD of pattern to h: download tools and curl -I ask HEAD first, and

@@ -28,6 +28,7 @@ type JobService interface {
 	Delete(ctx context.Context, tenant, id string) error
 	OpenOutput(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
 	OpenManifest(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
+	OpenReport(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
 	Ready(ctx context.Context) error
 }
 
@@ -63,6 +64,10 @@ type Deps struct {
 	UploadIdleTimeout time.Duration
 	// Spec is the OpenAPI document served at /openapi.yaml.
 	Spec []byte
+	// AllowGlobals are the "module.name" globals a job may ask to admit as inert records
+	// (query parameter allow_global); the caller has checked them with
+	// convert.Options.Validate, which refuses known-dangerous ones.
+	AllowGlobals []string
 }
 
 // DefaultUploadIdleTimeout is Deps.UploadIdleTimeout's default.

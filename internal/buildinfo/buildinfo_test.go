@@ -30,3 +30,13 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestLinked(t *testing.T) {
+	t.Parallel()
+	if got, want := linked("v1.2.0", "1a2b3c"), "v1.2.0 (1a2b3c)"; got != want {
+		t.Errorf("linked = %q, want %q", got, want)
+	}
+	if got, want := linked("v1.2.0", ""), "v1.2.0"; got != want {
+		t.Errorf("linked without a revision = %q, want %q", got, want)
+	}
+}

@@ -47,6 +47,11 @@ type Options struct {
 	// system: a conversion whose planned output (and scratch files) would leave less is refused
 	// with a limit fault before any byte is written.
 	MinFreeBytes int64
+	// Progress, when set, is called with the operation's progress (see Progress): at each
+	// phase's start and end, and in between at most every quarter second, from one goroutine
+	// at a time. It is no part of the options' JSON: a sandbox child reports progress to its
+	// parent over a pipe of its own.
+	Progress func(Progress) `json:"-"`
 }
 
 // Validate checks options that do not depend on the input: every --allow-global entry must be
@@ -123,6 +128,8 @@ func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 
 func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
 	m := newManifest(src.Name(), opts)
+	rep := &reporter{fn: opts.Progress}
+	rep.phase(PhaseScanning, 0, 0)
 	p, err := open(src, opts, m)
 	if err != nil {
 		return nil, err
@@ -138,10 +145,11 @@ func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 	if err := p.checkFree(out, opts.MinFreeBytes); err != nil {
 		return nil, err
 	}
-	sums, outSum, err := p.write(ctx, out)
+	sums, outSum, err := p.write(ctx, out, rep)
 	if err != nil {
 		return nil, err
 	}
+	rep.then(PhaseVerifying)
 	src256 := <-srcSum
 	if src256.err != nil {
 		return nil, src256.err
@@ -278,7 +286,10 @@ func (p *PendingFile) Discard() { p.af.Abort() }
 // hashed into the output file's SHA-256, hashed into its tensor's SHA-256, and returned to the
 // pool. With the source file's digest (taken by File), reading, writing and the three digests
 // overlap across cores, with at most chunksInFlight chunks alive.
-func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum string, err error) {
+// Progress goes to rep as the writing phase: bytes that passed the output's digest, and tensors
+// whose last byte did.
+func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []string, outSum string, err error) {
+	rep.phase(PhaseWriting, p.layout.Size, len(p.layout.Tensors))
 	// The header goes first and is checked at once.
 	w := &outWriter{f: out}
 	if err := w.write(p.layout.Header); err != nil {
@@ -289,6 +300,11 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 		return nil, "", err
 	}
 	hdr := int64(len(p.layout.Header))
+	cnt := &counter{r: rep, header: hdr, ends: make([]int64, len(p.layout.Tensors))}
+	for i, t := range p.layout.Tensors {
+		cnt.ends[i] = t.End
+	}
+	cnt.verified(0)
 	g, gctx := errgroup.WithContext(ctx)
 	pool := newPool()
 	produced := make(chan chunk, chunksInFlight)
@@ -297,11 +313,16 @@ func (p *plan) write(ctx context.Context, out *os.File) (sums []string, outSum s
 	compared := stage(gctx, g, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
 	whole := sha256.New()
 	whole.Write(p.layout.Header)
-	hashed := stage(gctx, g, compared, func(c []byte, _ int64) error { whole.Write(c); return nil })
+	hashed := stage(gctx, g, compared, func(c []byte, off int64) error {
+		whole.Write(c)
+		cnt.verified(off + int64(len(c)))
+		return nil
+	})
 	d := digestTensors(g, p.layout.Tensors, hashed, pool)
 	if err := g.Wait(); err != nil {
 		return nil, "", err
 	}
+	rep.done()
 	if err := out.Sync(); err != nil {
 		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
@@ -392,15 +413,19 @@ func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) 
 	ctx, cancel, over := timeLimit(ctx, opts.Limits)
 	defer cancel()
 	m := newManifest(src.Name(), opts)
+	rep := &reporter{fn: opts.Progress}
+	rep.phase(PhaseScanning, 0, 0)
 	_, err := open(src, opts, m)
 	if err = over(err); err != nil && fault.KindOf(err) == fault.Internal {
 		return nil, err
 	}
 	// The report names the exact bytes judged, whatever the verdict.
-	sum := hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size))
+	rep.phase(PhaseHashing, m.Source.Size, 0)
+	sum := hashReader(ctx, countingReader{r: io.NewSectionReader(src, 0, m.Source.Size), rep: rep})
 	if sum.err != nil {
 		return nil, over(sum.err)
 	}
+	rep.done()
 	m.Source.SHA256 = sum.sum
 	if err != nil {
 		m.Verdict = verdictOf(err)

@@ -83,27 +83,64 @@ func (s *Service) forgetVerified(id string) {
 	s.verified.forget(s.blobs.output(id), s.blobs.manifest(id))
 }
 
-// OpenOutput returns a succeeded job and its verified safetensors file; ErrConflict if the job
-// has not succeeded, ErrOutputLost (and the job failed) if the file is missing or corrupt.
+// OpenOutput returns a succeeded conversion job and its verified safetensors file; ErrConflict
+// if the job has not succeeded or is a scan, ErrOutputLost (and the job failed) if the file is
+// missing or corrupt.
 func (s *Service) OpenOutput(ctx context.Context, tenant, id string) (Job, *Artifact, error) {
-	return s.openArtifact(ctx, tenant, id, "output", s.blobs.output(id), func(j row) string { return j.OutputSHA256 })
-}
-
-// OpenManifest returns a succeeded job and its verified manifest JSON, like OpenOutput.
-func (s *Service) OpenManifest(ctx context.Context, tenant, id string) (Job, *Artifact, error) {
-	return s.openArtifact(ctx, tenant, id, "manifest", s.blobs.manifest(id), func(j row) string { return j.manifestSHA256 })
-}
-
-func (s *Service) openArtifact(ctx context.Context, tenant, id, what, path string, digest func(row) string) (Job, *Artifact, error) {
 	r, err := getJob(ctx, s.db, tenant, id)
 	if err != nil {
 		return Job{}, nil, err
 	}
+	if r.Mode == ModeScan {
+		return s.withExpiry(r.Job), nil, fmt.Errorf("%w: a scan job has no output", ErrConflict)
+	}
+	return s.openArtifact(ctx, r, "output", s.blobs.output(id), r.OutputSHA256)
+}
+
+// OpenManifest returns a succeeded job and its verified manifest JSON (a scan job's is its
+// report), like OpenOutput.
+func (s *Service) OpenManifest(ctx context.Context, tenant, id string) (Job, *Artifact, error) {
+	r, err := getJob(ctx, s.db, tenant, id)
+	if err != nil {
+		return Job{}, nil, err
+	}
+	return s.openArtifact(ctx, r, "manifest", s.blobs.manifest(id), r.manifestSHA256)
+}
+
+// OpenReport returns a finished job and its verified scan report, in the manifest's schema: a
+// succeeded job's manifest, or the report of a failed job's refused file. Jobs without one
+// (unfinished, canceled, or failed before their file was judged) are ErrNoReport. A failed
+// job's report that is missing or corrupt is logged and not served (ErrNoReport too: the job
+// has failed already).
+func (s *Service) OpenReport(ctx context.Context, tenant, id string) (Job, *Artifact, error) {
+	r, err := getJob(ctx, s.db, tenant, id)
+	if err != nil {
+		return Job{}, nil, err
+	}
+	switch {
+	case r.State == StateSucceeded:
+		return s.openArtifact(ctx, r, "manifest", s.blobs.manifest(id), r.manifestSHA256)
+	case r.State != StateFailed || r.manifestSHA256 == "":
+		return s.withExpiry(r.Job), nil, ErrNoReport
+	}
+	a, err := s.verify(s.blobs.manifest(id), r.manifestSHA256)
+	if err != nil {
+		s.metrics.lost.WithLabelValues("report").Inc()
+		s.log.Error("stored file lost", slog.String("job_id", id), slog.String("file", "report"), slog.String("error", err.Error()))
+		return s.withExpiry(r.Job), nil, fmt.Errorf("%w (it %s)", ErrNoReport, err)
+	}
+	return s.withExpiry(r.Job), a, nil
+}
+
+// openArtifact opens the file at path of the succeeded job r, checked against digest; a file
+// missing or corrupt fails the job as lost.
+func (s *Service) openArtifact(ctx context.Context, r row, what, path, digest string) (Job, *Artifact, error) {
+	id := r.ID
 	j := s.withExpiry(r.Job)
 	if j.State != StateSucceeded {
 		return j, nil, ErrConflict
 	}
-	a, err := s.verify(path, digest(r))
+	a, err := s.verify(path, digest)
 	if err != nil {
 		s.metrics.lost.WithLabelValues(what).Inc()
 		s.log.Error("stored file lost", slog.String("job_id", id), slog.String("file", what), slog.String("error", err.Error()))
@@ -152,7 +189,7 @@ func (s *Service) verify(path, want string) (*Artifact, error) {
 // markLost fails a succeeded job whose files can no longer be served and removes them.
 func (s *Service) markLost(ctx context.Context, id, why string) error {
 	je := JobError{Type: fault.Internal, Detail: "output lost: " + why}
-	if _, err := markFinished(context.WithoutCancel(ctx), s.db, id, StateFailed, je, time.Now(), StateSucceeded); err != nil {
+	if _, err := markFinished(context.WithoutCancel(ctx), s.db, id, StateFailed, je, "", time.Now(), StateSucceeded); err != nil {
 		return err
 	}
 	s.forgetVerified(id)

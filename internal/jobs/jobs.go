@@ -11,6 +11,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ptsafe/converter/internal/convert"
@@ -43,6 +44,21 @@ func (s State) Valid() bool {
 	return false
 }
 
+// Mode is what a job does with its checkpoint.
+type Mode string
+
+// Job modes, as they appear in the API.
+const (
+	// ModeConvert converts the checkpoint into a verified safetensors file (the default).
+	ModeConvert Mode = "convert"
+	// ModeScan only judges the checkpoint: the job succeeds with its scan report, whatever the
+	// verdict, and has no output.
+	ModeScan Mode = "scan"
+)
+
+// Valid reports whether m is one of the known modes.
+func (m Mode) Valid() bool { return m == ModeConvert || m == ModeScan }
+
 // JobError is the classified failure of a job. Type is the converter's own classification; its
 // text is the API's error type and what the job store keeps.
 type JobError struct {
@@ -52,11 +68,14 @@ type JobError struct {
 
 // Job is one conversion request and its outcome.
 type Job struct {
-	ID             string
-	Tenant         string
-	State          State
-	Filename       string
-	Select         string
+	ID       string
+	Tenant   string
+	State    State
+	Filename string
+	Select   string
+	Mode     Mode
+	// AllowGlobals are the "module.name" globals the job admits as inert records.
+	AllowGlobals   []string
 	InputSize      int64
 	InputSHA256    string
 	OutputSize     int64  // set once succeeded
@@ -69,14 +88,21 @@ type Job struct {
 	StartedAt      time.Time // zero until the first attempt starts
 	FinishedAt     time.Time // zero until terminal
 	ExpiresAt      time.Time // zero until terminal; files and record are removed then
+	// HasReport reports whether the job has a scan report (see Service.OpenReport): a
+	// succeeded job's manifest, or a failed job's refused file's report.
+	HasReport bool
+	// Progress is the latest progress of a job running in this process, kept in memory only;
+	// nil otherwise.
+	Progress *convert.Progress
 }
 
 // Converter is the part of a convert.Engine the service uses: it converts one checkpoint file
-// into a verified safetensors file. The server passes the sandbox's *Runner, so that no input
+// into a verified safetensors file, or scans one. The server passes the sandbox's *Runner, so that no input
 // can take it down; tests pass convert.InProcess or their own. On error no file may exist at
 // dst, and errors on bad input must be classifiable with fault.KindOf.
 type Converter interface {
 	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+	Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error)
 }
 
 // Errors callers classify with errors.Is.
@@ -86,6 +112,9 @@ var (
 	// ErrConflict means the job's state does not allow the operation (canceling a finished job,
 	// downloading the output of an unfinished one).
 	ErrConflict = errors.New("job state conflict")
+	// ErrNoReport means a finished job has no scan report: it was canceled, or failed before
+	// its file was judged (or for a limit). It matches ErrConflict too.
+	ErrNoReport = fmt.Errorf("%w: the job has no scan report", ErrConflict)
 	// ErrIdempotencyMismatch means an idempotency key was reused with a different request.
 	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
 	// ErrStopping means the service is shutting down and accepts no new work.

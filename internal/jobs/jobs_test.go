@@ -38,6 +38,11 @@ func (f converterFunc) Convert(ctx context.Context, src, dst string, opts conver
 	return f(ctx, src, dst, opts)
 }
 
+// Scan scans in process: the tests' conversions are fakes, their scans real.
+func (f converterFunc) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	return convert.Scan(ctx, src, opts)
+}
+
 // succeeding is a converter whose every conversion succeeds with fakeOutput.
 var succeeding = converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
 	return fakeOutput(dst)

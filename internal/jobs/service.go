@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,7 +80,7 @@ type Service struct {
 
 	stopping atomic.Bool
 	mu       sync.Mutex
-	running  map[string]context.CancelCauseFunc // job id -> cancel of its conversion in this process
+	running  map[string]*attempt // job id -> its attempt running in this process
 	verified verifiedFiles
 	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
 	stopRetry func()
@@ -117,7 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		log:     cfg.Logger,
 		blobs:   blobs{dir: cfg.Dir, free: diskFree},
 		metrics: newMetrics(),
-		running: map[string]context.CancelCauseFunc{},
+		running: map[string]*attempt{},
 	}
 	if err := s.blobs.init(); err != nil {
 		return nil, err
@@ -311,26 +312,34 @@ func (s *Service) removeStrays(ctx context.Context) error {
 		return fmt.Errorf("read job directory: %w", err)
 	}
 	for _, e := range dirs {
-		state, ok := states[e.Name()]
+		kind, ok := states[e.Name()]
 		if !ok {
 			s.removeStray(s.blobs.jobDir(e.Name()))
 			continue
 		}
-		if err := s.removeStrayFiles(ctx, e.Name(), state); err != nil {
+		if err := s.removeStrayFiles(ctx, e.Name(), kind); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Service) removeStrayFiles(ctx context.Context, id string, state State) error {
+func (s *Service) removeStrayFiles(ctx context.Context, id string, kind jobKind) error {
 	owned := map[string]bool{}
+	state := kind.state
 	switch state {
 	case StateQueued, StateRunning:
 		owned[s.blobs.input(id)] = true
 	case StateSucceeded:
-		owned[s.blobs.output(id)] = true
 		owned[s.blobs.manifest(id)] = true
+		if kind.mode != ModeScan {
+			owned[s.blobs.output(id)] = true
+		}
+	case StateFailed:
+		// A refused file's report, when it has one; a failed job may have none.
+		if _, err := os.Stat(s.blobs.manifest(id)); err == nil {
+			owned[s.blobs.manifest(id)] = true
+		}
 	}
 	files, err := os.ReadDir(s.blobs.jobDir(id))
 	if err != nil {
@@ -464,9 +473,14 @@ func (s *Service) Stage(ctx context.Context, body io.Reader, size int64) (*Uploa
 
 // SubmitParams describe a new job.
 type SubmitParams struct {
-	Tenant         string
-	Filename       string
-	Select         string
+	Tenant   string
+	Filename string
+	Select   string
+	// Mode is ModeConvert when empty.
+	Mode Mode
+	// AllowGlobals are admitted as inert records; the caller checks them against what the
+	// server allows (see convert.Options.Validate).
+	AllowGlobals   []string
 	IdempotencyKey string
 	Upload         *Upload // consumed: adopted by the job or discarded
 }
@@ -479,6 +493,9 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 	defer p.Upload.Discard()
 	if s.stopping.Load() {
 		return Job{}, false, ErrStopping
+	}
+	if p.Mode == "" {
+		p.Mode = ModeConvert
 	}
 	if p.IdempotencyKey != "" {
 		j, err := s.replay(ctx, p)
@@ -493,6 +510,7 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 	}
 	j := Job{
 		ID: id.String(), Tenant: p.Tenant, State: StateQueued, Filename: p.Filename, Select: p.Select,
+		Mode: p.Mode, AllowGlobals: p.AllowGlobals,
 		InputSize: p.Upload.Size, InputSHA256: p.Upload.SHA256, IdempotencyKey: p.IdempotencyKey,
 		CreatedAt: now, UpdatedAt: now,
 	}
@@ -541,7 +559,8 @@ func (s *Service) replay(ctx context.Context, p SubmitParams) (Job, error) {
 		return Job{}, err
 	}
 	if prev.InputSHA256 != p.Upload.SHA256 || prev.InputSize != p.Upload.Size ||
-		prev.Filename != p.Filename || prev.Select != p.Select {
+		prev.Filename != p.Filename || prev.Select != p.Select || prev.Mode != p.Mode ||
+		!slices.Equal(prev.AllowGlobals, p.AllowGlobals) {
 		return Job{}, ErrIdempotencyMismatch
 	}
 	return s.withExpiry(prev.Job), nil
@@ -560,8 +579,12 @@ func (s *Service) withExpiry(j Job) Job {
 	return j
 }
 
-// Get returns a tenant's job, or ErrNotFound (also for another tenant's job).
+// Get returns a tenant's job, or ErrNotFound (also for another tenant's job). A job running in
+// this process is answered from memory, with its progress: a client polling it costs no query.
 func (s *Service) Get(ctx context.Context, tenant, id string) (Job, error) {
+	if j, ok := s.live(tenant, id); ok {
+		return j, nil
+	}
 	r, err := getJob(ctx, s.db, tenant, id)
 	if err != nil {
 		return Job{}, err
@@ -588,8 +611,11 @@ func (s *Service) List(ctx context.Context, p ListParams) ([]Job, bool, error) {
 	if more {
 		jobs = jobs[:p.PageSize]
 	}
-	for i := range jobs {
-		jobs[i] = s.withExpiry(jobs[i])
+	for i, j := range jobs {
+		if live, ok := s.live(p.Tenant, j.ID); ok {
+			j = live
+		}
+		jobs[i] = s.withExpiry(j)
 	}
 	return jobs, more, nil
 }
@@ -614,7 +640,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 		return s.withExpiry(r.Job), ErrConflict
 	}
 	je := JobError{Type: fault.Canceled, Detail: "canceled by request"}
-	if _, err := markFinished(ctx, tx, id, StateCanceled, je, now, StateQueued, StateRunning); err != nil {
+	if _, err := markFinished(ctx, tx, id, StateCanceled, je, "", now, StateQueued, StateRunning); err != nil {
 		return Job{}, err
 	}
 	if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
@@ -639,12 +665,17 @@ func (s *Service) cancelRiverJob(ctx context.Context, tx *sql.Tx, riverID int64)
 	return nil
 }
 
+// stopConversion cancels the job's attempt running in this process, if any, and ends its live
+// view: the job's record says what it is now.
 func (s *Service) stopConversion(id string) {
 	s.mu.Lock()
-	cancel := s.running[id]
+	a := s.running[id]
+	if a != nil {
+		a.live = false
+	}
 	s.mu.Unlock()
-	if cancel != nil {
-		cancel(errCanceledByRequest)
+	if a != nil {
+		a.cancel(errCanceledByRequest)
 	}
 }
 

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -49,6 +50,10 @@ var migrations = []migration{
 	// 2: the manifest's digest, so that a download of a corrupted manifest is refused; rows
 	// from before it have none and their manifests are served unverified.
 	addColumn("converter_job", "manifest_sha256", "TEXT"),
+	// 3: scan-only jobs.
+	addColumn("converter_job", "mode", "TEXT NOT NULL DEFAULT 'convert'"),
+	// 4: the globals a job admits as inert records, a JSON array (NULL for none).
+	addColumn("converter_job", "allow_globals", "TEXT"),
 }
 
 const schemaV1 = `
@@ -150,7 +155,7 @@ type querier interface {
 
 const jobColumns = `id, tenant, state, filename, select_path, input_size, input_sha256, output_size,
 	output_sha256, manifest_sha256, error_type, error_detail, idempotency_key, river_job_id, attempts, created_at,
-	updated_at, started_at, finished_at`
+	updated_at, started_at, finished_at, mode, allow_globals`
 
 // row is a job as stored, with what the API never sees: the River job id and the manifest's
 // digest ("" for rows older than the column).
@@ -168,18 +173,27 @@ func scanJob(s scanner) (row, error) {
 		state                                  string
 		outSize, riverID, started, fin         sql.NullInt64
 		outSHA, manSHA, errType, errDetail, ik sql.NullString
+		allow                                  sql.NullString
 		created, updated                       int64
+		mode                                   string
 	)
 	err := s.Scan(&r.ID, &r.Tenant, &state, &r.Filename, &r.Select, &r.InputSize, &r.InputSHA256,
 		&outSize, &outSHA, &manSHA, &errType, &errDetail, &ik, &riverID, &r.Attempts, &created, &updated,
-		&started, &fin)
+		&started, &fin, &mode, &allow)
 	if err != nil {
 		return row{}, err
 	}
 	r.State = State(state)
+	r.Mode = Mode(mode)
+	if allow.Valid {
+		if err := json.Unmarshal([]byte(allow.String), &r.AllowGlobals); err != nil {
+			return row{}, fmt.Errorf("job %s: allowed globals: %w", r.ID, err)
+		}
+	}
 	r.OutputSize = outSize.Int64
 	r.OutputSHA256 = outSHA.String
 	r.manifestSHA256 = manSHA.String
+	r.HasReport = r.State == StateSucceeded || r.State == StateFailed && r.manifestSHA256 != ""
 	if errType.Valid {
 		r.Error = &JobError{Detail: errDetail.String}
 		if err := r.Error.Type.UnmarshalText([]byte(errType.String)); err != nil {
@@ -206,12 +220,20 @@ func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
 
 func insertJob(ctx context.Context, q querier, j *Job) error {
+	var allow sql.NullString
+	if len(j.AllowGlobals) > 0 {
+		b, err := json.Marshal(j.AllowGlobals)
+		if err != nil {
+			return fmt.Errorf("insert job %s: %w", j.ID, err)
+		}
+		allow = nullString(string(b))
+	}
 	_, err := q.ExecContext(ctx, `INSERT INTO converter_job
 		(id, tenant, state, filename, select_path, input_size, input_sha256, idempotency_key,
-		 attempts, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+		 attempts, created_at, updated_at, mode, allow_globals)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)`,
 		j.ID, j.Tenant, string(j.State), j.Filename, j.Select, j.InputSize, j.InputSHA256,
-		nullString(j.IdempotencyKey), millis(j.CreatedAt), millis(j.UpdatedAt))
+		nullString(j.IdempotencyKey), millis(j.CreatedAt), millis(j.UpdatedAt), string(j.Mode), allow)
 	if err != nil {
 		return fmt.Errorf("insert job %s: %w", j.ID, err)
 	}
@@ -328,16 +350,17 @@ func markSucceeded(ctx context.Context, q querier, id string, size int64, sha, m
 }
 
 // markFinished moves a job that is in one of the from states to a terminal failed or canceled
-// state with its error, and reports whether it did.
-func markFinished(ctx context.Context, q querier, id string, state State, je JobError, now time.Time, from ...State) (bool, error) {
-	args := []any{string(state), je.Type.String(), je.Detail, millis(now), millis(now), id}
+// state with its error, and the digest of its scan report when reportSHA is set, and reports
+// whether it did.
+func markFinished(ctx context.Context, q querier, id string, state State, je JobError, reportSHA string, now time.Time, from ...State) (bool, error) {
+	args := []any{string(state), je.Type.String(), je.Detail, nullString(reportSHA), millis(now), millis(now), id}
 	marks := make([]string, len(from))
 	for i, s := range from {
 		marks[i] = "?"
 		args = append(args, string(s))
 	}
 	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = ?, error_type = ?, error_detail = ?,
-		updated_at = ?, finished_at = ? WHERE id = ? AND state IN (`+strings.Join(marks, ",")+`)`, args...)
+		manifest_sha256 = coalesce(?, manifest_sha256), updated_at = ?, finished_at = ? WHERE id = ? AND state IN (`+strings.Join(marks, ",")+`)`, args...)
 	if err != nil {
 		return false, fmt.Errorf("finish job %s: %w", id, err)
 	}
@@ -392,21 +415,27 @@ func countByState(ctx context.Context, q querier) (map[State]int, error) {
 	return out, rows.Err()
 }
 
-// jobStates returns the state of every job, for telling which files in the data directory a
-// job owns.
-func jobStates(ctx context.Context, q querier) (map[string]State, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, state FROM converter_job`)
+// jobKind is what decides which files a job owns.
+type jobKind struct {
+	state State
+	mode  Mode
+}
+
+// jobStates returns the state and mode of every job, for telling which files in the data
+// directory a job owns.
+func jobStates(ctx context.Context, q querier) (map[string]jobKind, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, state, mode FROM converter_job`)
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	defer rows.Close()
-	states := map[string]State{}
+	states := map[string]jobKind{}
 	for rows.Next() {
-		var id, state string
-		if err := rows.Scan(&id, &state); err != nil {
+		var id, state, mode string
+		if err := rows.Scan(&id, &state, &mode); err != nil {
 			return nil, fmt.Errorf("list jobs: %w", err)
 		}
-		states[id] = State(state)
+		states[id] = jobKind{state: State(state), mode: Mode(mode)}
 	}
 	return states, rows.Err()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -61,7 +62,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		return err
 	}
 	if r.Attempts >= s.cfg.MaxAttempts {
-		s.fail(ctx, r, JobError{Type: fault.Internal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now)
+		s.fail(ctx, r, JobError{Type: fault.Internal, Detail: fmt.Sprintf("gave up after %d attempts", r.Attempts)}, now, "")
 		return nil
 	}
 	if ok, err := markRunning(ctx, s.db, id, now); err != nil || !ok {
@@ -71,10 +72,17 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		s.metrics.queueWait.Observe(now.Sub(r.CreatedAt).Seconds())
 	}
 
+	// The attempt's live view starts from the record as it now is (one query per attempt); r
+	// stays the record as the attempt found it, which counts its attempts.
+	cur, err := getJob(ctx, s.db, "", id)
+	if err != nil {
+		return err
+	}
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	a := &attempt{cancel: cancel, job: cur.Job, live: true}
 	s.mu.Lock()
-	s.running[id] = cancel
+	s.running[id] = a
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -82,16 +90,25 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		s.mu.Unlock()
 	}()
 
-	src, dst := s.blobs.input(id), s.blobs.output(id)
-	s.log.Info("conversion started", slog.String("job_id", id), slog.Int("attempt", r.Attempts+1))
-	m, err := s.cfg.Converter.Convert(runCtx, src, dst, convert.Options{
-		Select:       r.Select,
-		SourceName:   r.Filename,
-		Limits:       s.cfg.Limits,
-		MinFreeBytes: s.cfg.MinFreeBytes,
-		Overwrite:    true, // the job's own directory: an output left by an interrupted attempt
-	})
+	src := s.blobs.input(id)
+	opts := s.options(r)
+	opts.Progress = a.report(&s.mu)
+	s.log.Info("conversion started", slog.String("job_id", id), slog.String("mode", string(r.Mode)), slog.Int("attempt", r.Attempts+1))
+	var m *convert.Manifest
+	if r.Mode == ModeScan {
+		// A judged file is a finished scan, whatever the verdict; only a scan that could not
+		// judge it fails.
+		if m, err = s.cfg.Converter.Scan(runCtx, src, opts); m != nil {
+			err = nil
+		}
+	} else {
+		m, err = s.cfg.Converter.Convert(runCtx, src, s.blobs.output(id), opts)
+	}
 	s.metrics.readBytes.Add(float64(r.InputSize))
+	// From here the job's record says what it is.
+	s.mu.Lock()
+	a.live = false
+	s.mu.Unlock()
 	if err == nil {
 		err = s.succeed(ctx, r, m, now)
 		if err == nil {
@@ -101,25 +118,53 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 	return s.failed(ctx, runCtx, r, err, now)
 }
 
-// succeed publishes a verified output: the manifest is written, then the job row records the
-// output digest. A job canceled or deleted meanwhile gets its files removed instead.
-func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, started time.Time) error {
-	if m == nil || m.Output == nil {
-		return errors.New("converter returned no output description")
+// options are the conversion options of job r.
+func (s *Service) options(r row) convert.Options {
+	return convert.Options{
+		Select:       r.Select,
+		AllowGlobals: r.AllowGlobals,
+		SourceName:   r.Filename,
+		Limits:       s.cfg.Limits,
+		MinFreeBytes: s.cfg.MinFreeBytes,
+		Overwrite:    true, // the job's own directory: an output left by an interrupted attempt
 	}
-	out := *m.Output
+}
+
+// writeManifest stores m as job r's manifest (its scan report), naming files as the user knows
+// them, and returns its SHA-256.
+func (s *Service) writeManifest(r row, m *convert.Manifest) (string, error) {
 	m.Source.Path = r.Filename
-	m.Output.Path = "output.safetensors"
+	if m.Output != nil {
+		m.Output.Path = "output.safetensors"
+	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
+		return "", fmt.Errorf("encode manifest: %w", err)
 	}
 	data = append(data, '\n')
 	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), data, 0o600, atomicfile.Replace); err != nil {
-		return fmt.Errorf("write manifest: %w", fault.PathFree(err))
+		return "", fmt.Errorf("write manifest: %w", fault.PathFree(err))
 	}
-	manifestSum := sha256.Sum256(data)
-	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, hex.EncodeToString(manifestSum[:]), time.Now())
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// succeed publishes a verified output, or a scan job's report: the manifest is written, then
+// the job row records the output digest. A job canceled or deleted meanwhile gets its files
+// removed instead.
+func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, started time.Time) error {
+	if m == nil || m.Output == nil && r.Mode != ModeScan {
+		return errors.New("converter returned no output description")
+	}
+	var out convert.Output
+	if m.Output != nil {
+		out = *m.Output
+	}
+	manifestSum, err := s.writeManifest(r, m)
+	if err != nil {
+		return err
+	}
+	ok, err := markSucceeded(ctx, s.db, r.ID, out.Size, out.SHA256, manifestSum, time.Now())
 	if err != nil {
 		return err
 	}
@@ -155,12 +200,12 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	}
 	je := classify(err)
 	if je.Type != fault.Internal {
-		s.fail(ctx, r, je, started)
+		s.fail(ctx, r, je, started, s.report(ctx, r, je))
 		return river.JobCancel(err)
 	}
 	if r.Attempts+1 >= s.cfg.MaxAttempts {
 		je.Detail = fmt.Sprintf("after %d attempts: %s", r.Attempts+1, je.Detail)
-		s.fail(ctx, r, je, started)
+		s.fail(ctx, r, je, started, "")
 		return river.JobCancel(err)
 	}
 	s.log.Warn("conversion failed, will retry", slog.String("job_id", r.ID), slog.String("error", je.Detail))
@@ -177,10 +222,34 @@ func classify(err error) JobError {
 	return JobError{Type: fault.KindOf(err), Detail: err.Error()}
 }
 
-// fail records a terminal failure of a running job.
-func (s *Service) fail(ctx context.Context, r row, je JobError, started time.Time) {
+// report stores the scan report of a conversion job's refused file and returns its digest,
+// or "" when there is none. The conversion stopped at the verdict without returning a manifest,
+// so the file is scanned again, which judges it the same way. Files refused for a limit are
+// not: the limit may be the time limit, which a scan would run into again.
+func (s *Service) report(ctx context.Context, r row, je JobError) string {
+	switch je.Type {
+	case fault.Unsafe, fault.Malformed, fault.Unsupported:
+	default:
+		return ""
+	}
+	m, err := s.cfg.Converter.Scan(ctx, s.blobs.input(r.ID), s.options(r))
+	if m == nil {
+		s.log.Warn("scan of a refused file failed", slog.String("job_id", r.ID), slog.Any("error", err))
+		return ""
+	}
+	sum, err := s.writeManifest(r, m)
+	if err != nil {
+		s.log.Warn("store report of a refused file", slog.String("job_id", r.ID), slog.String("error", err.Error()))
+		return ""
+	}
+	return sum
+}
+
+// fail records a terminal failure of a running job, with the digest of its stored scan report
+// when reportSHA is set.
+func (s *Service) fail(ctx context.Context, r row, je JobError, started time.Time, reportSHA string) {
 	ctx = context.WithoutCancel(ctx)
-	ok, err := markFinished(ctx, s.db, r.ID, StateFailed, je, time.Now(), StateQueued, StateRunning)
+	ok, err := markFinished(ctx, s.db, r.ID, StateFailed, je, reportSHA, time.Now(), StateQueued, StateRunning)
 	if err != nil {
 		s.log.Error("record job failure", slog.String("job_id", r.ID), slog.String("error", err.Error()))
 		return
@@ -205,4 +274,40 @@ type expireWorker struct {
 
 func (w *expireWorker) Work(ctx context.Context, _ *river.Job[expireArgs]) error {
 	return w.s.expire(ctx)
+}
+
+// attempt is a job's attempt running in this process: how to cancel it and, while the converter
+// runs, the job as it is (live), with the converter's latest progress.
+type attempt struct {
+	cancel   context.CancelCauseFunc
+	job      Job
+	live     bool
+	progress *convert.Progress
+}
+
+// report returns the converter's progress callback for a, which keeps the latest record under
+// mu (the Service's).
+func (a *attempt) report(mu *sync.Mutex) func(convert.Progress) {
+	return func(p convert.Progress) {
+		mu.Lock()
+		a.progress = &p
+		mu.Unlock()
+	}
+}
+
+// live returns a tenant's job (any tenant's when tenant is "") while its converter runs in this
+// process, with its latest progress.
+func (s *Service) live(tenant, id string) (Job, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.running[id]
+	if a == nil || !a.live || tenant != "" && a.job.Tenant != tenant {
+		return Job{}, false
+	}
+	j := a.job
+	if a.progress != nil {
+		p := *a.progress
+		j.Progress = &p
+	}
+	return j, true
 }

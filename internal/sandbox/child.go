@@ -55,13 +55,22 @@ func serve(req *request) *response {
 		resp.Error = encodeError(fault.Wrap(fault.Internal, "", err, "sandbox"))
 		return resp
 	}
-	closed, err := closeInherited(firstFile + len(req.Files))
+	passed := len(req.Files)
+	if req.Progress {
+		passed++
+	}
+	closed, err := closeInherited(firstFile + passed)
 	if err != nil {
 		return fail(fmt.Errorf("close inherited descriptors: %w", err))
 	}
 	files := make([]*os.File, len(req.Files))
 	for i, name := range req.Files {
 		files[i] = os.NewFile(uintptr(firstFile+i), name)
+	}
+	if req.Progress {
+		// A parent that stopped reading is no reason to fail the operation: errors are dropped.
+		enc := json.NewEncoder(os.NewFile(uintptr(firstFile+len(req.Files)), "progress"))
+		req.Options.Progress = func(p convert.Progress) { _ = enc.Encode(p) }
 	}
 	applied, err := setRlimits(req.Rlimits)
 	if err != nil {

@@ -21,6 +21,7 @@
 package sandbox
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -262,6 +263,16 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	if len(req.Files) != len(files) {
 		return nil, fault.New(fault.Internal, "", "sandbox: %d files named for %d descriptors", len(req.Files), len(files))
 	}
+	var progress *progressPipe
+	if fn := req.Options.Progress; fn != nil {
+		var err error
+		if progress, err = newProgressPipe(fn); err != nil {
+			return nil, err
+		}
+		defer progress.close()
+		files = append(files, progress.w)
+		req.Progress = true
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: encode request")
@@ -290,6 +301,9 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	if err := cmd.Start(); err != nil {
 		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: start child %s", exe)
 	}
+	progress.started()
+	// Every path below waits for the child first: no progress is reported after run returns.
+	defer progress.wait()
 	answer, err := readAnswer(stdout, req.MaxResponse)
 	if err != nil {
 		cancel() // a child that says too much is not heard to the end
@@ -493,4 +507,58 @@ func (h *headBuffer) String() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.buf.String()
+}
+
+// maxProgressLine bounds one progress record from a child; a longer line ends the reports.
+const maxProgressLine = 1 << 10
+
+// progressPipe carries a child's progress records (lines of JSON) to a callback: the child
+// writes to w, its fd after the files; a goroutine of the parent reads them from r. The parent
+// keeps reading to the end whatever the child writes, so that a child never blocks on it.
+type progressPipe struct {
+	r, w *os.File
+	fn   func(convert.Progress)
+	done chan struct{}
+}
+
+func newProgressPipe(fn func(convert.Progress)) (*progressPipe, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: progress pipe")
+	}
+	return &progressPipe{r: r, w: w, fn: fn}, nil
+}
+
+// started closes the parent's copy of the write end, so that the reader ends when the child
+// does, and starts reading. Nil does nothing.
+func (p *progressPipe) started() {
+	if p == nil {
+		return
+	}
+	p.w.Close()
+	p.done = make(chan struct{})
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(p.r)
+		sc.Buffer(make([]byte, 0, maxProgressLine), maxProgressLine)
+		for sc.Scan() {
+			var pr convert.Progress
+			if json.Unmarshal(sc.Bytes(), &pr) == nil {
+				p.fn(pr)
+			}
+		}
+		_, _ = io.Copy(io.Discard, p.r)
+	}()
+}
+
+// wait returns once every record of an exited child was passed on. Nil does nothing.
+func (p *progressPipe) wait() {
+	if p != nil && p.done != nil {
+		<-p.done
+	}
+}
+
+func (p *progressPipe) close() {
+	p.w.Close()
+	p.r.Close()
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -931,5 +932,36 @@ func TestCommitNeverReplacesUnlessOverwrite(t *testing.T) {
 	}
 	if _, err := testRunner().Convert(context.Background(), fixtures+"dtypes.pt", dst, convert.Options{Overwrite: true}); err != nil {
 		t.Errorf("convert with Overwrite: %v", err)
+	}
+}
+
+// TestProgressFromChild has the child report a conversion's and a scan's progress over its
+// pipe: the records arrive before the operation returns, in phase order, and include the one
+// with the final counts.
+func TestProgressFromChild(t *testing.T) {
+	r := testRunner()
+	var got []convert.Progress
+	opts := convert.Options{Progress: func(p convert.Progress) { got = append(got, p) }}
+	m, err := r.Convert(t.Context(), fixtures+"dtypes.pt", filepath.Join(t.TempDir(), "out.safetensors"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(m.Tensors)
+	want := convert.Progress{Phase: convert.PhaseWriting, BytesDone: m.Output.Size, BytesTotal: m.Output.Size, TensorsDone: n, TensorsTotal: n}
+	if !slices.Contains(got, want) {
+		t.Errorf("convert: no record %+v among %+v", want, got)
+	}
+	if len(got) == 0 || got[0].Phase != convert.PhaseScanning || got[len(got)-1].Phase != convert.PhaseVerifying {
+		t.Errorf("convert: records %+v do not run from scanning to verifying", got)
+	}
+
+	got = nil
+	sm, err := r.Scan(t.Context(), fixtures+"dtypes.pt", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = convert.Progress{Phase: convert.PhaseHashing, BytesDone: sm.Source.Size, BytesTotal: sm.Source.Size}
+	if !slices.Contains(got, want) {
+		t.Errorf("scan: no record %+v among %+v", want, got)
 	}
 }

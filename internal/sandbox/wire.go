@@ -36,6 +36,9 @@ type request struct {
 	MemLimit int64 `json:"mem_limit"`
 	// MaxResponse is the most the parent reads of the child's answer.
 	MaxResponse int64 `json:"max_response"`
+	// Progress says that the descriptor after Files is a pipe for the operation's progress:
+	// the child writes each convert.Progress to it as a line of JSON.
+	Progress bool `json:"progress,omitempty"`
 	// Arg parameterises test-only operations.
 	Arg string `json:"arg,omitempty"`
 }

@@ -108,8 +108,11 @@ func ParseShapePolicy(s string) (ShapePolicy, error) {
 type Spec struct {
 	// Format is the container format; the default is ZipStored.
 	Format Format
-	// Tensors is the number of tensors, named model.layers.N.weight for N from 0.
+	// Tensors is the number of tensors, named model.layers.N.weight for N from FirstLayer.
 	Tensors int
+	// FirstLayer is the N of the first tensor's name: the shards of one model name different
+	// layers.
+	FirstLayer int
 	// TotalBytes is the target for the sum of the tensor sizes. Elements are split evenly; shape
 	// policies other than ShapeFlat round each tensor down to a whole shape, so the result may
 	// be slightly smaller.
@@ -234,7 +237,7 @@ func Plan(spec Spec) ([]Tensor, error) {
 			key = strconv.FormatUint(legacyKeyBase+uint64(i)*4096, 10)
 		}
 		out[i] = Tensor{
-			Name:  "model.layers." + strconv.Itoa(i) + ".weight",
+			Name:  "model.layers." + strconv.Itoa(spec.FirstLayer+i) + ".weight",
 			DType: dt,
 			Shape: shape(spec.Shapes, i, n),
 			Key:   key,

@@ -29,12 +29,21 @@ var (
 	magicNumpy = []byte("\x93NUMPY")
 )
 
-// sniff classifies by the first bytes of the file in torch.load's order: a zip by its first
-// local header (PK\x03\x04 only), then whatever Python's tarfile opens, then the rest.
+// SniffLen is how many leading bytes of a file Sniff needs to decide.
+const SniffLen = tarBlock
+
+// sniff classifies the file by its first SniffLen bytes; see Sniff.
 func sniff(ra io.ReaderAt) Kind {
-	head := make([]byte, tarBlock)
+	head := make([]byte, SniffLen)
 	n, _ := ra.ReadAt(head, 0)
-	head = head[:n]
+	return Sniff(head[:n])
+}
+
+// Sniff classifies a file by head, its first SniffLen bytes (fewer for a shorter file), in
+// torch.load's order: a zip by its first local header (PK\x03\x04 only), then whatever Python's
+// tarfile opens, then the rest. Pickle is only a guess from the first byte (Open refines it to
+// Legacy); Unknown means torch.load would find no container and no pickle opcode to start with.
+func Sniff(head []byte) Kind {
 	switch {
 	case bytes.HasPrefix(head, magicZip):
 		return Zip
