@@ -462,6 +462,23 @@ func TestBrowserShowsRefusal(t *testing.T) {
 	tb.screenshot("refused")
 }
 
+// An upload the server refuses shows why on its card, and the others are not held up.
+func TestBrowserShowsUploadRefusal(t *testing.T) {
+	e := newEnv(t, envOpts{maxUpload: 1000})
+	tb := openTab(t, e, true)
+	tb.choose(testdataPath(t, "mymodel.pt"), testdataPath(t, "dtypes.pt"))
+	tb.run(chromedp.Click(chromedp.ID("convert-btn")))
+	tb.waitFor(finished(2))
+	got := eval[map[string]string](tb, `Object.fromEntries([...document.querySelectorAll('#jobs li.job')].map((li) => [li.querySelector('h3').textContent, li.dataset.state]))`)
+	if want := map[string]string{"mymodel.pt": "succeeded", "dtypes.pt": "not uploaded"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("card states = %v, want %v", got, want)
+	}
+	refusal := tb.text(`#jobs li[data-state="not uploaded"] .refusal`)
+	if want := "Upload refuseduploads are limited to 1000 bytes"; refusal != want {
+		t.Errorf("refusal = %q, want %q", refusal, want)
+	}
+}
+
 // Several files dropped at once are chosen, as the picker would, and Enter on the focused
 // Convert button uploads them: each is followed side by side to its own end.
 func TestBrowserUploadsSeveral(t *testing.T) {

@@ -201,7 +201,7 @@ func TestFormProblemsAreHTML(t *testing.T) {
 		})
 	}
 	resp, page := open.do("GET", "/jobs/00000000-0000-0000-0000-000000000000", "", nil, map[string]string{"Accept": browserAccept})
-	if resp.StatusCode != http.StatusNotFound || !bytes.Contains(page, []byte("no such job")) {
+	if resp.StatusCode != http.StatusNotFound || !bytes.Contains(page, []byte("no such job")) || !bytes.Contains(page, []byte(`/problems/not-found">What this means`)) {
 		t.Errorf("missing job's page = %d\n%s", resp.StatusCode, page)
 	}
 	resp, _ = withTokens.do("GET", "/jobs/00000000-0000-0000-0000-000000000000", "", nil, map[string]string{"Accept": browserAccept})

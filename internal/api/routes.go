@@ -25,12 +25,6 @@ func routes(d Deps, m *metrics) *chi.Mux {
 	r.Get("/openapi.yaml", handleSpec(d.Spec))
 	r.Get(problemBase+"{type}", handleProblemPage())
 
-	// The web page (page.go): public, since it holds no data; what it shows comes from the
-	// API with the user's token. /jobs/{id} is the job as a page, for the plain form's upload.
-	r.Get("/", page.handleIndex())
-	r.Get("/static/{asset}", page.handleStatic())
-	r.With(authenticate(d.Tokens, m)).Get("/jobs/{id}", page.handleJobPage(d.Jobs))
-
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
 		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{
@@ -47,8 +41,12 @@ func routes(d Deps, m *metrics) *chi.Mux {
 		r.Get("/v1/jobs/{id}/events", handleEvents(d.Jobs, d.Stop))
 	})
 
-	// The web page's routes (GET /) go here.
-
+	// The web page's routes (page.go): GET / is public, since the page holds no data (what it
+	// shows comes from the API, with the user's token); /jobs/{id} is a job as a page, where
+	// the plain form's upload lands.
+	r.Get("/", page.handleIndex())
+	r.Get("/static/{asset}", page.handleStatic())
+	r.With(authenticate(d.Tokens, m)).Get("/jobs/{id}", page.handleJobPage(d.Jobs))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem(w, r, http.StatusNotFound, probNotFound, "no such resource")
 	})

@@ -207,9 +207,12 @@
       this.facts.hidden = false;
     }
 
+    // jobURL is the URL of one of the job's resources: its link, from a server that gives links
+    // (one links only what exists: '' then), else the path.
     jobURL(rel) {
-      const links = this.job.links || {};
-      return links[rel] || `/v1/jobs/${encodeURIComponent(this.job.id)}${rel === 'self' ? '' : '/' + rel}`;
+      const links = this.job.links;
+      if (links && rel !== 'manifest') return links[rel] || '';
+      return `/v1/jobs/${encodeURIComponent(this.job.id)}${rel === 'self' ? '' : '/' + rel}`;
     }
 
     showActions(job) {
@@ -299,6 +302,7 @@
     async loadReport() {
       let url = this.jobURL('report');
       try {
+        if (!url) throw new Error('no report');
         this.showReport((await getJSON(url)).body, url);
       } catch (e) {
         if (this.job.state !== 'succeeded') return;
