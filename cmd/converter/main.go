@@ -107,5 +107,6 @@ const usage = `usage:
                     [--s3-endpoint URL] SOURCE [DEST]
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
+  converter healthcheck [--addr HOST:PORT]
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`
