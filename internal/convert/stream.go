@@ -6,10 +6,12 @@ import (
 	"maps"
 	"os"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ptsafe/converter/internal/ctxio"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/torchzip"
 	"github.com/ptsafe/converter/internal/unpickler"
-	"golang.org/x/sync/errgroup"
 )
 
 // chunkSize is the unit tensor bytes move in: large enough to amortise syscalls and channel
@@ -230,7 +232,7 @@ func (sc *scratch) get(rec *torchzip.Record) (*os.File, error) {
 	}
 	sc.files[rec] = f
 	r, _ := rec.Open()
-	if _, err := io.Copy(f, ctxReader{sc.ctx, r}); err != nil {
+	if _, err := io.Copy(f, ctxio.Reader(sc.ctx, r)); err != nil {
 		return nil, readErr(rec, err)
 	}
 	return f, nil
@@ -249,19 +251,6 @@ func (sc *scratch) closeAll() {
 	for _, f := range sc.files {
 		f.Close()
 	}
-}
-
-// ctxReader ends a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func readErr(rec *torchzip.Record, err error) error {
