@@ -245,7 +245,7 @@ func TestHelperProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestSIGKILLMidJob")
 	}
-	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: converterFunc(
+	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Database: os.Getenv("JOBS_TEST_HELPER_DB"), Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			fmt.Println("CONVERTING")
 			<-ctx.Done()
@@ -273,9 +273,13 @@ func TestHelperProcess(t *testing.T) {
 // queued again at once (not after River's stuck-job timeout) and completes, and the attempt the
 // crash interrupted is not counted against the job.
 func TestSIGKILLMidJob(t *testing.T) {
+	forEachBackend(t, testSIGKILLMidJob)
+}
+
+func testSIGKILLMidJob(t *testing.T, database string) {
 	dir := t.TempDir()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir)
+	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir, "JOBS_TEST_HELPER_DB="+database)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -305,7 +309,7 @@ func TestSIGKILLMidJob(t *testing.T) {
 	}
 	cmd.Wait()
 
-	s := open(t, dir, succeeding, 0)
+	s := openConfig(t, jobs.Config{Dir: dir, Database: database, Converter: succeeding})
 	j := waitFor(t, s, id, "finished", terminal)
 	if j.State != jobs.StateSucceeded {
 		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)

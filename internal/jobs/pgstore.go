@@ -77,18 +77,41 @@ func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// migratePostgres runs both schemas' migrations in one transaction holding a transaction-level
-// advisory lock: nodes starting together wait for the first, then find nothing left to do, and
-// a failure leaves the schema as it was.
+// migratePostgres runs both schemas' migrations holding a session-level advisory lock on a
+// connection of its own: nodes starting together wait for the first, then find nothing left to
+// do, and a node that dies while migrating releases the lock with its connection. (River's
+// steps cannot share one transaction: one adds an enum value that a later one uses.)
 func migratePostgres(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
-	tx, err := pool.Begin(ctx)
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate job database: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrationLock); err != nil {
 		return fmt.Errorf("lock job database for migration: %w", err)
 	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, migrationLock)
+	if err := migrateJobTable(ctx, conn); err != nil {
+		return err
+	}
+	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: log})
+	if err != nil {
+		return fmt.Errorf("queue migrations: %w", err)
+	}
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("migrate queue schema: %w", err)
+	}
+	return nil
+}
+
+// migrateJobTable brings the job table to the newest version in one transaction. A database
+// newer than this binary is refused: its schema may mean what this code does not know.
+func migrateJobTable(ctx context.Context, conn *pgxpool.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate job schema: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS converter_schema (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("migrate job schema: %w", err)
 	}
@@ -108,15 +131,8 @@ func migratePostgres(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) 
 			return fmt.Errorf("set job schema version %d: %w", version, err)
 		}
 	}
-	migrator, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Logger: log})
-	if err != nil {
-		return fmt.Errorf("queue migrations: %w", err)
-	}
-	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
-		return fmt.Errorf("migrate queue schema: %w", err)
-	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("migrate job database: %w", err)
+		return fmt.Errorf("migrate job schema: %w", err)
 	}
 	return nil
 }
