@@ -108,6 +108,7 @@ const usage = `usage:
                     [--s3-endpoint URL] SOURCE [DEST]
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
+  converter healthcheck [--addr HOST:PORT]
   converter migrate --db postgres://...
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`
