@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -217,5 +219,30 @@ func TestPostgresStartLeavesOtherNodesJobs(t *testing.T) {
 	}
 	if _, err := a.Cancel(t.Context(), "t", id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A node killed with SIGKILL mid-job loses the job to a live node within the rescue delay: the
+// live node finds the dead node's lock free and queues the job again, and runs it. (Each node
+// has its own data directory here, so the converter makes the job's directory itself.)
+func TestPostgresLiveNodeRescuesDeadNodesJob(t *testing.T) {
+	url := testkit.StartPostgres(t)
+	helper, id := startHelper(t, t.TempDir(), url)
+	live := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: url, RescueDelay: time.Second, Converter: converterFunc(
+		func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+			if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+				return nil, err
+			}
+			return fakeOutput(dst)
+		})})
+	if j, err := live.Get(t.Context(), "t", id); err != nil || j.State != jobs.StateRunning {
+		t.Fatalf("the job of a live node: %s (%v), want running", j.State, err)
+	}
+	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	helper.Wait()
+	if j := waitFor(t, live, id, "finished", terminal); j.State != jobs.StateSucceeded {
+		t.Errorf("the dead node's job = %s %+v, want succeeded on the live node", j.State, j.Error)
 	}
 }

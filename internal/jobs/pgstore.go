@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -149,7 +150,7 @@ func (s *Service) openPostgres(ctx context.Context) error {
 		pool.Close()
 		return err
 	}
-	d := &pgDB{pgxQuerier: pgxQuerier{pool}, pool: pool, node: id}
+	d := &pgDB{pgxQuerier: pgxQuerier{pool}, pool: pool, url: s.cfg.Database, node: id}
 	s.db = d
 	if err := migratePostgres(ctx, pool, s.log); err != nil {
 		return err
@@ -159,6 +160,12 @@ func (s *Service) openPostgres(ctx context.Context) error {
 		return err
 	}
 	cfg.ID = id
+	if err := river.AddWorkerSafely(cfg.Workers, &rescueWorker{s: s}); err != nil {
+		return fmt.Errorf("register rescue worker: %w", err)
+	}
+	// River's leader enqueues it: one node looks, for all, every RescueDelay.
+	cfg.PeriodicJobs = append(cfg.PeriodicJobs, river.NewPeriodicJob(river.PeriodicInterval(s.cfg.RescueDelay),
+		func() (river.JobArgs, *river.InsertOpts) { return rescueArgs{}, nil }, nil))
 	if d.client, err = river.NewClient(riverpgxv5.New(pool), cfg); err != nil {
 		return fmt.Errorf("create queue client: %w", err)
 	}
@@ -167,8 +174,7 @@ func (s *Service) openPostgres(ctx context.Context) error {
 }
 
 // nodeID names this node in River's queue: the host and its data directory, which its lock
-// gives to one process at a time, so that a restarted node knows the queue entries its
-// previous process left running. River requires that no two live processes share an id.
+// gives to one process at a time. River requires that no two live processes share an id.
 func nodeID(dir string) (string, error) {
 	host, err := os.Hostname()
 	if err != nil {
@@ -183,11 +189,45 @@ func nodeID(dir string) (string, error) {
 }
 
 // pgDB is the job table and River's queue in a PostgreSQL database that several nodes share.
+//
+// A node is alive while it holds its node lock, a session-level advisory lock keyed by its
+// River client id, on a connection of its own: PostgreSQL releases it when that connection
+// ends, so a killed node is seen dead as soon as its connection closes (or TCP keepalive gives
+// up on a vanished host), with no heartbeat table and no clock to compare.
 type pgDB struct {
 	pgxQuerier
 	pool   *pgxpool.Pool
 	client *river.Client[pgx.Tx]
+	url    string
 	node   string
+	alive  *pgx.Conn // holds the node lock; nil until join
+}
+
+// nodeLockClass is the first key of every node lock: "node" in ASCII. (A two-key advisory lock
+// never collides with the one-key migration lock.)
+const nodeLockClass = 0x6e6f6465
+
+// nodeLockKey is the second key of node's lock.
+func nodeLockKey(node string) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	return int32(h.Sum32())
+}
+
+// join takes the node lock, after recover: until then the lock of this node's previous
+// process is free, so that its entries are orphans.
+func (d *pgDB) join(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, d.url)
+	if err != nil {
+		return fmt.Errorf("node lock: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, nodeLockClass, nodeLockKey(d.node)).Scan(&ok); err != nil || !ok {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("node lock of %s: taken %v (another live node has this id), %v", d.node, !ok, err)
+	}
+	d.alive = conn
+	return nil
 }
 
 func (d *pgDB) begin(ctx context.Context) (dbTx, error) {
@@ -207,13 +247,40 @@ func (d *pgDB) begin(ctx context.Context) (dbTx, error) {
 func (d *pgDB) ping(ctx context.Context) error { return d.pool.Ping(ctx) }
 
 func (d *pgDB) close() error {
+	var err error
+	if d.alive != nil {
+		err = d.alive.Close(context.Background())
+	}
 	d.pool.Close()
-	return nil
+	return err
 }
 
-// orphaned is true for an entry this node attempted last: other nodes may be running theirs.
-func (d *pgDB) orphaned(rj *rivertype.JobRow) bool {
-	return len(rj.AttemptedBy) > 0 && rj.AttemptedBy[len(rj.AttemptedBy)-1] == d.node
+// orphaned is true when the node that attempted the entry last holds no node lock: a
+// transaction-level try of its lock succeeds (and ends with the statement).
+func (d *pgDB) orphaned(ctx context.Context, rj *rivertype.JobRow) (bool, error) {
+	if len(rj.AttemptedBy) == 0 {
+		return false, nil
+	}
+	node := rj.AttemptedBy[len(rj.AttemptedBy)-1]
+	var free bool
+	if err := d.pool.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, nodeLockClass, nodeLockKey(node)).Scan(&free); err != nil {
+		return false, fmt.Errorf("node lock of %s: %w", node, err)
+	}
+	return free, nil
+}
+
+// rescueArgs is the periodic queue entry that looks for jobs of dead nodes.
+type rescueArgs struct{}
+
+func (rescueArgs) Kind() string { return "rescue" }
+
+type rescueWorker struct {
+	river.WorkerDefaults[rescueArgs]
+	s *Service
+}
+
+func (w *rescueWorker) Work(ctx context.Context, _ *river.Job[rescueArgs]) error {
+	return w.s.rescue(ctx)
 }
 
 // pgxQuerier runs the statements through pgx: a pool or a transaction.

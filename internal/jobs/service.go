@@ -35,6 +35,9 @@ type Config struct {
 	// Database is where the job table and River's queue live: empty for the SQLite file in
 	// Dir, or a PostgreSQL URL (postgres://...), which several nodes may share.
 	Database string
+	// RescueDelay is, on a shared database, how often one node looks for jobs whose node
+	// died and queues them again (default DefaultRescueDelay).
+	RescueDelay time.Duration
 	// Workers bounds concurrent conversions (default 1).
 	Workers int
 	// Retention is how long finished jobs and their files are kept (default 168h).
@@ -60,6 +63,10 @@ type Config struct {
 
 // DefaultMinFreeBytes is the free space kept in the data directory unless configured.
 const DefaultMinFreeBytes = 1 << 30
+
+// DefaultRescueDelay is how often a node of a shared database looks for jobs of dead nodes
+// unless configured.
+const DefaultRescueDelay = 30 * time.Second
 
 // DefaultRetention is how long finished jobs are kept unless configured.
 const DefaultRetention = 7 * 24 * time.Hour
@@ -113,6 +120,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.MinFreeBytes <= 0 {
 		cfg.MinFreeBytes = DefaultMinFreeBytes
+	}
+	if cfg.RescueDelay <= 0 {
+		cfg.RescueDelay = DefaultRescueDelay
 	}
 	cfg.Limits = cfg.Limits.OrDefault()
 	if cfg.Logger == nil {
@@ -175,7 +185,10 @@ func (s *Service) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.recover(ctx)
+	if err := s.recover(ctx); err != nil {
+		return err
+	}
+	return s.db.join(ctx)
 }
 
 func (s *Service) openSQLite(ctx context.Context) error {
@@ -246,8 +259,8 @@ func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 
 // recover re-queues what a previous process left unfinished. A River job still marked running
 // that the database calls an orphan (on SQLite, every one: the data directory lock means no
-// other process is working on these jobs; on PostgreSQL, those this node last attempted) is
-// re-queued.
+// other process is working on these jobs; on PostgreSQL, those of nodes that are gone, this
+// one's previous process included) is re-queued.
 // River's stuck-job rescuer would only retry it after the worker's timeout (hours for a big
 // conversion), so the orphan is canceled (River finalizes it within RescueStuckJobsAfter) and a
 // fresh queue entry is inserted in the same transaction. The interrupted attempt does not count:
@@ -256,17 +269,8 @@ func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 // made available now. Last, files no job owns are removed and succeeded jobs whose files are
 // gone are marked lost, all before the service can report ready.
 func (s *Service) recover(ctx context.Context) error {
-	orphans, err := s.riverJobs(ctx, rivertype.JobStateRunning)
-	if err != nil {
+	if err := s.rescue(ctx); err != nil {
 		return err
-	}
-	for _, rj := range orphans {
-		if !s.db.orphaned(rj) {
-			continue
-		}
-		if err := s.requeueOrphan(ctx, rj); err != nil {
-			return err
-		}
 	}
 	waiting, err := s.riverJobs(ctx, rivertype.JobStateRetryable)
 	if err != nil {
@@ -278,6 +282,28 @@ func (s *Service) recover(ctx context.Context) error {
 		}
 	}
 	return s.removeStrays(ctx)
+}
+
+// rescue queues again the jobs whose queue entries are marked running by a process that is
+// gone.
+func (s *Service) rescue(ctx context.Context) error {
+	running, err := s.riverJobs(ctx, rivertype.JobStateRunning)
+	if err != nil {
+		return err
+	}
+	for _, rj := range running {
+		orphan, err := s.db.orphaned(ctx, rj)
+		if err != nil {
+			return err
+		}
+		if !orphan {
+			continue
+		}
+		if err := s.requeueOrphan(ctx, rj); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState) ([]*rivertype.JobRow, error) {

@@ -47,10 +47,12 @@ type database interface {
 	begin(ctx context.Context) (dbTx, error)
 	ping(ctx context.Context) error
 	close() error
-	// orphaned reports whether a queue entry marked running, found before this process
-	// started its queue, was left by a previous process of this node rather than run by a live
-	// one elsewhere.
-	orphaned(rj *rivertype.JobRow) bool
+	// join marks this process as a live node of the queue, once it has recovered what its
+	// previous process left.
+	join(ctx context.Context) error
+	// orphaned reports whether the process that last attempted a queue entry marked running
+	// is gone, rather than still running it.
+	orphaned(ctx context.Context, rj *rivertype.JobRow) (bool, error)
 }
 
 // dbTx is a transaction over the job table and River's queue.
@@ -112,8 +114,12 @@ func (d *sqliteDB) begin(ctx context.Context) (dbTx, error) {
 func (d *sqliteDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
 func (d *sqliteDB) close() error                   { return d.db.Close() }
 
-// orphaned is always true: the data directory lock makes this process the file's only user.
-func (d *sqliteDB) orphaned(*rivertype.JobRow) bool { return true }
+// join has nothing to do: the data directory lock makes this process the file's only user.
+func (d *sqliteDB) join(context.Context) error { return nil }
+
+// orphaned is always true: only recover asks, before this process runs anything, and the
+// data directory lock means no other process can be running the entry.
+func (d *sqliteDB) orphaned(context.Context, *rivertype.JobRow) (bool, error) { return true, nil }
 
 // migration is one step of our own job schema, run in the transaction that records its version.
 type migration func(ctx context.Context, tx *sql.Tx) error
