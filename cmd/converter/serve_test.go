@@ -31,13 +31,14 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		"CONVERTER_LIMIT_MAX_OUTPUT_BYTES": "4096",
 		"CONVERTER_LIMIT_TIMEOUT":          "1m",
 		"CONVERTER_DB":                     "postgres://converter@db.internal/jobs",
+		"CONVERTER_RESCUE_DELAY":           "5s",
 	}
 	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m", "--max-uploads-per-tenant", "3"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 ||
-		c.database != "postgres://converter@db.internal/jobs" {
+		c.database != "postgres://converter@db.internal/jobs" || c.rescueDelay != 5*time.Second {
 		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
 	}
 	want := limits.Default()
@@ -63,7 +64,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	if err := runServe(t.Context(), []string{"-h"}, func(string) string { return "" }, &out, &out); err != nil {
 		t.Fatalf("serve -h: %v", err)
 	}
-	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-db", "CONVERTER_DB", "-workers", "CONVERTER_WORKERS",
+	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-db", "CONVERTER_DB", "-rescue-delay", "CONVERTER_RESCUE_DELAY", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
 		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT", "-allow-global", "CONVERTER_ALLOW_GLOBAL"} {
 		if !strings.Contains(out.String(), want) {
