@@ -48,7 +48,14 @@ func TestMigrate(t *testing.T) {
 		}
 	}
 
+	if _, err := conn.Exec(t.Context(), "UPDATE converter_schema SET version = 1000"); err != nil {
+		t.Fatal(err)
+	}
 	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"migrate", "--db", url}, func(string) string { return "" }, nil, &stderr, &stderr); code != 1 || !strings.Contains(stderr.String(), "newer") {
+		t.Errorf("migrate of a newer database: exit %d, %q; want 1 saying it is newer", code, stderr.String())
+	}
+	stderr.Reset()
 	if code := run(t.Context(), []string{"migrate", "--db", "jobs.db"}, func(string) string { return "" }, nil, &stderr, &stderr); code != 2 {
 		t.Errorf("migrate --db jobs.db: exit %d, want 2 (usage)", code)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 func TestServeFlagsFromEnvironment(t *testing.T) {
@@ -123,7 +124,7 @@ var builtConverter = sync.OnceValues(func() (string, error) {
 })
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testkit.PostgresMain(m)
 	if dir, err := binDir(); err == nil {
 		os.RemoveAll(dir)
 	}
