@@ -246,3 +246,40 @@ func TestPostgresLiveNodeRescuesDeadNodesJob(t *testing.T) {
 		t.Errorf("the dead node's job = %s %+v, want succeeded on the live node", j.State, j.Error)
 	}
 }
+
+// Nodes share one job table: a job submitted through one node is read and canceled through
+// another, and the node running it stops its conversion (River tells it through PostgreSQL).
+func TestPostgresCancelThroughAnotherNode(t *testing.T) {
+	url := testkit.StartPostgres(t)
+	type run struct {
+		node string
+		ctx  context.Context
+	}
+	started := make(chan run, 2)
+	nodes := map[string]*jobs.Service{}
+	for _, name := range []string{"a", "b"} {
+		nodes[name] = openConfig(t, jobs.Config{Dir: t.TempDir(), Database: url, Converter: converterFunc(
+			func(ctx context.Context, _, _ string, _ convert.Options) (*convert.Manifest, error) {
+				started <- run{name, ctx}
+				<-ctx.Done()
+				return nil, ctx.Err()
+			})})
+	}
+	id := submit(t, nodes["a"], "x").ID
+	r := <-started
+	other := nodes[map[string]string{"a": "b", "b": "a"}[r.node]]
+	if j, err := other.Get(t.Context(), "t", id); err != nil || j.State != jobs.StateRunning {
+		t.Fatalf("the job through the node not running it: %s (%v), want running", j.State, err)
+	}
+	if _, err := other.Cancel(t.Context(), "t", id); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.ctx.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the conversion on the node running it was never canceled")
+	}
+	if j := waitFor(t, nodes[r.node], id, "settled", terminal); j.State != jobs.StateCanceled {
+		t.Errorf("job = %s, want canceled", j.State)
+	}
+}
