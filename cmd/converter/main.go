@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		"verify":      runVerify,
 		"serve":       runServe,
 		"healthcheck": runHealthcheck,
+		"migrate":     runMigrate,
 	}
 	name := args[0]
 	switch name {
@@ -108,5 +109,6 @@ const usage = `usage:
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
   converter healthcheck [--addr HOST:PORT]
+  converter migrate --db postgres://...
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`

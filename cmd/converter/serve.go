@@ -27,8 +27,11 @@ import (
 
 // serveConfig is the validated configuration of `converter serve`.
 type serveConfig struct {
-	addr           string
-	dataDir        string
+	addr    string
+	dataDir string
+	// database is jobs.Config.Database: "" for SQLite in dataDir, or a postgres:// URL.
+	database       string
+	rescueDelay    time.Duration
 	workers        int
 	retention      time.Duration
 	maxUploadBytes int64
@@ -79,7 +82,9 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	var c serveConfig
 	var workers, maxUploads, maxTenantUploads int64
 	fs.StringVar(&c.addr, "addr", defaultAddr, "listen address")
-	fs.StringVar(&c.dataDir, "data", "./data", "data directory: SQLite job store and blobs")
+	fs.StringVar(&c.dataDir, "data", "./data", "data directory: blobs, and the SQLite job store unless --db is given")
+	fs.StringVar(&c.database, "db", "", "job database shared by several nodes: a `postgres://` URL (put the password in PGPASSWORD or ~/.pgpass, not in the URL, which help shows); empty for SQLite in --data")
+	fs.DurationVar(&c.rescueDelay, "rescue-delay", jobs.DefaultRescueDelay, "with --db, how often a node looks for jobs whose node died and queues them again")
 	fs.Int64Var(&workers, "workers", 1, "concurrent conversions")
 	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	fs.Int64Var(&c.maxUploadBytes, "max-upload-bytes", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
@@ -92,7 +97,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
 	var allow globalsFlag
 	fs.Var(&allow, "allow-global", "a `MODULE.NAME` jobs may ask to admit as an inert record with ?allow_global= (repeatable, or comma-separated); known-dangerous globals are refused")
-	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "workers", "retention", "max-upload-bytes", "max-uploads",
+	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "db", "rescue-delay", "workers", "retention", "max-upload-bytes", "max-uploads",
 		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout", "upload-idle-timeout", "allow-global")}
 	allow.fromEnv = len(allow.list) > 0
 	c.limits = limits.Default()
@@ -109,6 +114,12 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.database != "" && !jobs.IsPostgres(c.database) {
+		return c, errors.New("--db must be a postgres:// URL, or empty for SQLite in --data")
+	}
+	if c.rescueDelay <= 0 {
+		return c, fmt.Errorf("--rescue-delay must be positive, got %s", c.rescueDelay)
 	}
 	if workers < 1 || workers > 1024 {
 		return c, fmt.Errorf("--workers must be 1..1024, got %d", workers)
@@ -193,6 +204,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:          cfg.dataDir,
+		Database:     cfg.database,
+		RescueDelay:  cfg.rescueDelay,
 		Workers:      cfg.workers,
 		Retention:    cfg.retention,
 		MinFreeBytes: cfg.minFreeBytes,
