@@ -71,7 +71,9 @@ func (s *Service) startSweep(ctx context.Context) {
 // there, and puts the output and manifest back, each verified by size and SHA-256, before the
 // job records them. Objects are immutable, so a download is verified by comparing the stored
 // object's size, recorded SHA-256 and checksum with the job's; it then reads only that object
-// (If-Match on its ETag).
+// (If-Match on its ETag). The bucket's writers are trusted as the database's are: an object
+// replaced with the job's digest copied into its metadata, and no checksum, on a store that
+// computes none, would not be told apart.
 type s3Store struct {
 	tree    *s3store.Tree
 	scratch *localStore
