@@ -209,8 +209,9 @@ func (b *s3Store) remove(ctx context.Context, id string, names ...string) error 
 	return errors.Join(errs...)
 }
 
-// sweepEvery is a tenth of the grace period, at most an hour: a listing of the prefix per run.
-func (b *s3Store) sweepEvery() time.Duration { return min(b.grace/10, time.Hour) }
+// sweepEvery is a tenth of the grace period, from a minute to an hour: each run lists the
+// prefix.
+func (b *s3Store) sweepEvery() time.Duration { return max(min(b.grace/10, time.Hour), time.Minute) }
 
 // sweep aborts the multipart uploads started more than the grace period ago and removes the
 // objects, older than that, under a job id no job has (an upload whose job was never
