@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		"verify":      runVerify,
 		"serve":       runServe,
 		"healthcheck": runHealthcheck,
+		"worker":      runWorker,
 	}
 	name := args[0]
 	switch name {
@@ -107,5 +108,6 @@ const usage = `usage:
                     [--s3-endpoint URL] SOURCE [DEST]
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
+  converter worker  [flags]
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`
