@@ -109,5 +109,6 @@ const usage = `usage:
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
   converter worker  [flags]
+  converter healthcheck [--addr HOST:PORT]
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`

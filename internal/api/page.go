@@ -2,12 +2,14 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
 	"io/fs"
 	"log/slog"
 	"mime"
@@ -17,6 +19,10 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // webFS holds the page: html/template files under web/templates and the assets under
@@ -161,10 +167,120 @@ func (p *pages) handleJobPage(svc JobService) http.HandlerFunc {
 			jobError(w, r, err)
 			return
 		}
+		var report *reportSummary
+		if j.HasReport {
+			report = p.summarizeReport(r.Context(), svc, j)
+		}
 		p.render(w, http.StatusOK, "job.html", struct {
 			Job      jobJSON
 			Finished bool
-		}{toJSON(j), j.State.Terminal()})
+			Report   *reportSummary
+		}{toJSON(j), j.State.Terminal(), report})
+	}
+}
+
+// reportSummary is what the job page shows of a scan report: the verdict, and the globals that
+// decided it.
+type reportSummary struct {
+	Verdict string
+	// Offenders are the dangerous and unknown globals, the first maxOffendersShown of them.
+	Offenders []convert.GlobalRef
+	// More counts the offenders beyond those.
+	More int
+}
+
+// maxOffendersShown bounds the globals the job page lists; the report has them all.
+const maxOffendersShown = 100
+
+// summarizeReport reads the summary of a job's report, or returns nil (and logs why) when it
+// cannot: the page then shows the job without it.
+func (p *pages) summarizeReport(ctx context.Context, svc JobService, j jobs.Job) *reportSummary {
+	_, a, err := svc.OpenReport(ctx, j.Tenant, j.ID)
+	if err != nil {
+		p.log.Warn("job page: no report summary", "job", j.ID, "err", err)
+		return nil
+	}
+	defer a.Close()
+	s, err := readReportSummary(a)
+	if err != nil {
+		p.log.Warn("job page: no report summary", "job", j.ID, "err", err)
+		return nil
+	}
+	return s
+}
+
+// readReportSummary reads a report's verdict and offending globals as a stream of tokens: a
+// report also lists every tensor (up to the limit of tensors, tens of megabytes), which is
+// skipped, never held.
+func readReportSummary(r io.Reader) (*reportSummary, error) {
+	dec := json.NewDecoder(r)
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, fmt.Errorf("report: not a JSON object (%v)", err)
+	}
+	s := &reportSummary{}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("report: %w", err)
+		}
+		switch key {
+		case "verdict":
+			err = dec.Decode(&s.Verdict)
+		case "globals":
+			err = s.readOffenders(dec)
+		default:
+			err = skipValue(dec)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("report %v: %w", key, err)
+		}
+	}
+	return s, nil
+}
+
+// readOffenders reads the globals array (or null), keeping the dangerous and unknown ones.
+func (s *reportSummary) readOffenders(dec *json.Decoder) error {
+	t, err := dec.Token()
+	if err != nil || t == nil {
+		return err
+	}
+	if t != json.Delim('[') {
+		return fmt.Errorf("want an array, got %v", t)
+	}
+	for dec.More() {
+		var g convert.GlobalRef
+		if err := dec.Decode(&g); err != nil {
+			return err
+		}
+		if g.Class != unpickler.Dangerous && g.Class != unpickler.Unknown {
+			continue
+		}
+		if len(s.Offenders) == maxOffendersShown {
+			s.More++
+			continue
+		}
+		s.Offenders = append(s.Offenders, g)
+	}
+	_, err = dec.Token()
+	return err
+}
+
+// skipValue reads past the next JSON value, one token at a time.
+func skipValue(dec *json.Decoder) error {
+	for depth := 0; ; {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
 	}
 }
 

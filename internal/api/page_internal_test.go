@@ -1,6 +1,10 @@
 package api
 
-import "testing"
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
 
 func TestPrefersHTML(t *testing.T) {
 	for _, c := range []struct {
@@ -37,6 +41,57 @@ func TestFormatBytes(t *testing.T) {
 	} {
 		if got := formatBytes(c.n); got != c.want {
 			t.Errorf("formatBytes(%d) = %q, want %q", c.n, got, c.want)
+		}
+	}
+}
+
+// The job page's summary of a report keeps the verdict and the dangerous and unknown globals,
+// at most maxOffendersShown of them, and skips everything else, tensors included.
+func TestReadReportSummary(t *testing.T) {
+	global := func(name, class string, offset int) string {
+		return fmt.Sprintf(`{"entry":"a/data.pkl","module":"m","name":%q,"offset":%d,"class":%q}`, name, offset, class)
+	}
+	var many []string
+	for i := range maxOffendersShown + 3 {
+		many = append(many, global(fmt.Sprint("G", i), "unknown", i))
+	}
+	for _, c := range []struct {
+		name, report string
+		verdict      string
+		offenders    []string
+		more         int
+		wantErr      bool
+	}{
+		{name: "safe", report: `{"source":{"size":3,"nested":[1,{"a":[]}]},"verdict":"safe","globals":[` + global("A", "allowed", 2) + `],"tensors":[{"name":"w","shape":[2,3]}],"aliases":{}}`,
+			verdict: "safe"},
+		{name: "unsafe", report: `{"verdict":"unsafe","globals":[` + global("A", "allowed", 2) + "," + global("system", "dangerous", 5) + "," + global("Cfg", "unknown", 9) + "," + global("R", "inert", 11) + `],"tensors":null}`,
+			verdict: "unsafe", offenders: []string{"m.system dangerous 5", "m.Cfg unknown 9"}},
+		{name: "null globals", report: `{"globals":null,"verdict":"malformed"}`, verdict: "malformed"},
+		{name: "many", report: `{"verdict":"unsafe","globals":[` + strings.Join(many, ",") + `]}`, verdict: "unsafe", more: 3},
+		{name: "not an object", report: `[1]`, wantErr: true},
+		{name: "truncated", report: `{"verdict":"unsafe","tensors":[{"name":`, wantErr: true},
+		{name: "unknown class", report: `{"globals":[` + global("X", "weird", 1) + `]}`, wantErr: true},
+	} {
+		s, err := readReportSummary(strings.NewReader(c.report))
+		if (err != nil) != c.wantErr {
+			t.Errorf("%s: err = %v, want error %v", c.name, err, c.wantErr)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		var got []string
+		for _, g := range s.Offenders {
+			got = append(got, fmt.Sprintf("%s %s %d", g.Qualified(), g.Class, g.Offset))
+		}
+		if c.name == "many" {
+			if len(got) != maxOffendersShown {
+				t.Errorf("%s: %d offenders, want %d", c.name, len(got), maxOffendersShown)
+			}
+			got = nil
+		}
+		if s.Verdict != c.verdict || fmt.Sprint(got) != fmt.Sprint(c.offenders) || s.More != c.more {
+			t.Errorf("%s: summary = %q %v +%d, want %q %v +%d", c.name, s.Verdict, got, s.More, c.verdict, c.offenders, c.more)
 		}
 	}
 }

@@ -2,10 +2,10 @@ package api_test
 
 import (
 	"bytes"
-	"html"
 	"io"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -146,20 +146,41 @@ func TestFormPostRedirectsToJobPage(t *testing.T) {
 	}
 }
 
-// A refused job's page says so, with the error's detail (the global and where), and offers no
-// download.
+// A refused job's page says so, with the error's detail and the report's offending globals
+// (which, where), and offers its report but no download. A scan-only job, which succeeds
+// whatever the verdict, shows the verdict and the same globals.
 func TestJobPageShowsRefusal(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	evil := []byte("cos\nsystem\n(S'touch /tmp/pwned-by-converter-test'\ntR.")
-	j := e.wait("", e.submit("", "evil.pt", evil, nil).ID)
-	_, page := e.do("GET", "/jobs/"+j.ID, "", nil, map[string]string{"Accept": browserAccept})
-	for _, want := range []string{"Refused as unsafe", html.EscapeString(j.Error.Detail), "os.system"} {
-		if !bytes.Contains(page, []byte(want)) {
-			t.Errorf("refused job's page lacks %q", want)
-		}
+	evil, err := os.ReadFile(maliciousCheckpoint(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if bytes.Contains(page, []byte("/output")) {
-		t.Errorf("refused job's page links an output")
+	const offender = "<code>os.system</code> dangerous, in evil/data.pkl at byte 5"
+	for _, c := range []struct {
+		action string
+		state  string
+		want   []string
+	}{
+		{"/v1/jobs", "failed", []string{"Refused as unsafe", "evil/data.pkl@5: global os.system is known-dangerous", offender}},
+		{"/v1/jobs?mode=scan", "succeeded", []string{"Verdict: unsafe", offender}},
+	} {
+		resp, b := e.formPost(c.action, browserAccept, nil, evil)
+		if resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("form post to %s = %d\n%s", c.action, resp.StatusCode, b)
+		}
+		loc := resp.Header.Get("Location")
+		if j := e.wait("", strings.TrimPrefix(loc, "/jobs/")); j.State != c.state {
+			t.Fatalf("%s: job %+v, want %s", c.action, j, c.state)
+		}
+		_, page := e.do("GET", loc, "", nil, map[string]string{"Accept": browserAccept})
+		for _, want := range append(c.want, `/report">Scan report (JSON)`) {
+			if !bytes.Contains(page, []byte(want)) {
+				t.Errorf("%s: job page lacks %q\n%s", c.action, want, page)
+			}
+		}
+		if bytes.Contains(page, []byte("/output")) {
+			t.Errorf("%s: job page links an output", c.action)
+		}
 	}
 }
 

@@ -37,9 +37,10 @@ const (
 type File struct {
 	*os.File
 	dst  string
-	perm fs.FileMode
-	mode Mode
-	done bool
+	perm     fs.FileMode
+	mode     Mode
+	volatile bool
+	done     bool
 }
 
 // Create makes a temporary file for dst in dst's directory, named ".BASE.RANDOM.tmp" so that a
@@ -52,6 +53,11 @@ func Create(dst string, perm fs.FileMode, mode Mode) (*File, error) {
 	return &File{File: f, dst: dst, perm: perm, mode: mode}, nil
 }
 
+// Volatile makes Commit skip every fsync, of the file and of its directory: for a staging copy
+// read once and deleted, whose loss in a crash costs nothing, the move stays atomic but need
+// not be durable.
+func (f *File) Volatile() { f.volatile = true }
+
 // Commit syncs and closes the file, sets its permissions and moves it to the destination, then
 // syncs the directory. On an error before the move the temporary file is removed and the
 // destination is untouched. An error syncing the directory is returned although the file is
@@ -62,7 +68,7 @@ func (f *File) Commit() error {
 	}
 	f.done = true
 	err := f.Chmod(f.perm)
-	if err == nil {
+	if err == nil && !f.volatile {
 		err = f.Sync()
 	}
 	if cerr := f.File.Close(); err == nil {
@@ -74,6 +80,9 @@ func (f *File) Commit() error {
 	if err != nil {
 		os.Remove(f.Name())
 		return err
+	}
+	if f.volatile {
+		return nil
 	}
 	return SyncDir(filepath.Dir(f.dst))
 }

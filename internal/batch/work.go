@@ -116,6 +116,7 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 	outName, local := r.out.LocalPath(it.out)
 	if !local {
 		outName = filepath.Join(dir, path.Base(it.out))
+		opts.Staging = true // uploaded, then deleted: it need never reach the disk
 	}
 
 	r.engine <- struct{}{}

@@ -43,6 +43,11 @@ type Options struct {
 	// conversion runs; without it, such a file is left alone and the conversion fails with an
 	// error matching fs.ErrExist. (The CLI refuses an existing OUTPUT before it starts.)
 	Overwrite bool
+	// Staging marks the output as a local staging copy that is uploaded and deleted right
+	// after (batch to an S3 DEST): its bytes are verified and hashed as always, but its disk
+	// writeback is not started early and neither it nor its directory is fsynced, so that a
+	// copy that lives seconds need never reach the disk. A crash loses only the staging copy.
+	Staging bool `json:",omitempty"`
 	// MinFreeBytes, when positive, is the free space File must leave on the output's file
 	// system: a conversion whose planned output (and scratch files) would leave less is refused
 	// with a limit fault before any byte is written.
@@ -90,7 +95,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 		return nil, err
 	}
 	defer in.Close()
-	out, err := CreatePending(dst, opts.Overwrite)
+	out, err := CreatePending(dst, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -139,6 +144,7 @@ func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size)) }()
 
 	p.scratchDir = scratchDir(opts)
+	p.staging = opts.Staging
 	if err := p.checkHeader(); err != nil {
 		return nil, err
 	}
@@ -252,16 +258,19 @@ type PendingFile struct {
 }
 
 // CreatePending creates the temporary file for dst: private (0600) until committed, beside dst
-// so that the move is atomic, with a name unique to this call. With overwrite false, Commit
-// never replaces a file that appeared at dst meanwhile.
-func CreatePending(dst string, overwrite bool) (*PendingFile, error) {
+// so that the move is atomic, with a name unique to this call. Without opts.Overwrite, Commit
+// never replaces a file that appeared at dst meanwhile; with opts.Staging, it syncs nothing.
+func CreatePending(dst string, opts Options) (*PendingFile, error) {
 	mode := atomicfile.NoReplace
-	if overwrite {
+	if opts.Overwrite {
 		mode = atomicfile.Replace
 	}
 	af, err := atomicfile.Create(dst, 0o644, mode)
 	if err != nil {
 		return nil, fault.Wrap(fault.Internal, "", fault.PathFree(err), "create output")
+	}
+	if opts.Staging {
+		af.Volatile()
 	}
 	return &PendingFile{File: af.File, af: af}, nil
 }
@@ -291,7 +300,7 @@ func (p *PendingFile) Discard() { p.af.Abort() }
 func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []string, outSum string, err error) {
 	rep.phase(PhaseWriting, p.layout.Size, len(p.layout.Tensors))
 	// The header goes first and is checked at once.
-	w := &outWriter{f: out}
+	w := &outWriter{f: out, lazy: p.staging}
 	if err := w.write(p.layout.Header); err != nil {
 		return nil, "", err
 	}
@@ -323,6 +332,9 @@ func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []s
 		return nil, "", err
 	}
 	rep.done()
+	if p.staging {
+		return d.finish(), hex.EncodeToString(whole.Sum(nil)), nil
+	}
 	if err := out.Sync(); err != nil {
 		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
 	}
@@ -479,9 +491,10 @@ const writebackEvery = 256 << 20
 const writePiece = 256 << 10
 
 // outWriter writes a file sequentially in writePiece system calls and starts the disk writeback
-// every writebackEvery bytes.
+// every writebackEvery bytes, unless lazy (a staging copy).
 type outWriter struct {
 	f             *os.File
+	lazy          bool
 	written, sent int64
 }
 
@@ -494,7 +507,7 @@ func (w *outWriter) write(p []byte) error {
 		}
 		p = p[n:]
 	}
-	if w.written-w.sent >= writebackEvery {
+	if !w.lazy && w.written-w.sent >= writebackEvery {
 		startWriteback(w.f, w.sent, w.written-w.sent)
 		w.sent = w.written
 	}

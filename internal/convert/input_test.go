@@ -69,12 +69,12 @@ func TestSpecialInputsRefused(t *testing.T) {
 func TestPendingFile(t *testing.T) {
 	dir := t.TempDir()
 	dst := filepath.Join(dir, "model.safetensors")
-	a, err := CreatePending(dst, false)
+	a, err := CreatePending(dst, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Discard()
-	b, err := CreatePending(dst, false)
+	b, err := CreatePending(dst, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,8 @@ type plan struct {
 	inflate map[*torchzip.Record]int
 	// scratchBytes is what those scratch files take in all.
 	scratchBytes int64
+	// staging is Options.Staging: the output is never synced.
+	staging bool
 }
 
 // planned is one output tensor and where its bytes come from.

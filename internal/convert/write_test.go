@@ -83,3 +83,24 @@ func TestChunkerPacks(t *testing.T) {
 		t.Errorf("chunks (offset, length) = %v; want %v", got, want)
 	}
 }
+
+// TestStagingWritesTheSameFile checks that a staging copy (no early writeback, no fsync) is the
+// same file, with the same digests, as a durable conversion: Staging changes when bytes reach
+// the disk, never which bytes.
+func TestStagingWritesTheSameFile(t *testing.T) {
+	src := filepath.Join("..", "..", "testdata", "torch", "module_state_dict.pt")
+	dir := t.TempDir()
+	durable, err := File(context.Background(), src, filepath.Join(dir, "durable.safetensors"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged, err := File(context.Background(), src, filepath.Join(dir, "staged.safetensors"), Options{Staging: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, "durable.safetensors"))
+	b, _ := os.ReadFile(filepath.Join(dir, "staged.safetensors"))
+	if string(a) != string(b) || durable.Output.SHA256 != staged.Output.SHA256 || len(a) == 0 {
+		t.Errorf("staging output differs: %d vs %d bytes, sha256 %s vs %s", len(a), len(b), durable.Output.SHA256, staged.Output.SHA256)
+	}
+}

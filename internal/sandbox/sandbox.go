@@ -107,7 +107,7 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 		return err
 	}
 	defer in.Close()
-	out, err := convert.CreatePending(dst, opts.Overwrite)
+	out, err := convert.CreatePending(dst, opts)
 	if err != nil {
 		return err
 	}
