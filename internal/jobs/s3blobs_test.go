@@ -3,8 +3,11 @@ package jobs_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/google/uuid"
 
+	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/s3store"
 	"github.com/ptsafe/converter/internal/testkit"
@@ -171,5 +175,47 @@ func TestS3RetentionRemovesObjects(t *testing.T) {
 	waitFor(t, s, id, "expired", func(_ jobs.Job, err error) bool { return errors.Is(err, jobs.ErrNotFound) })
 	if keys := f.keys(t); len(keys) != 0 {
 		t.Errorf("objects after expiry = %q; want none", keys)
+	}
+}
+
+// TestS3MultipartOutputReadsAtOffsets: an output of several parts is stored, verified and
+// read from any offset, as http.ServeContent seeks for ranges.
+func TestS3MultipartOutputReadsAtOffsets(t *testing.T) {
+	data := make([]byte, 2*s3store.MinPartSize+1000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	f := newS3Fixture(t, converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(data)
+		return &convert.Manifest{Output: &convert.Output{Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
+	}))
+	s := openConfig(t, f.cfg)
+	j := submit(t, s, "checkpoint")
+	waitFor(t, s, j.ID, "succeeded", func(j jobs.Job, err error) bool { return err == nil && j.State == jobs.StateSucceeded })
+	_, a, err := s.OpenOutput(t.Context(), "t", j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.Size() != int64(len(data)) || a.Location() != "" {
+		t.Errorf("artifact size %d, location %q; want %d and none", a.Size(), a.Location(), len(data))
+	}
+	for _, off := range []int64{s3store.MinPartSize - 3, 10, int64(len(data)) - 5} {
+		if _, err := a.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(a, buf); err != nil || !bytes.Equal(buf, data[off:off+5]) {
+			t.Errorf("5 bytes at %d = %x, %v; want %x", off, buf, err, data[off:off+5])
+		}
+	}
+	if end, err := a.Seek(0, io.SeekEnd); err != nil || end != int64(len(data)) {
+		t.Errorf("Seek to the end = %d, %v; want %d", end, err, len(data))
+	}
+	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("Read at the end = %d, %v; want io.EOF", n, err)
 	}
 }
