@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/s3store"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 // TestPutStream stores bodies of unknown length: empty, under one part, exactly parts long,
@@ -131,4 +133,31 @@ func TestHeadOpenAtPresign(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || err != nil || !bytes.Equal(body, data) {
 		t.Errorf("GET of the presigned URL = %s, %d bytes, %v; want 200 and the object", resp.Status, len(body), err)
 	}
+}
+
+// BenchmarkPutStream measures a 256 MiB upload of unknown length to versitygw on loopback; its
+// memory (B/op) is the part buffers, whatever the size.
+func BenchmarkPutStream(b *testing.B) {
+	srv := testkit.StartS3(b)
+	tree, err := s3store.New(b.Context(), "s3://"+srv.Bucket(b)+"/bench", s3store.Config{Endpoint: srv.Endpoint,
+		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const size = 256 << 20
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := tree.PutStream(b.Context(), "input", io.LimitReader(zeros{}, size), -1); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
