@@ -23,6 +23,7 @@
 # Every run writes to a fresh destination, deleted after it.
 #
 # Environment (defaults in brackets): RUNS [3; QUICK: 1]  WORKERS [2]  PART_MIB [16]
+#   CASES ["floor batch rerun manager tree batch-s3"]: the cases to run (a case's peer runs too)
 #   CONCURRENCY [4]  KEEP [0]: keep the scratch dir
 # Needs: go, curl, openssl, python3, GNU time (/usr/bin/time; Debian package "time").
 set -uo pipefail
@@ -105,9 +106,18 @@ curl -s -o /dev/null "$ENDPOINT/" || die "versitygw does not answer at $ENDPOINT
 # timed NAME CMD...: runs CMD under GNU time, appends its wall seconds and peak RSS (KiB) to
 # SECS[NAME] and RSS[NAME], and logs its last output line.
 declare -A SECS RSS
+declare -A PEER=([floor]=floor [batch]=floor [rerun]=batch [manager]=manager [tree]=manager [batch-s3]=manager)
+CASES=${CASES:-floor batch rerun manager tree batch-s3}
+for c in $CASES; do
+	[ -n "${PEER[$c]:-}" ] || die "unknown case $c"
+	CASES+=" ${PEER[$c]}"
+	[ "$c" = rerun ] && CASES+=" floor" # rerun's peer, batch, is compared with floor
+done
+want() { [[ " $CASES " == *" $1 "* ]]; }
 timed() {
 	local name=$1 t0 t1 out
 	shift
+	want "$name" || return 0
 	sync
 	cat "$SCRATCH"/tree/* >/dev/null # the same warm page cache for every run
 	t0=$(date +%s%N)
@@ -139,8 +149,8 @@ max() { tr ' ' '\n' | grep . | sort -g | tail -1; }
 echo "batch: $N shards of $SIZE + index + config.json ($total bytes); --workers $WORKERS; versitygw v1.8.0 on loopback;"
 echo "median of $RUNS runs; S3 part size ${PART_MIB} MiB, $CONCURRENCY parts in flight per file"
 printf '%-9s %10s %10s %12s %8s  %s\n' case seconds MiB/s peak_RSS_MiB ratio "ratio to"
-declare -A PEER=([floor]=floor [batch]=floor [rerun]=batch [manager]=manager [tree]=manager [batch-s3]=manager)
 for name in floor batch rerun manager tree batch-s3; do
+	want "$name" || continue
 	s=$(median <<<"${SECS[$name]}")
 	p=$(median <<<"${SECS[${PEER[$name]}]}")
 	printf '%-9s %10s %10.1f %12d %8.2f  %s\n' "$name" "$s" "$(awk -v b="$total" -v s="$s" 'BEGIN { print b / 1048576 / s }')" \

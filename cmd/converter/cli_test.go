@@ -442,7 +442,7 @@ func TestUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"convert"}, "converter convert: missing arguments\nusage: converter convert [flags] INPUT [OUTPUT]\n"},
-		{[]string{"scan", "a.pt", "b.pt"}, "converter scan: unexpected arguments: b.pt\nusage: converter scan [flags] INPUT\n"},
+		{[]string{"scan", "a.pt", "b.pt"}, "converter scan: unexpected arguments: b.pt\nusage: converter scan [flags] INPUT|DIR|s3://BUCKET/PREFIX\n"},
 		{[]string{"verify", "--frobnicate", "x"}, "converter verify: flag provided but not defined: -frobnicate\nusage: converter verify"},
 		{[]string{"convert", "a.pt", "--select"}, "converter convert: flag needs an argument: -select\n"},
 	} {
