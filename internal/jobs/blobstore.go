@@ -107,17 +107,18 @@ func (l *localStore) sweep(ctx context.Context, states func(context.Context) (ma
 			l.removeStray(l.jobDir(id))
 			continue
 		}
-		owned := l.owned(id, kind)
-		present := l.removeAll(l.jobDir(id), owned)
-		if kind.state == StateSucceeded && present < len(owned) {
+		own := owned(kind)
+		present := l.removeAll(l.jobDir(id), own)
+		if kind.state == StateSucceeded && present < len(own) {
 			lost = append(lost, id)
 		}
 	}
 	return lost, nil
 }
 
-// owned returns the names of the files a job in state kind owns.
-func (l *localStore) owned(id string, kind jobKind) map[string]bool {
+// owned returns the names of the files a job in state kind owns: a failed job's is the
+// report of its refused file, when it has one.
+func owned(kind jobKind) map[string]bool {
 	switch kind.state {
 	case StateQueued, StateRunning:
 		return map[string]bool{nameInput: true}
@@ -127,10 +128,7 @@ func (l *localStore) owned(id string, kind jobKind) map[string]bool {
 		}
 		return map[string]bool{nameManifest: true, nameOutput: true}
 	case StateFailed:
-		// A refused file's report, when it has one; a failed job may have none.
-		if _, err := os.Stat(l.file(id, nameManifest)); err == nil {
-			return map[string]bool{nameManifest: true}
-		}
+		return map[string]bool{nameManifest: true}
 	}
 	return nil
 }

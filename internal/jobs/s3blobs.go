@@ -214,8 +214,9 @@ func (b *s3Store) remove(ctx context.Context, id string, names ...string) error 
 func (b *s3Store) sweepEvery() time.Duration { return max(min(b.grace/10, time.Hour), time.Minute) }
 
 // sweep aborts the multipart uploads started more than the grace period ago and removes the
-// objects, older than that, under a job id no job has (an upload whose job was never
-// recorded, the files of a job deleted while an attempt still wrote them). The listing comes
+// objects, older than that, that no job owns: under a job id no job has (an upload whose job
+// was never recorded, the files of a job deleted while an attempt still wrote them), or that
+// their job's state does not own (an input whose removal failed). The listing comes
 // before the job states are read, so a job recorded meanwhile is seen. Missing outputs are
 // found when they are opened, not here.
 func (b *s3Store) sweep(ctx context.Context, states func(context.Context) (map[string]jobKind, error)) ([]string, error) {
@@ -243,8 +244,8 @@ func (b *s3Store) sweep(ctx context.Context, states func(context.Context) (map[s
 		return nil, err
 	}
 	for _, o := range old {
-		id, _, _ := strings.Cut(o.Path, "/")
-		if _, ok := all[id]; ok {
+		id, name, _ := strings.Cut(o.Path, "/")
+		if kind, ok := all[id]; ok && owned(kind)[name] {
 			continue
 		}
 		l.strays()

@@ -118,9 +118,8 @@ func TestS3UploadThatFailsLeavesNothing(t *testing.T) {
 	}
 }
 
-// TestS3SweepRemovesStrays: at start, multipart uploads and objects under a job id no job
-// has are removed once older than the grace period, and kept before; the jobs' own objects
-// stay.
+// TestS3SweepRemovesStrays: at start, multipart uploads and objects no job owns are removed
+// once older than the grace period, and kept before; the jobs' own objects stay.
 func TestS3SweepRemovesStrays(t *testing.T) {
 	f := newS3Fixture(t, succeeding)
 	f.cfg.StoreGrace = time.Hour
@@ -129,9 +128,11 @@ func TestS3SweepRemovesStrays(t *testing.T) {
 	waitFor(t, s, j.ID, "succeeded", func(j jobs.Job, err error) bool { return err == nil && j.State == jobs.StateSucceeded })
 	stop(t, s)
 
-	orphan := "jobs/" + uuid.NewString() + "/input"
-	if _, err := f.client.PutObject(t.Context(), &s3.PutObjectInput{Bucket: aws.String(f.bucket), Key: aws.String(orphan), Body: bytes.NewReader([]byte("x"))}); err != nil {
-		t.Fatal(err)
+	// An object under a job id no job has, and an input its succeeded job no longer owns.
+	for _, key := range []string{"jobs/" + uuid.NewString() + "/input", "jobs/" + j.ID + "/input"} {
+		if _, err := f.client.PutObject(t.Context(), &s3.PutObjectInput{Bucket: aws.String(f.bucket), Key: aws.String(key), Body: bytes.NewReader([]byte("x"))}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := f.client.CreateMultipartUpload(t.Context(), &s3.CreateMultipartUploadInput{Bucket: aws.String(f.bucket), Key: aws.String("jobs/" + uuid.NewString() + "/input")}); err != nil {
 		t.Fatal(err)
@@ -139,8 +140,8 @@ func TestS3SweepRemovesStrays(t *testing.T) {
 	want := []string{"jobs/" + j.ID + "/manifest.json", "jobs/" + j.ID + "/output.safetensors"}
 
 	stop(t, openConfig(t, f.cfg)) // within the grace period: nothing is touched
-	if keys, n := f.keys(t), f.uploads(t); len(keys) != 3 || n != 1 {
-		t.Errorf("young strays: objects %q and %d uploads; want the orphan kept and one upload", keys, n)
+	if keys, n := f.keys(t), f.uploads(t); len(keys) != 4 || n != 1 {
+		t.Errorf("young strays: objects %q and %d uploads; want both strays kept and one upload", keys, n)
 	}
 
 	f.cfg.StoreGrace = time.Nanosecond
