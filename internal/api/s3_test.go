@@ -28,13 +28,15 @@ type s3Env struct {
 	bucket string
 }
 
-func newS3Env(t *testing.T, presign time.Duration) *s3Env {
+// newS3Env starts a server with o on a fresh bucket, its jobs' files under jobs/.
+func newS3Env(t *testing.T, o envOpts) *s3Env {
 	t.Helper()
 	srv := testkit.StartS3(t)
 	bucket := srv.Bucket(t)
 	creds := credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")
-	e := newEnv(t, envOpts{store: "s3://" + bucket + "/jobs", presign: presign,
-		storeConfig: s3store.Config{Endpoint: srv.Endpoint, Credentials: creds}})
+	o.store = "s3://" + bucket + "/jobs"
+	o.storeConfig = s3store.Config{Endpoint: srv.Endpoint, Credentials: creds}
+	e := newEnv(t, o)
 	client := s3.New(s3.Options{Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true, Credentials: creds})
 	return &s3Env{env: e, client: client, bucket: bucket}
 }
@@ -58,7 +60,7 @@ func (e *s3Env) keys(t *testing.T) []string {
 // objects are its output and manifest under PREFIX/ID/, and no scratch file is left.
 func TestS3StoreConvertDownload(t *testing.T) {
 	local := newEnv(t, envOpts{})
-	remote := newS3Env(t, 0)
+	remote := newS3Env(t, envOpts{})
 	data := fixture(t, "mymodel.pt")
 	want := local.wait("", local.submit("", "pytorch_model.bin", data, nil).ID)
 	_, wantOut := local.do("GET", "/v1/jobs/"+want.ID+"/output", "", nil, nil)
@@ -113,7 +115,7 @@ func TestS3StoreConvertDownload(t *testing.T) {
 // flipped, without the digest the job recorded, or with it (and the store's checksum of the
 // bytes it got), is never served: 500 output-lost, and the job is failed.
 func TestS3StoreRefusesReplacedOutput(t *testing.T) {
-	e := newS3Env(t, 0)
+	e := newS3Env(t, envOpts{})
 	data := fixture(t, "mymodel.pt")
 	for _, keepMetadata := range []bool{false, true} {
 		j := e.wait("", e.submit("", "model.pt", data, nil).ID)
@@ -141,7 +143,7 @@ func TestS3StoreRefusesReplacedOutput(t *testing.T) {
 // TestS3StorePresign: with presigning, the output download is a 307 to a short-lived URL
 // that serves the verified bytes without the server.
 func TestS3StorePresign(t *testing.T) {
-	e := newS3Env(t, time.Minute)
+	e := newS3Env(t, envOpts{presign: time.Minute})
 	data := fixture(t, "mymodel.pt")
 	j := e.wait("", e.submit("", "model.pt", data, nil).ID)
 	c := *e.env.client
@@ -160,5 +162,23 @@ func TestS3StorePresign(t *testing.T) {
 	out, err := io.ReadAll(got.Body)
 	if got.StatusCode != http.StatusOK || err != nil || sha256Hex(out) != j.Output.SHA256 {
 		t.Errorf("GET %s = %d, %d bytes, %v; want 200 and the output of sha-256 %s", loc, got.StatusCode, len(out), err, j.Output.SHA256)
+	}
+}
+
+// TestS3StoreUploadTooLarge: an upload cut off at the size limit while it streams to S3 is a
+// 413, and leaves no object and no multipart upload.
+func TestS3StoreUploadTooLarge(t *testing.T) {
+	e := newS3Env(t, envOpts{maxUpload: 1000})
+	big := struct{ *bytes.Reader }{bytes.NewReader(bytes.Repeat([]byte{'x'}, 5000))} // no length: chunked
+	resp, b := e.do("POST", "/v1/jobs", "", big, map[string]string{"Content-Type": "application/octet-stream"})
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("streamed oversize = %d, want 413\n%s", resp.StatusCode, b)
+	}
+	uploads, err := e.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(e.bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := e.keys(t); len(keys) != 0 || len(uploads.Uploads) != 0 {
+		t.Errorf("after a 413: objects %q and %d multipart uploads; want none", keys, len(uploads.Uploads))
 	}
 }
