@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -174,11 +175,37 @@ func TestS3StoreUploadTooLarge(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("streamed oversize = %d, want 413\n%s", resp.StatusCode, b)
 	}
-	uploads, err := e.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(e.bucket)})
+	if keys, n := e.keys(t), e.uploads(t); len(keys) != 0 || n != 0 {
+		t.Errorf("after a 413: objects %q and %d multipart uploads; want none", keys, n)
+	}
+}
+
+// TestS3StoreCanceledUpload: a client that gives up mid-upload leaves no object and no
+// multipart upload once the server is done with the request.
+func TestS3StoreCanceledUpload(t *testing.T) {
+	e := newS3Env(t, envOpts{})
+	h := e.holdUpload("")
+	if n := e.uploads(t); n != 1 {
+		t.Errorf("%d multipart uploads while the body arrives; want 1", n)
+	}
+	h.body.CloseWithError(errors.New("the client gave up"))
+	<-h.status
+	for range 3000 { // until the server has finished with the request, however long it takes
+		if e.gauge("converter_uploads_in_progress") == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if keys, n := e.keys(t), e.uploads(t); len(keys) != 0 || n != 0 {
+		t.Errorf("after a canceled upload: objects %q and %d multipart uploads; want none", keys, n)
+	}
+}
+
+func (e *s3Env) uploads(t *testing.T) int {
+	t.Helper()
+	out, err := e.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(e.bucket)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if keys := e.keys(t); len(keys) != 0 || len(uploads.Uploads) != 0 {
-		t.Errorf("after a 413: objects %q and %d multipart uploads; want none", keys, len(uploads.Uploads))
-	}
+	return len(out.Uploads)
 }
