@@ -45,8 +45,8 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 	fs.Int64Var(&workers, "workers", 1, "concurrent conversions on this node")
 	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps: an upload (507) or a conversion that would leave less is refused")
-	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX)")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight work may take to finish; what is left is canceled and resumes later")
+	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); serve with --tokens, and a worker beyond loopback, serve /metrics only with it")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes later")
 	errs := []error{envflag.Bind(fs, getenv, "data", "store", "workers", "retention", "min-free-bytes", "metrics-token", "drain-timeout")}
 	c.limits = limits.Default()
 	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
