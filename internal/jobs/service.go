@@ -684,11 +684,13 @@ func (s *Service) expire(ctx context.Context) error {
 			return err
 		}
 		for _, id := range ids {
-			if err := deleteJob(ctx, s.db, id); err != nil {
-				return err
-			}
+			// Files first, as Delete does: a job that is gone has no files left (ones that
+			// could not be removed are strays, which the store's sweep removes).
 			if err := s.store.remove(ctx, id); err != nil {
 				s.log.Warn("remove expired job files", slog.String("job_id", id), slog.String("error", err.Error()))
+			}
+			if err := deleteJob(ctx, s.db, id); err != nil {
+				return err
 			}
 		}
 		if len(ids) < 500 {
