@@ -167,14 +167,17 @@ type item struct {
 	enc   uint8
 }
 
-// memoTable maps memo keys to entries: keys CPython writes are dense from 0, so they live in a
-// slice; sparse keys fall back to a map. The slice never grows past about twice the number of
-// entries, so a hostile key pattern cannot inflate it.
+// memoTable maps memo keys to entries: keys CPython writes are dense from 0, so they live in
+// fixed-size pages indexed by key (growing never copies what is stored: a million tensors make
+// seven million entries); sparse keys fall back to a map. The pages never cover more than about
+// twice the number of entries plus a page, so a hostile key pattern cannot inflate them.
 type memoTable struct {
-	dense  []memoEntry
+	pages  [][]memoEntry
 	sparse map[uint64]memoEntry
 	n      int
 }
+
+const memoPage = 1 << 12 // entries per page
 
 // memoEntry is one memo value and, for the VM's copy of the stream, where it was stored.
 type memoEntry struct {
@@ -186,9 +189,17 @@ type memoEntry struct {
 
 func (e memoEntry) read() bool { return e.store < 0 }
 
+// slot returns the paged entry for k, or nil when k lies beyond the pages.
+func (m *memoTable) slot(k uint64) *memoEntry {
+	if p := k / memoPage; p < uint64(len(m.pages)) {
+		return &m.pages[p][k%memoPage]
+	}
+	return nil
+}
+
 func (m *memoTable) get(k uint64) (memoEntry, bool) {
-	if k < uint64(len(m.dense)) && m.dense[k].kind != kUnset {
-		return m.dense[k], true
+	if e := m.slot(k); e != nil && e.kind != kUnset {
+		return *e, true
 	}
 	if m.sparse != nil {
 		e, ok := m.sparse[k]
@@ -199,8 +210,8 @@ func (m *memoTable) get(k uint64) (memoEntry, bool) {
 
 // markRead records that a GET read the entry under k, which must exist.
 func (m *memoTable) markRead(k uint64) {
-	if k < uint64(len(m.dense)) && m.dense[k].kind != kUnset {
-		m.dense[k].store = -1 - m.dense[k].store
+	if e := m.slot(k); e != nil && e.kind != kUnset {
+		e.store = -1 - e.store
 		return
 	}
 	e := m.sparse[k]
@@ -218,18 +229,11 @@ func (m *memoTable) put(k uint64, e memoEntry, limit int) (prev memoEntry, repla
 		}
 		m.n++
 	}
-	if k >= uint64(len(m.dense)) && k < 2*uint64(m.n)+1024 {
-		need := int(k) + 1
-		if need > cap(m.dense) {
-			grown := make([]memoEntry, need, max(need, 2*cap(m.dense)))
-			copy(grown, m.dense)
-			m.dense = grown
-		} else {
-			m.dense = m.dense[:need]
-		}
+	for k/memoPage >= uint64(len(m.pages)) && k < 2*uint64(m.n)+memoPage {
+		m.pages = append(m.pages, make([]memoEntry, memoPage))
 	}
-	if k < uint64(len(m.dense)) {
-		m.dense[k] = e
+	if s := m.slot(k); s != nil {
+		*s = e
 		if m.sparse != nil {
 			delete(m.sparse, k)
 		}
@@ -244,9 +248,11 @@ func (m *memoTable) put(k uint64, e memoEntry, limit int) (prev memoEntry, repla
 
 // each calls fn with every entry.
 func (m *memoTable) each(fn func(memoEntry)) {
-	for _, e := range m.dense {
-		if e.kind != kUnset {
-			fn(e)
+	for _, p := range m.pages {
+		for _, e := range p {
+			if e.kind != kUnset {
+				fn(e)
+			}
 		}
 	}
 	for _, e := range m.sparse {
