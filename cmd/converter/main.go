@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		"serve":       runServe,
 		"healthcheck": runHealthcheck,
 		"worker":      runWorker,
+		"migrate":     runMigrate,
 	}
 	name := args[0]
 	switch name {
@@ -110,5 +111,6 @@ const usage = `usage:
   converter serve   [flags]
   converter worker  [flags]
   converter healthcheck [--addr HOST:PORT]
+  converter migrate --db postgres://...
   converter version
 Run converter COMMAND -h for a command's arguments, flags and exit codes.`

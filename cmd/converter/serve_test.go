@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 func TestServeFlagsFromEnvironment(t *testing.T) {
@@ -30,12 +31,15 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		"CONVERTER_MAX_UPLOAD_BYTES":       "1024",
 		"CONVERTER_LIMIT_MAX_OUTPUT_BYTES": "4096",
 		"CONVERTER_LIMIT_TIMEOUT":          "1m",
+		"CONVERTER_DB":                     "postgres://converter@db.internal/jobs",
+		"CONVERTER_RESCUE_DELAY":           "5s",
 	}
 	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m", "--max-uploads-per-tenant", "3"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 {
+	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 ||
+		c.database != "postgres://converter@db.internal/jobs" || c.rescueDelay != 5*time.Second {
 		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
 	}
 	want := limits.Default()
@@ -48,6 +52,9 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 	}, io.Discard); err == nil {
 		t.Error("a bad CONVERTER_RETENTION was accepted")
 	}
+	if _, err := parseServeFlags([]string{"--db", "mysql://db/jobs"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("a --db that is not a postgres:// URL was accepted")
+	}
 	if _, err := parseServeFlags([]string{"--max-uploads", "4", "--max-uploads-per-tenant", "5"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Error("--max-uploads-per-tenant above --max-uploads was accepted")
 	}
@@ -58,7 +65,7 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	if err := runServe(t.Context(), []string{"-h"}, func(string) string { return "" }, &out, &out); err != nil {
 		t.Fatalf("serve -h: %v", err)
 	}
-	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-workers", "CONVERTER_WORKERS",
+	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-db", "CONVERTER_DB", "-rescue-delay", "CONVERTER_RESCUE_DELAY", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
 		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT", "-allow-global", "CONVERTER_ALLOW_GLOBAL"} {
 		if !strings.Contains(out.String(), want) {
@@ -117,7 +124,7 @@ var builtConverter = sync.OnceValues(func() (string, error) {
 })
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testkit.PostgresMain(m)
 	if dir, err := binDir(); err == nil {
 		os.RemoveAll(dir)
 	}

@@ -25,7 +25,10 @@ import (
 // nodeConfig is what serve and worker share: where jobs and their files are kept, and how
 // conversions run.
 type nodeConfig struct {
-	dataDir      string
+	dataDir string
+	// database is jobs.Config.Database: "" for SQLite in dataDir, or a postgres:// URL.
+	database     string
+	rescueDelay  time.Duration
 	store        string // "" for the data directory, else s3://bucket/prefix
 	workers      int
 	retention    time.Duration
@@ -40,14 +43,16 @@ type nodeConfig struct {
 // the check to run after fs.Parse (with the environment's parse errors).
 func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func() error {
 	var workers int64
-	fs.StringVar(&c.dataDir, "data", "./data", "data directory: the SQLite job store, and the jobs' files unless --store names S3 (then scratch space for running conversions only); one process at a time")
+	fs.StringVar(&c.dataDir, "data", "./data", "data directory (one process at a time): the SQLite job store unless --db is given, and the jobs' files unless --store names S3 (then scratch space for running conversions only)")
+	fs.StringVar(&c.database, "db", "", "job database shared by several nodes: a `postgres://` URL (put the password in PGPASSWORD or ~/.pgpass, not in the URL, which help shows); empty for SQLite in --data")
+	fs.DurationVar(&c.rescueDelay, "rescue-delay", jobs.DefaultRescueDelay, "with --db, how often a node looks for jobs whose node died and queues them again")
 	fs.StringVar(&c.store, "store", "", "`s3://BUCKET/PREFIX` keeping every job's files under PREFIX/JOB_ID/ (endpoint and credentials: AWS_ENDPOINT_URL and the AWS SDK's standard variables and config); empty: the data directory")
 	fs.Int64Var(&workers, "workers", 1, "concurrent conversions on this node")
 	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps: an upload (507) or a conversion that would leave less is refused")
 	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); serve with --tokens, and a worker beyond loopback, serve /metrics only with it")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes later")
-	errs := []error{envflag.Bind(fs, getenv, "data", "store", "workers", "retention", "min-free-bytes", "metrics-token", "drain-timeout")}
+	errs := []error{envflag.Bind(fs, getenv, "data", "db", "rescue-delay", "store", "workers", "retention", "min-free-bytes", "metrics-token", "drain-timeout")}
 	c.limits = limits.Default()
 	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	return func() error {
@@ -61,6 +66,12 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 			return fmt.Errorf("--workers must be 1..1024, got %d", workers)
 		}
 		c.workers = int(workers)
+		if c.database != "" && !jobs.IsPostgres(c.database) {
+			return errors.New("--db must be a postgres:// URL, or empty for SQLite in --data")
+		}
+		if c.rescueDelay <= 0 {
+			return fmt.Errorf("--rescue-delay must be positive, got %s", c.rescueDelay)
+		}
 		if c.store != "" && !strings.HasPrefix(c.store, "s3://") {
 			return fmt.Errorf("--store must be s3://BUCKET/PREFIX (or empty for the data directory), got %q", c.store)
 		}
@@ -89,6 +100,8 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 	return jobs.Open(ctx, jobs.Config{
 		Dir:          c.dataDir,
+		Database:     c.database,
+		RescueDelay:  c.rescueDelay,
 		Store:        c.store,
 		Presign:      presign,
 		Workers:      c.workers,

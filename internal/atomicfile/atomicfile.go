@@ -36,7 +36,7 @@ const (
 // `defer f.Abort()` cleans up every early return.
 type File struct {
 	*os.File
-	dst  string
+	dst      string
 	perm     fs.FileMode
 	mode     Mode
 	volatile bool

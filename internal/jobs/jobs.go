@@ -1,7 +1,8 @@
 // Package jobs is the durable lifecycle of conversion jobs: it stores uploaded checkpoints on
-// local disk, records each job in SQLite, runs conversions through River (riversqlite on the
-// same SQLite file), retries only internal failures, recovers jobs a crashed process left
-// running, and expires finished jobs after a retention period.
+// local disk, records each job in SQLite (the embedded default) or PostgreSQL (shared by several
+// nodes), runs conversions through River on the same database and in the same transactions
+// (riversqlite or riverpgxv5), retries only internal failures, recovers jobs a crashed process
+// or node left running, and expires finished jobs after a retention period.
 //
 // It never parses a checkpoint itself (that is the Converter's job), never exposes an output
 // before the converter has written and verified it nor after it stopped matching its recorded

@@ -245,7 +245,7 @@ func TestHelperProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestSIGKILLMidJob")
 	}
-	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Converter: converterFunc(
+	s, err := jobs.Open(context.Background(), jobs.Config{Dir: dir, Database: os.Getenv("JOBS_TEST_HELPER_DB"), Converter: converterFunc(
 		func(ctx context.Context, src, dst string, _ convert.Options) (*convert.Manifest, error) {
 			fmt.Println("CONVERTING")
 			<-ctx.Done()
@@ -273,9 +273,35 @@ func TestHelperProcess(t *testing.T) {
 // queued again at once (not after River's stuck-job timeout) and completes, and the attempt the
 // crash interrupted is not counted against the job.
 func TestSIGKILLMidJob(t *testing.T) {
+	forEachBackend(t, testSIGKILLMidJob)
+}
+
+func testSIGKILLMidJob(t *testing.T, database string) {
 	dir := t.TempDir()
+	helper, id := startHelper(t, dir, database)
+	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	helper.Wait()
+
+	// A RescueDelay as short as this only matters on PostgreSQL, where the database may not
+	// yet have seen the killed node's connection end when the node starts again.
+	s := openConfig(t, jobs.Config{Dir: dir, Database: database, Converter: succeeding, RescueDelay: time.Second})
+	j := waitFor(t, s, id, "finished", terminal)
+	if j.State != jobs.StateSucceeded {
+		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)
+	}
+	if j.Attempts != 1 {
+		t.Errorf("attempts = %d, want 1 (the one the crash interrupted does not count)", j.Attempts)
+	}
+}
+
+// startHelper starts TestHelperProcess on the data directory and database and returns it once
+// it is converting the job whose id it returns.
+func startHelper(t *testing.T, dir, database string) (*exec.Cmd, string) {
+	t.Helper()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir)
+	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir, "JOBS_TEST_HELPER_DB="+database)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -283,6 +309,7 @@ func TestSIGKILLMidJob(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	var id string
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -294,25 +321,11 @@ func TestSIGKILLMidJob(t *testing.T) {
 			t.Fatal(line)
 		}
 		if line == "CONVERTING" && id != "" {
-			break
+			return cmd, id
 		}
 	}
-	if id == "" {
-		t.Fatal("helper never reported a running job")
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-
-	s := open(t, dir, succeeding, 0)
-	j := waitFor(t, s, id, "finished", terminal)
-	if j.State != jobs.StateSucceeded {
-		t.Fatalf("after restart job = %s %+v, want succeeded", j.State, j.Error)
-	}
-	if j.Attempts != 1 {
-		t.Errorf("attempts = %d, want 1 (the one the crash interrupted does not count)", j.Attempts)
-	}
+	t.Fatal("helper never reported a running job")
+	return nil, ""
 }
 
 // Stop puts a conversion still running at the drain deadline back in the queue without

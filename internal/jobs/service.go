@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
@@ -28,9 +29,15 @@ import (
 
 // Config configures a Service. Zero fields take the documented defaults.
 type Config struct {
-	// Dir is the data directory holding the SQLite file and the blobs (with Store, scratch
-	// space for the attempts running here). Required.
+	// Dir is the data directory holding the blobs (with Store, scratch space for the attempts
+	// running here), and the SQLite job database unless Database is set. Required.
 	Dir string
+	// Database is where the job table and River's queue live: empty for the SQLite file in
+	// Dir, or a PostgreSQL URL (postgres://...), which several nodes may share.
+	Database string
+	// RescueDelay is, on a shared database, how often one node looks for jobs whose node
+	// died and queues them again (default DefaultRescueDelay).
+	RescueDelay time.Duration
 	// Store, when set, is the S3 prefix (s3://bucket/prefix) that keeps every job's files
 	// under PREFIX/ID/; see StoreConfig.
 	Store string
@@ -40,8 +47,8 @@ type Config struct {
 	// Presign, when positive with Store, makes OpenOutput's Artifact carry a presigned GET URL
 	// valid this long (Artifact.Location).
 	Presign time.Duration
-	// StoreGrace is how old an incomplete multipart upload, or an object under a prefix no job
-	// owns, must be before the store's sweep removes it: longer than any upload takes (default
+	// StoreGrace is how old an incomplete multipart upload, or an object no job owns, must be
+	// before the store's sweep removes it: longer than any upload takes (default
 	// DefaultStoreGrace).
 	StoreGrace time.Duration
 	// Workers bounds concurrent conversions (default 1).
@@ -73,6 +80,10 @@ const DefaultMinFreeBytes = 1 << 30
 // DefaultStoreGrace is Config.StoreGrace's default.
 const DefaultStoreGrace = 24 * time.Hour
 
+// DefaultRescueDelay is how often a node of a shared database looks for jobs of dead nodes
+// unless configured.
+const DefaultRescueDelay = 30 * time.Second
+
 // DefaultRetention is how long finished jobs are kept unless configured.
 const DefaultRetention = 7 * 24 * time.Hour
 
@@ -92,8 +103,8 @@ type Service struct {
 	blobs   *blobs    // the data directory: the database, and the files attempts work on
 	store   blobStore // where jobs' files are kept
 	lock    *os.File
-	db      *sql.DB
-	river   *river.Client[*sql.Tx]
+	db      database
+	river   queue
 	metrics *metrics
 
 	stopping atomic.Bool
@@ -128,11 +139,13 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.MinFreeBytes <= 0 {
 		cfg.MinFreeBytes = DefaultMinFreeBytes
 	}
+	if cfg.RescueDelay <= 0 {
+		cfg.RescueDelay = DefaultRescueDelay
+	}
 	cfg.Limits = cfg.Limits.OrDefault()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	var err error
 	s := &Service{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -143,14 +156,16 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	if err := s.blobs.init(); err != nil {
 		return nil, err
 	}
-	if s.store, err = s.openStore(ctx); err != nil {
-		return nil, err
-	}
 	lock, err := lockDir(s.blobs.lockPath())
 	if err != nil {
 		return nil, err
 	}
 	s.lock = lock
+	// After the lock: opening an S3 store empties the scratch space.
+	if s.store, err = s.openStore(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.open(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -166,12 +181,46 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	return s, nil
 }
 
+// queue is the part of River's client that needs no transaction, whatever its driver.
+type queue interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+	StopAndCancel(ctx context.Context) error
+	JobList(ctx context.Context, params *river.JobListParams) (*river.JobListResult, error)
+	JobRetry(ctx context.Context, id int64) (*rivertype.JobRow, error)
+}
+
+// IsPostgres reports whether a Config.Database location names a PostgreSQL database.
+func IsPostgres(location string) bool {
+	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
+}
+
 func (s *Service) open(ctx context.Context) error {
+	var err error
+	switch {
+	case IsPostgres(s.cfg.Database):
+		err = s.openPostgres(ctx)
+	case s.cfg.Database == "":
+		err = s.openSQLite(ctx)
+	default:
+		return fmt.Errorf("jobs: database %q is neither empty (SQLite in the data directory) nor a postgres:// URL", s.cfg.Database)
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.recover(ctx); err != nil {
+		return err
+	}
+	return s.db.join(ctx)
+}
+
+func (s *Service) openSQLite(ctx context.Context) error {
 	db, err := openDB(s.blobs.dbPath())
 	if err != nil {
 		return err
 	}
-	s.db = db
+	d := &sqliteDB{sqlQuerier: sqlQuerier{db}, db: db}
+	s.db = d
 	if err := migrateSchema(ctx, db); err != nil {
 		return err
 	}
@@ -183,16 +232,28 @@ func (s *Service) open(ctx context.Context) error {
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrate queue schema: %w", err)
 	}
+	cfg, err := s.riverConfig()
+	if err != nil {
+		return err
+	}
+	if d.client, err = river.NewClient(driver, cfg); err != nil {
+		return fmt.Errorf("create queue client: %w", err)
+	}
+	s.river = d.client
+	return nil
+}
 
+// riverConfig is the queue's configuration, whatever its database.
+func (s *Service) riverConfig() (*river.Config, error) {
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &convertWorker{s: s}); err != nil {
-		return fmt.Errorf("register convert worker: %w", err)
+		return nil, fmt.Errorf("register convert worker: %w", err)
 	}
 	if err := river.AddWorkerSafely(workers, &expireWorker{s: s}); err != nil {
-		return fmt.Errorf("register expire worker: %w", err)
+		return nil, fmt.Errorf("register expire worker: %w", err)
 	}
 	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
-	client, err := river.NewClient(driver, &river.Config{
+	return &river.Config{
 		Logger:  s.log,
 		Workers: workers,
 		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: s.cfg.Workers}},
@@ -207,12 +268,7 @@ func (s *Service) open(ctx context.Context) error {
 		PeriodicJobs: []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(expireEvery),
 			func() (river.JobArgs, *river.InsertOpts) { return expireArgs{}, nil },
 			&river.PeriodicJobOpts{RunOnStart: true})},
-	})
-	if err != nil {
-		return fmt.Errorf("create queue client: %w", err)
-	}
-	s.river = client
-	return s.recover(ctx)
+	}, nil
 }
 
 // retryPolicy retries internal failures after 1s, 2s, 4s, ... up to a minute: River's default
@@ -224,8 +280,10 @@ func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 	return time.Now().Add(d)
 }
 
-// recover re-queues what a previous process left unfinished. The data directory lock means no
-// other process is working on these jobs, so a River job still marked running is an orphan.
+// recover re-queues what a previous process left unfinished. A River job still marked running
+// that the database calls an orphan (on SQLite, every one: the data directory lock means no
+// other process is working on these jobs; on PostgreSQL, those of nodes that are gone, this
+// one's previous process included) is re-queued.
 // River's stuck-job rescuer would only retry it after the worker's timeout (hours for a big
 // conversion), so the orphan is canceled (River finalizes it within RescueStuckJobsAfter) and a
 // fresh queue entry is inserted in the same transaction. The interrupted attempt does not count:
@@ -234,14 +292,8 @@ func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
 // made available now. Last, files no job owns are removed and succeeded jobs whose files are
 // gone are marked lost, all before the service can report ready.
 func (s *Service) recover(ctx context.Context) error {
-	orphans, err := s.riverJobs(ctx, rivertype.JobStateRunning)
-	if err != nil {
+	if err := s.rescue(ctx); err != nil {
 		return err
-	}
-	for _, rj := range orphans {
-		if err := s.requeueOrphan(ctx, rj); err != nil {
-			return err
-		}
 	}
 	waiting, err := s.riverJobs(ctx, rivertype.JobStateRetryable)
 	if err != nil {
@@ -253,6 +305,28 @@ func (s *Service) recover(ctx context.Context) error {
 		}
 	}
 	return s.sweep(ctx)
+}
+
+// rescue queues again the jobs whose queue entries are marked running by a process that is
+// gone.
+func (s *Service) rescue(ctx context.Context) error {
+	running, err := s.riverJobs(ctx, rivertype.JobStateRunning)
+	if err != nil {
+		return err
+	}
+	for _, rj := range running {
+		orphan, err := s.db.orphaned(ctx, rj)
+		if err != nil {
+			return err
+		}
+		if !orphan {
+			continue
+		}
+		if err := s.requeueOrphan(ctx, rj); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState) ([]*rivertype.JobRow, error) {
@@ -277,35 +351,35 @@ func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error
 		return err
 	}
 	now := time.Now()
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.db.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("recover job: %w", err)
 	}
-	defer tx.Rollback()
-	if _, err := s.river.JobCancelTx(ctx, tx, rj.ID); err != nil && !errors.Is(err, river.ErrNotFound) {
-		return fmt.Errorf("cancel orphaned queue entry %d: %w", rj.ID, err)
+	defer tx.rollback()
+	if err := tx.cancelEntry(ctx, rj.ID); err != nil {
+		return fmt.Errorf("recover job: %w", err)
 	}
 	j, err := getJob(ctx, tx, "", args.JobID)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return tx.Commit() // the job was deleted; nothing to run
+		return tx.commit() // the job was deleted; nothing to run
 	case err != nil:
 		return err
 	}
 	if j.State.Terminal() || j.riverJobID != rj.ID {
-		return tx.Commit()
+		return tx.commit()
 	}
-	res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
+	riverID, err := tx.enqueue(ctx, convertArgs{JobID: j.ID})
 	if err != nil {
 		return fmt.Errorf("requeue job %s: %w", j.ID, err)
 	}
-	if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
+	if err := setRiverJobID(ctx, tx, j.ID, riverID); err != nil {
 		return err
 	}
 	if err := markQueued(ctx, tx, j.ID, true, now); err != nil {
 		return err
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.commit(); err != nil {
 		return fmt.Errorf("recover job %s: %w", j.ID, err)
 	}
 	s.metrics.recovered.Inc()
@@ -403,7 +477,7 @@ func (s *Service) Stop(ctx context.Context) error {
 func (s *Service) Close() error {
 	var err error
 	if s.db != nil {
-		err = s.db.Close()
+		err = s.db.close()
 	}
 	if s.lock != nil {
 		s.lock.Close()
@@ -417,7 +491,7 @@ func (s *Service) Ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return ErrStopping
 	}
-	if err := s.db.PingContext(ctx); err != nil {
+	if err := s.db.ping(ctx); err != nil {
 		return err
 	}
 	return s.blobs.ensureSpace(s.cfg.MinFreeBytes)
@@ -494,22 +568,22 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 }
 
 func (s *Service) insert(ctx context.Context, j *Job) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.db.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("submit job: %w", err)
 	}
-	defer tx.Rollback()
+	defer tx.rollback()
 	if err := insertJob(ctx, tx, j); err != nil {
 		return err
 	}
-	res, err := s.river.InsertTx(ctx, tx, convertArgs{JobID: j.ID}, nil)
+	riverID, err := tx.enqueue(ctx, convertArgs{JobID: j.ID})
 	if err != nil {
 		return fmt.Errorf("queue job %s: %w", j.ID, err)
 	}
-	if err := setRiverJobID(ctx, tx, j.ID, res.Job.ID); err != nil {
+	if err := setRiverJobID(ctx, tx, j.ID, riverID); err != nil {
 		return err
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.commit(); err != nil {
 		return fmt.Errorf("submit job %s: %w", j.ID, err)
 	}
 	return nil
@@ -530,6 +604,9 @@ func (s *Service) replay(ctx context.Context, p SubmitParams) (Job, error) {
 }
 
 func isUniqueViolation(err error) bool {
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
+		return pgErr.Code == pgerrcode.UniqueViolation
+	}
 	// modernc reports SQLITE_CONSTRAINT_UNIQUE (2067) in its error text; its typed error lives
 	// in an internal-looking package, so the code is matched on the message.
 	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
@@ -587,11 +664,11 @@ func (s *Service) List(ctx context.Context, p ListParams) ([]Job, bool, error) {
 // unchanged; canceling a succeeded or failed job is ErrConflict.
 func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	now := time.Now()
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.db.begin(ctx)
 	if err != nil {
 		return Job{}, fmt.Errorf("cancel job: %w", err)
 	}
-	defer tx.Rollback()
+	defer tx.rollback()
 	r, err := getJob(ctx, tx, tenant, id)
 	if err != nil {
 		return Job{}, err
@@ -606,10 +683,10 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	if _, err := markFinished(ctx, tx, id, StateCanceled, je, "", now, StateQueued, StateRunning); err != nil {
 		return Job{}, err
 	}
-	if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
+	if err := cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
 		return Job{}, err
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.commit(); err != nil {
 		return Job{}, fmt.Errorf("cancel job %s: %w", id, err)
 	}
 	s.stopConversion(id)
@@ -618,14 +695,11 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 	return s.Get(ctx, tenant, id)
 }
 
-func (s *Service) cancelRiverJob(ctx context.Context, tx *sql.Tx, riverID int64) error {
+func cancelRiverJob(ctx context.Context, tx dbTx, riverID int64) error {
 	if riverID == 0 {
 		return nil
 	}
-	if _, err := s.river.JobCancelTx(ctx, tx, riverID); err != nil && !errors.Is(err, river.ErrNotFound) {
-		return fmt.Errorf("cancel queue entry %d: %w", riverID, err)
-	}
-	return nil
+	return tx.cancelEntry(ctx, riverID)
 }
 
 // stopConversion cancels the job's attempt running in this process, if any, and ends its live
@@ -654,20 +728,20 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 	if err := s.store.remove(ctx, id); err != nil {
 		return fmt.Errorf("remove files of job %s: %w", id, err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.db.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("delete job: %w", err)
 	}
-	defer tx.Rollback()
+	defer tx.rollback()
 	if !r.State.Terminal() {
-		if err := s.cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
+		if err := cancelRiverJob(ctx, tx, r.riverJobID); err != nil {
 			return err
 		}
 	}
 	if err := deleteJob(ctx, tx, id); err != nil {
 		return err
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.commit(); err != nil {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	if !r.State.Terminal() {

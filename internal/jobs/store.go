@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver (pure Go, no cgo)
 )
 
@@ -35,6 +37,89 @@ func openDB(path string) (*sql.DB, error) {
 	db.SetMaxOpenConns(1)
 	return db, nil
 }
+
+// database is where a Service keeps its job table and River's queue: a SQLite file (sqliteDB)
+// or a PostgreSQL database (pgDB). Both run the same statements; only opening, migrating and
+// River's driver differ.
+type database interface {
+	querier // statements outside a transaction
+	// begin starts a transaction in which the job table and the queue change together.
+	begin(ctx context.Context) (dbTx, error)
+	ping(ctx context.Context) error
+	close() error
+	// join marks this process as a live node of the queue, once it has recovered what its
+	// previous process left.
+	join(ctx context.Context) error
+	// orphaned reports whether the process that last attempted a queue entry marked running
+	// is gone, rather than still running it.
+	orphaned(ctx context.Context, rj *rivertype.JobRow) (bool, error)
+}
+
+// dbTx is a transaction over the job table and River's queue.
+type dbTx interface {
+	querier
+	// enqueue inserts a queue entry and returns its id.
+	enqueue(ctx context.Context, args river.JobArgs) (int64, error)
+	// cancelEntry cancels a queue entry; an entry already gone is not an error.
+	cancelEntry(ctx context.Context, riverID int64) error
+	commit() error
+	rollback() error
+}
+
+// riverTx is a dbTx on River's transaction type TTx (*sql.Tx or pgx.Tx).
+type riverTx[TTx any] struct {
+	querier
+	tx     TTx
+	client *river.Client[TTx]
+	end    txEnd
+}
+
+// txEnd ends a transaction; Commit and Rollback take a context on pgx.Tx, none on *sql.Tx.
+type txEnd struct{ commit, rollback func() error }
+
+func (t *riverTx[TTx]) commit() error   { return t.end.commit() }
+func (t *riverTx[TTx]) rollback() error { return t.end.rollback() }
+
+func (t *riverTx[TTx]) enqueue(ctx context.Context, args river.JobArgs) (int64, error) {
+	res, err := t.client.InsertTx(ctx, t.tx, args, nil)
+	if err != nil {
+		return 0, err
+	}
+	return res.Job.ID, nil
+}
+
+func (t *riverTx[TTx]) cancelEntry(ctx context.Context, riverID int64) error {
+	if _, err := t.client.JobCancelTx(ctx, t.tx, riverID); err != nil && !errors.Is(err, river.ErrNotFound) {
+		return fmt.Errorf("cancel queue entry %d: %w", riverID, err)
+	}
+	return nil
+}
+
+// sqliteDB is the embedded default: one SQLite file in the data directory, which the
+// directory lock makes this process's alone.
+type sqliteDB struct {
+	sqlQuerier
+	db     *sql.DB
+	client *river.Client[*sql.Tx]
+}
+
+func (d *sqliteDB) begin(ctx context.Context) (dbTx, error) {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &riverTx[*sql.Tx]{querier: sqlQuerier{tx}, tx: tx, client: d.client, end: txEnd{tx.Commit, tx.Rollback}}, nil
+}
+
+func (d *sqliteDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
+func (d *sqliteDB) close() error                   { return d.db.Close() }
+
+// join has nothing to do: the data directory lock makes this process the file's only user.
+func (d *sqliteDB) join(context.Context) error { return nil }
+
+// orphaned is always true: only recover asks, before this process runs anything, and the
+// data directory lock means no other process can be running the entry.
+func (d *sqliteDB) orphaned(context.Context, *rivertype.JobRow) (bool, error) { return true, nil }
 
 // migration is one step of our own job schema, run in the transaction that records its version.
 type migration func(ctx context.Context, tx *sql.Tx) error
@@ -146,12 +231,59 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	return false, nil
 }
 
-// querier is what both *sql.DB and *sql.Tx provide.
+// querier runs the job table's statements, on SQLite (sqlQuerier) or PostgreSQL (pgxQuerier),
+// in a transaction or not. The statements are written once, with ? placeholders, in the SQL
+// both databases accept.
 type querier interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	// exec runs a statement and returns the number of rows it changed.
+	exec(ctx context.Context, query string, args ...any) (int64, error)
+	query(ctx context.Context, query string, args ...any) (rows, error)
+	// queryRow runs a query for one row; its Scan fails with an error matching sql.ErrNoRows
+	// when there is none.
+	queryRow(ctx context.Context, query string, args ...any) scanner
 }
+
+// rows is a query's result, read as *sql.Rows is.
+type rows interface {
+	scanner
+	Next() bool
+	Err() error
+	Close()
+}
+
+// sqlQuerier runs the statements through database/sql: a *sql.DB or a *sql.Tx.
+type sqlQuerier struct {
+	q interface {
+		ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+		QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+		QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	}
+}
+
+func (s sqlQuerier) exec(ctx context.Context, query string, args ...any) (int64, error) {
+	res, err := s.q.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (s sqlQuerier) query(ctx context.Context, query string, args ...any) (rows, error) {
+	r, err := s.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{r}, nil
+}
+
+func (s sqlQuerier) queryRow(ctx context.Context, query string, args ...any) scanner {
+	return s.q.QueryRowContext(ctx, query, args...)
+}
+
+// sqlRows is *sql.Rows whose Close error is dropped, as pgx's is: a read's error is in Err.
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { r.Rows.Close() }
 
 const jobColumns = `id, tenant, state, filename, select_path, input_size, input_sha256, output_size,
 	output_sha256, manifest_sha256, error_type, error_detail, idempotency_key, river_job_id, attempts, created_at,
@@ -241,7 +373,7 @@ func insertJob(ctx context.Context, q querier, j *Job) error {
 		}
 		allow = nullString(string(b))
 	}
-	_, err := q.ExecContext(ctx, `INSERT INTO converter_job
+	_, err := q.exec(ctx, `INSERT INTO converter_job
 		(id, tenant, state, filename, select_path, input_size, input_sha256, idempotency_key,
 		 attempts, created_at, updated_at, mode, allow_globals)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)`,
@@ -254,7 +386,7 @@ func insertJob(ctx context.Context, q querier, j *Job) error {
 }
 
 func setRiverJobID(ctx context.Context, q querier, id string, riverID int64) error {
-	_, err := q.ExecContext(ctx, `UPDATE converter_job SET river_job_id = ? WHERE id = ?`, riverID, id)
+	_, err := q.exec(ctx, `UPDATE converter_job SET river_job_id = ? WHERE id = ?`, riverID, id)
 	if err != nil {
 		return fmt.Errorf("record queue entry of job %s: %w", id, err)
 	}
@@ -263,7 +395,7 @@ func setRiverJobID(ctx context.Context, q querier, id string, riverID int64) err
 
 // getJob returns the job with id; an empty tenant matches any tenant (internal callers).
 func getJob(ctx context.Context, q querier, tenant, id string) (row, error) {
-	r, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE id = ?`, id))
+	r, err := scanJob(q.queryRow(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) || err == nil && tenant != "" && r.Tenant != tenant {
 		return row{}, ErrNotFound
 	}
@@ -274,7 +406,7 @@ func getJob(ctx context.Context, q querier, tenant, id string) (row, error) {
 }
 
 func getByIdempotencyKey(ctx context.Context, q querier, tenant, key string) (row, error) {
-	r, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM converter_job
+	r, err := scanJob(q.queryRow(ctx, `SELECT `+jobColumns+` FROM converter_job
 		WHERE tenant = ? AND idempotency_key = ?`, tenant, key))
 	if errors.Is(err, sql.ErrNoRows) {
 		return row{}, ErrNotFound
@@ -301,7 +433,7 @@ func listJobs(ctx context.Context, q querier, tenant string, state State, before
 		args = append(args, beforeID)
 	}
 	args = append(args, limit)
-	rows, err := q.QueryContext(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE `+
+	rows, err := q.query(ctx, `SELECT `+jobColumns+` FROM converter_job WHERE `+
 		strings.Join(where, " AND ")+` ORDER BY id DESC LIMIT ?`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
@@ -324,14 +456,13 @@ func listJobs(ctx context.Context, q querier, tenant string, state State, before
 // markRunning starts an attempt of a queued (or interrupted running) job and reports whether it
 // did; a job that was canceled or deleted meanwhile is left alone.
 func markRunning(ctx context.Context, q querier, id string, now time.Time) (bool, error) {
-	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'running', attempts = attempts + 1,
+	n, err := q.exec(ctx, `UPDATE converter_job SET state = 'running', attempts = attempts + 1,
 		started_at = coalesce(started_at, ?), updated_at = ?
 		WHERE id = ? AND state IN ('queued', 'running')`, millis(now), millis(now), id)
 	if err != nil {
 		return false, fmt.Errorf("start job %s: %w", id, err)
 	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+	return n == 1, nil
 }
 
 // markQueued puts a running job back in the queue (a retry, a shutdown, a crash); uncount
@@ -341,8 +472,10 @@ func markQueued(ctx context.Context, q querier, id string, uncount bool, now tim
 	if uncount {
 		dec = 1
 	}
-	_, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'queued', attempts = max(attempts - ?, 0),
-		updated_at = ? WHERE id = ? AND state = 'running'`, dec, millis(now), id)
+	// CASE rather than max(attempts - ?, 0): PostgreSQL's max is only an aggregate.
+	_, err := q.exec(ctx, `UPDATE converter_job SET state = 'queued',
+		attempts = CASE WHEN attempts >= ? THEN attempts - ? ELSE 0 END,
+		updated_at = ? WHERE id = ? AND state = 'running'`, dec, dec, millis(now), id)
 	if err != nil {
 		return fmt.Errorf("requeue job %s: %w", id, err)
 	}
@@ -352,14 +485,13 @@ func markQueued(ctx context.Context, q querier, id string, uncount bool, now tim
 // markSucceeded records the verified output and the manifest digest of a running job and
 // reports whether the job was still running (not canceled or deleted meanwhile).
 func markSucceeded(ctx context.Context, q querier, id string, size int64, sha, manifestSHA string, now time.Time) (bool, error) {
-	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = 'succeeded', output_size = ?,
+	n, err := q.exec(ctx, `UPDATE converter_job SET state = 'succeeded', output_size = ?,
 		output_sha256 = ?, manifest_sha256 = ?, error_type = NULL, error_detail = NULL, updated_at = ?,
 		finished_at = ? WHERE id = ? AND state = 'running'`, size, sha, manifestSHA, millis(now), millis(now), id)
 	if err != nil {
 		return false, fmt.Errorf("record success of job %s: %w", id, err)
 	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+	return n == 1, nil
 }
 
 // markFinished moves a job that is in one of the from states to a terminal failed or canceled
@@ -372,17 +504,16 @@ func markFinished(ctx context.Context, q querier, id string, state State, je Job
 		marks[i] = "?"
 		args = append(args, string(s))
 	}
-	res, err := q.ExecContext(ctx, `UPDATE converter_job SET state = ?, error_type = ?, error_detail = ?,
+	n, err := q.exec(ctx, `UPDATE converter_job SET state = ?, error_type = ?, error_detail = ?,
 		manifest_sha256 = coalesce(?, manifest_sha256), updated_at = ?, finished_at = ? WHERE id = ? AND state IN (`+strings.Join(marks, ",")+`)`, args...)
 	if err != nil {
 		return false, fmt.Errorf("finish job %s: %w", id, err)
 	}
-	n, err := res.RowsAffected()
-	return n == 1, err
+	return n == 1, nil
 }
 
 func deleteJob(ctx context.Context, q querier, id string) error {
-	if _, err := q.ExecContext(ctx, `DELETE FROM converter_job WHERE id = ?`, id); err != nil {
+	if _, err := q.exec(ctx, `DELETE FROM converter_job WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
@@ -390,7 +521,7 @@ func deleteJob(ctx context.Context, q querier, id string) error {
 
 // expiredJobs returns the ids of jobs finished before horizon.
 func expiredJobs(ctx context.Context, q querier, horizon time.Time, limit int) ([]string, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id FROM converter_job WHERE finished_at IS NOT NULL
+	rows, err := q.query(ctx, `SELECT id FROM converter_job WHERE finished_at IS NOT NULL
 		AND finished_at < ? ORDER BY finished_at LIMIT ?`, millis(horizon), limit)
 	if err != nil {
 		return nil, fmt.Errorf("find expired jobs: %w", err)
@@ -409,7 +540,7 @@ func expiredJobs(ctx context.Context, q querier, horizon time.Time, limit int) (
 
 // countByState returns the number of jobs in each state, for the queue gauges.
 func countByState(ctx context.Context, q querier) (map[State]int, error) {
-	rows, err := q.QueryContext(ctx, `SELECT state, count(*) FROM converter_job GROUP BY state`)
+	rows, err := q.query(ctx, `SELECT state, count(*) FROM converter_job GROUP BY state`)
 	if err != nil {
 		return nil, fmt.Errorf("count jobs: %w", err)
 	}
@@ -437,7 +568,7 @@ type jobKind struct {
 // jobStates returns the state and mode of every job, for telling which files in the data
 // directory a job owns.
 func jobStates(ctx context.Context, q querier) (map[string]jobKind, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, state, mode FROM converter_job`)
+	rows, err := q.query(ctx, `SELECT id, state, mode FROM converter_job`)
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}

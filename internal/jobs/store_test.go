@@ -48,7 +48,7 @@ func TestMigrateOldDatabase(t *testing.T) {
 			t.Errorf("version %d after migrating, want %d", v, len(migrations))
 		}
 	}
-	r, err := getJob(ctx, db, "t", "j1")
+	r, err := getJob(ctx, sqlQuerier{db}, "t", "j1")
 	if err != nil || r.State != StateFailed || r.Error == nil || r.Error.Type.String() != "unsafe" || r.Error.Detail != "os.system" || r.manifestSHA256 != "" {
 		t.Errorf("job after migrating: %+v, %v; want the failed unsafe job", r, err)
 	}
@@ -76,7 +76,7 @@ func TestMigrateUnversionedWithColumn(t *testing.T) {
 	if err := migrateSchema(ctx, db); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	if _, err := getJob(ctx, db, "", "none"); err != ErrNotFound {
+	if _, err := getJob(ctx, sqlQuerier{db}, "", "none"); err != ErrNotFound {
 		t.Errorf("reading the migrated table: %v; want ErrNotFound", err)
 	}
 }

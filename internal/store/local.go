@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/ptsafe/converter/internal/atomicfile"
+	"github.com/ptsafe/converter/internal/ctxio"
 	"github.com/ptsafe/converter/internal/fault"
 )
 
@@ -259,7 +260,7 @@ func (l *Local) Put(ctx context.Context, p string, r io.Reader, size int64, sha2
 	}
 	defer f.Abort()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, size+1))
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxio.Reader(ctx, r), size+1))
 	if err != nil {
 		return fmt.Errorf("put %s: %w", p, err)
 	}
@@ -270,19 +271,6 @@ func (l *Local) Put(ctx context.Context, p string, r io.Reader, size int64, sha2
 		return fmt.Errorf("put %s: SHA-256 %s, want %s", p, got, sha256hex)
 	}
 	return f.Commit()
-}
-
-// ctxReader stops a long copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // Remove deletes the file at p (a symlink itself, never its target); a missing file is not an
