@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/s3store"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 func TestWorkerFlags(t *testing.T) {
@@ -201,4 +203,78 @@ func httpGet(t *testing.T, url, rng string) []byte {
 		t.Fatalf("GET %s = %d, %v\n%s", url, resp.StatusCode, err, b)
 	}
 	return b
+}
+
+// TestWorkerBesideServeOnPostgres runs `converter serve` and `converter worker` at once on one
+// PostgreSQL job database and one S3 store: a job queued by another node is worked by the
+// worker (the only node working then) and downloaded through serve; an upload through serve
+// is converted by whichever node takes it and downloaded through serve.
+func TestWorkerBesideServeOnPostgres(t *testing.T) {
+	bin := buildConverter(t)
+	db := testkit.StartPostgres(t)
+	s3 := startS3(t)
+	store := "s3://" + s3.srv.Bucket(t) + "/jobs"
+	checkpoint, err := os.ReadFile(filepath.Join("..", "..", "testdata", "torch", "mymodel.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startNode(t, bin, s3.srv.Env(), "worker", "--db", db, "--data", t.TempDir(), "--store", store, "--health-addr", "127.0.0.1:0")
+
+	// Another node queues a job and goes away.
+	svc, err := jobs.Open(t.Context(), jobs.Config{Dir: t.TempDir(), Database: db, Store: store, Converter: convert.InProcess{},
+		StoreConfig: s3store.Config{Endpoint: s3.srv.Endpoint, Credentials: credentials.NewStaticCredentialsProvider(s3.srv.AccessKey, s3.srv.SecretKey, "")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := svc.Stage(t.Context(), bytes.NewReader(checkpoint), int64(len(checkpoint)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued, _, err := svc.Submit(t.Context(), jobs.SubmitParams{Tenant: "local", Filename: "pytorch_model.bin", Upload: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Close()
+	outputs := s3.tree(t, store)
+	if !poll(w.done, func() bool { _, err := outputs.Stat(t.Context(), queued.ID+"/manifest.json"); return err == nil }) {
+		t.Fatalf("the worker never stored the queued job's manifest\n%s", w.logs.String())
+	}
+
+	s := startNode(t, bin, s3.srv.Env(), "serve", "--addr", "127.0.0.1:0", "--db", db, "--data", t.TempDir(), "--store", store)
+	var got struct {
+		State  string `json:"state"`
+		Output struct {
+			SHA256 string `json:"sha256"`
+		} `json:"output"`
+	}
+	getJSON(t, s.url+"/v1/jobs/"+queued.ID, &got)
+	out := httpGet(t, s.url+"/v1/jobs/"+queued.ID+"/output", "")
+	if sum := sha256.Sum256(out); got.State != "succeeded" || hex.EncodeToString(sum[:]) != got.Output.SHA256 {
+		t.Errorf("job worked by the worker: %s, output sha-256 %x; want succeeded with %s", got.State, sum, got.Output.SHA256)
+	}
+
+	resp, err := http.Post(s.url+"/v1/jobs?filename=model.pt", "application/octet-stream", bytes.NewReader(checkpoint))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posted struct {
+		ID string `json:"id"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&posted)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /v1/jobs = %d, %v", resp.StatusCode, err)
+	}
+	if !poll(w.done, func() bool {
+		getJSON(t, s.url+"/v1/jobs/"+posted.ID, &got)
+		return got.State == "succeeded" || got.State == "failed"
+	}) {
+		t.Fatalf("the worker exited: %v\n%s", w.err, w.logs.String())
+	}
+	if part := httpGet(t, s.url+"/v1/jobs/"+posted.ID+"/output", "bytes=0-7"); got.State != "succeeded" || !bytes.Equal(part, out[:8]) {
+		t.Errorf("uploaded job: %s, first 8 bytes %x; want succeeded with %x", got.State, part, out[:8])
+	}
+	if code := httpStatus(t, w.url+"/readyz"); code != http.StatusOK {
+		t.Errorf("worker /readyz beside serve = %d; want 200", code)
+	}
 }
