@@ -142,10 +142,11 @@ func parseWorkerFlags(args []string, getenv func(string) string, stderr io.Write
 
 Runs a node that only works jobs (no job API): it takes queued conversions from the job store
 and runs them in the sandbox child, like serve does, and serves /healthz, /readyz and /metrics
-on --health-addr. Jobs come from a serve process sharing its job store and --store.
-With the default SQLite job store the data directory is locked by the process using it, so a
-worker on the data directory of a running serve is refused: several nodes need a shared
-database. Every flag falls back to the environment variable named with it.
+on --health-addr. Jobs come from serve processes sharing its job database (--db) and store
+(--store). With the default SQLite job store the data directory is locked by the process
+using it, so a worker on the data directory of a running serve is refused: run worker pools
+on --db postgres://... and --store s3://..., each node with its own --data scratch directory.
+Every flag falls back to the environment variable named with it.
 
 `)
 		fs.PrintDefaults()
