@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		"verify":      runVerify,
 		"serve":       runServe,
 		"healthcheck": runHealthcheck,
+		"worker":      runWorker,
 		"migrate":     runMigrate,
 	}
 	name := args[0]
@@ -108,6 +109,7 @@ const usage = `usage:
                     [--s3-endpoint URL] SOURCE [DEST]
   converter verify  [--source INPUT] [--allow-global MODULE.NAME]... FILE.safetensors
   converter serve   [flags]
+  converter worker  [flags]
   converter healthcheck [--addr HOST:PORT]
   converter migrate --db postgres://...
   converter version

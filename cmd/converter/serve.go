@@ -13,40 +13,27 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	apispec "github.com/ptsafe/converter/api"
 	"github.com/ptsafe/converter/internal/api"
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/envflag"
-	"github.com/ptsafe/converter/internal/jobs"
-	"github.com/ptsafe/converter/internal/limits"
-	"github.com/ptsafe/converter/internal/sandbox"
 )
 
 // serveConfig is the validated configuration of `converter serve`.
 type serveConfig struct {
-	addr    string
-	dataDir string
-	// database is jobs.Config.Database: "" for SQLite in dataDir, or a postgres:// URL.
-	database       string
-	rescueDelay    time.Duration
-	workers        int
-	retention      time.Duration
+	nodeConfig
+	addr           string
 	maxUploadBytes int64
 	maxUploads     int
 	// maxTenantUploads is 0 for api.Deps's default.
 	maxTenantUploads int
-	minFreeBytes     int64
 	tokensFile       string
-	metricsToken     string
-	drainTimeout     time.Duration
 	uploadIdle       time.Duration
-	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
-	limits limits.Limits
 	// allowGlobals are the globals a job may ask to admit as inert records.
 	allowGlobals []string
+	// presign, when positive, answers output downloads with a 307 to a presigned URL of the S3
+	// store valid this long.
+	presign time.Duration
 }
 
 // defaultAddr is where serve listens, and healthcheck asks, unless told otherwise.
@@ -80,53 +67,32 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs := flag.NewFlagSet("converter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c serveConfig
-	var workers, maxUploads, maxTenantUploads int64
+	var maxUploads, maxTenantUploads int64
+	check := c.register(fs, getenv)
 	fs.StringVar(&c.addr, "addr", defaultAddr, "listen address")
-	fs.StringVar(&c.dataDir, "data", "./data", "data directory: blobs, and the SQLite job store unless --db is given")
-	fs.StringVar(&c.database, "db", "", "job database shared by several nodes: a `postgres://` URL (put the password in PGPASSWORD or ~/.pgpass, not in the URL, which help shows); empty for SQLite in --data")
-	fs.DurationVar(&c.rescueDelay, "rescue-delay", jobs.DefaultRescueDelay, "with --db, how often a node looks for jobs whose node died and queues them again")
-	fs.Int64Var(&workers, "workers", 1, "concurrent conversions")
-	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	fs.Int64Var(&c.maxUploadBytes, "max-upload-bytes", api.DefaultMaxUploadBytes, "largest accepted upload, in bytes")
 	fs.Int64Var(&maxUploads, "max-uploads", api.DefaultMaxConcurrentUploads, "uploads received at once; one more gets 429")
 	fs.Int64Var(&maxTenantUploads, "max-uploads-per-tenant", 0, "uploads one tenant sends at once; one more gets 429 (0: half of --max-uploads with --tokens, all without)")
-	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps; an upload that would leave less gets 507")
 	fs.StringVar(&c.tokensFile, "tokens", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
-	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); with --tokens, /metrics is not served without it")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes on the next start")
+	fs.DurationVar(&c.presign, "presign", 0, "with --store s3://, answer output downloads with a 307 to a presigned GET URL of the object valid this `long` (0: stream them through the server)")
 	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
 	var allow globalsFlag
 	fs.Var(&allow, "allow-global", "a `MODULE.NAME` jobs may ask to admit as an inert record with ?allow_global= (repeatable, or comma-separated); known-dangerous globals are refused")
-	errs := []error{envflag.Bind(fs, getenv, "addr", "data", "db", "rescue-delay", "workers", "retention", "max-upload-bytes", "max-uploads",
-		"max-uploads-per-tenant", "min-free-bytes", "tokens", "metrics-token", "drain-timeout", "upload-idle-timeout", "allow-global")}
+	bindErr := envflag.Bind(fs, getenv, "addr", "max-upload-bytes", "max-uploads",
+		"max-uploads-per-tenant", "tokens", "presign", "upload-idle-timeout", "allow-global")
 	allow.fromEnv = len(allow.list) > 0
-	c.limits = limits.Default()
-	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service, and works its jobs too; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(bindErr, check()); err != nil {
 		return c, err
 	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	if c.database != "" && !jobs.IsPostgres(c.database) {
-		return c, errors.New("--db must be a postgres:// URL, or empty for SQLite in --data")
-	}
-	if c.rescueDelay <= 0 {
-		return c, fmt.Errorf("--rescue-delay must be positive, got %s", c.rescueDelay)
-	}
-	if workers < 1 || workers > 1024 {
-		return c, fmt.Errorf("--workers must be 1..1024, got %d", workers)
-	}
-	c.workers = int(workers)
-	if c.retention <= 0 {
-		return c, fmt.Errorf("--retention must be positive, got %s", c.retention)
+	if c.presign < 0 || c.presign > 0 && c.store == "" {
+		return c, fmt.Errorf("--presign needs --store s3://... and a positive duration, got %s", c.presign)
 	}
 	if c.maxUploadBytes <= 0 {
 		return c, fmt.Errorf("--max-upload-bytes must be positive, got %d", c.maxUploadBytes)
@@ -139,11 +105,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, fmt.Errorf("--max-uploads-per-tenant must be 0..--max-uploads (%d), got %d", maxUploads, maxTenantUploads)
 	}
 	c.maxTenantUploads = int(maxTenantUploads)
-	if c.drainTimeout <= 0 || c.uploadIdle <= 0 {
-		return c, fmt.Errorf("--drain-timeout and --upload-idle-timeout must be positive, got %s and %s", c.drainTimeout, c.uploadIdle)
-	}
-	if c.minFreeBytes <= 0 {
-		return c, fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
+	if c.uploadIdle <= 0 {
+		return c, fmt.Errorf("--upload-idle-timeout must be positive, got %s", c.uploadIdle)
 	}
 	if err := (convert.Options{AllowGlobals: allow.list}).Validate(); err != nil {
 		return c, err
@@ -191,29 +154,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		}
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	// Conversions always run in the sandbox child, so that no input (a stack overflow is fatal
-	// to a Go process) can take the server down with every upload in flight.
-	runner := &sandbox.Runner{Config: sandbox.Config{Logger: logger}}
-	status, err := runner.Probe(ctx)
-	if err != nil {
-		return fmt.Errorf("sandbox probe: %w", err)
-	}
-	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
-	svc, err := jobs.Open(ctx, jobs.Config{
-		Dir:          cfg.dataDir,
-		Database:     cfg.database,
-		RescueDelay:  cfg.rescueDelay,
-		Workers:      cfg.workers,
-		Retention:    cfg.retention,
-		MinFreeBytes: cfg.minFreeBytes,
-		Limits:       cfg.limits,
-		Logger:       logger,
-		Registerer:   reg,
-		Converter:    runner,
-	})
+	reg := newRegistry()
+	svc, err := cfg.open(ctx, logger, reg, cfg.presign)
 	if err != nil {
 		return err
 	}
@@ -243,7 +185,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if tokens == nil {
 		mode = "open (loopback only)"
 	}
-	logger.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("data", cfg.dataDir),
+	logger.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("data", cfg.dataDir), slog.String("store", cfg.store),
 		slog.Int("workers", cfg.workers), slog.String("auth", mode), slog.Any("allow_globals", cfg.allowGlobals))
 	fmt.Fprintf(stdout, "converter serve: listening on http://%s\n", ln.Addr())
 

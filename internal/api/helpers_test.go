@@ -27,6 +27,7 @@ import (
 	"github.com/ptsafe/converter/internal/api"
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/s3store"
 )
 
 // fixture returns the bytes of a real torch checkpoint from testdata/torch.
@@ -63,6 +64,11 @@ type envOpts struct {
 	uploadIdle time.Duration
 	// allowGlobals is the server's list of globals jobs may ask to admit.
 	allowGlobals []string
+	// store is the S3 location keeping the jobs' files ("" for the data directory), with its
+	// client settings and presigned downloads' lifetime.
+	store       string
+	storeConfig s3store.Config
+	presign     time.Duration
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -78,6 +84,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
+		Store: o.store, StoreConfig: o.storeConfig, Presign: o.presign,
 	})
 	if err != nil {
 		t.Fatalf("jobs.Open: %v", err)

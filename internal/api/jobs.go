@@ -563,7 +563,8 @@ func openArtifact(w http.ResponseWriter, r *http.Request, what string,
 
 // handleOutput streams the verified safetensors file with its digest as a strong ETag and as
 // Repr-Digest; http.ServeContent answers HEAD, Range (at most maxRanges, see limitRanges),
-// If-Range, If-Match and If-None-Match.
+// If-Range, If-Match and If-None-Match. An output the store lets clients fetch directly (serve
+// --presign) is answered 307 to its short-lived URL, after the same verification.
 func handleOutput(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a, j, ok := openArtifact(w, r, "an output", svc.OpenOutput)
@@ -571,6 +572,13 @@ func handleOutput(svc JobService) http.HandlerFunc {
 			return
 		}
 		defer a.Close()
+		if loc := a.Location(); loc != "" {
+			// The URL expires, so no cache may keep the redirect; and it has no body to describe.
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("Location", loc)
+			w.WriteHeader(http.StatusTemporaryRedirect)
+			return
+		}
 		if spec := r.Header.Get("Range"); spec != "" {
 			r = r.Clone(r.Context())
 			if spec = limitRanges(spec, a.Size()); spec != "" {
@@ -634,7 +642,12 @@ func handleHealthz() http.HandlerFunc {
 	}
 }
 
-func handleReadyz(svc JobService) http.HandlerFunc {
+// readier reports whether a node accepts work.
+type readier interface {
+	Ready(ctx context.Context) error
+}
+
+func handleReadyz(svc readier) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := svc.Ready(r.Context()); err != nil {
 			w.Header().Set("Retry-After", "5")

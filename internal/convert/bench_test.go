@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ptsafe/converter/internal/dtype"
+	"github.com/ptsafe/converter/internal/limits"
 	"github.com/ptsafe/converter/internal/synth"
 	"github.com/ptsafe/converter/internal/unpickler"
 )
@@ -65,29 +66,51 @@ func BenchmarkConvert(b *testing.B) {
 	}
 }
 
-// BenchmarkManyViews converts checkpoints of 10,000 and 100,000 small transposed views into one
-// deflated 4 MiB storage record, and verifies each output against its source: the shape of a
-// hostile file that once made every view inflate its record again.
+// BenchmarkManyViews converts checkpoints of 10,000, 100,000 and 1,000,000 small transposed
+// views into one 4 MiB storage record, deflated or stored, and verifies each output against its
+// source: the shape of a hostile file that once made every view inflate its record again, and
+// whose per-view cost (pickle VM, flattening, planning, verifying) must stay small. The million
+// views need more than the default max-tensors, max-objects and max-walk-nodes, which are raised
+// here as a user would. Reproduce (about a minute on 2 cores):
+//
+//	go test -run '^$' -bench 'ManyViews/views=1000000/' -benchtime 1x ./internal/convert
+//
+// and profile one case with -cpuprofile cpu.out, then go tool pprof -top cpu.out.
 func BenchmarkManyViews(b *testing.B) {
-	for _, n := range []int{10_000, 100_000} {
-		v := synth.Views{Format: synth.ZipDeflated, StorageElems: 1 << 20, Count: n,
-			Shape: []int64{4, 4}, Stride: []int64{1, 64}, Step: 97, Seed: 1}
-		src := writeViews(b, b.TempDir(), v)
-		dst := filepath.Join(b.TempDir(), "model.safetensors")
-		b.Run(fmt.Sprintf("convert/views=%d", n), func(b *testing.B) {
-			for b.Loop() {
-				if _, err := File(context.Background(), src, dst, Options{}); err != nil {
-					b.Fatal(err)
+	lim := limits.Limits{MaxTensors: 2_000_000, MaxObjects: 64_000_000, MaxWalkNodes: 64_000_000}
+	for _, format := range []synth.Format{synth.ZipDeflated, synth.ZipStored} {
+		for _, n := range []int{10_000, 100_000, 1_000_000} {
+			v := synth.Views{Format: format, StorageElems: 1 << 20, Count: n,
+				Shape: []int64{4, 4}, Stride: []int64{1, 64}, Step: 97, Seed: 1}
+			var src, dst string
+			// The file is written once, for the first case that runs, into the parent's
+			// directory, which outlives both cases.
+			setup := func() {
+				if src == "" {
+					src = writeViews(b, b.TempDir(), v)
+					dst = filepath.Join(b.TempDir(), "model.safetensors")
 				}
 			}
-		})
-		b.Run(fmt.Sprintf("verify-source/views=%d", n), func(b *testing.B) {
-			for b.Loop() {
-				if _, err := Verify(context.Background(), dst, src, Options{ScratchDir: b.TempDir()}); err != nil {
-					b.Fatal(err)
+			b.Run(fmt.Sprintf("views=%d/%v/convert", n, format), func(b *testing.B) {
+				setup()
+				for b.Loop() {
+					if _, err := File(context.Background(), src, dst, Options{Limits: lim, Overwrite: true}); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+			b.Run(fmt.Sprintf("views=%d/%v/verify-source", n, format), func(b *testing.B) {
+				setup()
+				if _, err := os.Stat(dst); err != nil {
+					b.Skip("no output: run the convert case too")
+				}
+				for b.Loop() {
+					if _, err := Verify(context.Background(), dst, src, Options{Limits: lim, ScratchDir: b.TempDir()}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 

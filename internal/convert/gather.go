@@ -36,12 +36,8 @@ const (
 func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) error {
 	isz := int64(t.DType.Size())
 	dims := len(t.Shape)
-	last := t.Offset
-	for i, d := range t.Shape {
-		last += (d - 1) * t.Stride[i]
-	}
 	// origin is the storage byte offset that position 0 of src stands for.
-	origin, spanLen := int64(0), (last-t.Offset+1)*isz
+	origin, spanLen := int64(0), spanBytes(t)
 	inMemory := spanLen <= memLimit && spanLen <= max(maxSpanWaste*t.Numel()*isz, minSpanRead)
 	if !inMemory {
 		if p, ok := tileDim(t, memLimit/2); ok {
@@ -118,6 +114,16 @@ func gather(t *unpickler.TensorRef, src io.ReaderAt, s sink, memLimit int64) err
 		s.put(out[:n])
 	}
 	return nil
+}
+
+// spanBytes returns the length of the storage bytes a view with at least one element spans,
+// from its first element to the end of its last.
+func spanBytes(t *unpickler.TensorRef) int64 {
+	last := t.Offset
+	for i, d := range t.Shape {
+		last += (d - 1) * t.Stride[i]
+	}
+	return (last - t.Offset + 1) * int64(t.DType.Size())
 }
 
 // tileDim picks the dimension a view is gathered along in tiles: an outer one (not the

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/ptsafe/converter/internal/dtype"
@@ -186,7 +186,7 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 	kept := make(map[viewKey]string, len(tree.Tensors))
 	names := make([]unpickler.Named, len(tree.Tensors))
 	copy(names, tree.Tensors)
-	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
+	slices.SortFunc(names, func(a, b unpickler.Named) int { return strings.Compare(a.Name, b.Name) })
 	budget := lim.OutputBudget(m.Source.Size)
 	var total int64
 	entries := make([]safetensors.Entry, 0, len(names))

@@ -155,6 +155,13 @@ func (p *plan) readTensor(t planned, s sink, sc *scratch) (bool, error) {
 		return false, nil
 	}
 	start := ref.Offset * isz
+	// A small view reads its record through the stream's span cache.
+	at := func(r io.ReaderAt) io.ReaderAt {
+		if spanBytes(ref) <= cacheBlockSize {
+			return sc.spans.reader(t.record, r)
+		}
+		return r
+	}
 	switch {
 	case p.inflate[t.record] > 0:
 		f, err := sc.get(t.record)
@@ -163,13 +170,13 @@ func (p *plan) readTensor(t planned, s sink, sc *scratch) (bool, error) {
 		}
 		defer sc.release(t.record)
 		if !contiguous(ref) {
-			return true, gather(ref, f, s, maxSpanInMemory)
+			return true, gather(ref, at(f), s, maxSpanInMemory)
 		}
-		return true, copyTo(s, io.NewSectionReader(f, start, n), n, t.record)
+		return true, copyTo(s, io.NewSectionReader(at(f), start, n), n, t.record)
 	case !contiguous(ref):
-		return false, gather(ref, t.record.ReaderAt(), s, maxSpanInMemory)
+		return false, gather(ref, at(t.record.ReaderAt()), s, maxSpanInMemory)
 	case t.record.Stored() && (start != 0 || n != t.record.Size):
-		return false, copyTo(s, io.NewSectionReader(t.record.ReaderAt(), start, n), n, t.record)
+		return false, copyTo(s, io.NewSectionReader(at(t.record.ReaderAt()), start, n), n, t.record)
 	}
 	// The record's only reader (deflated), or one that reads it whole: one pass through the
 	// stream, which checks the CRC, and that nothing follows, when it is read to its end.
@@ -205,16 +212,19 @@ func copyTo(s sink, r io.Reader, n int64, rec *torchzip.Record) error {
 
 // scratch holds one stream's scratch files: each deflated record the plan inflates is inflated
 // once, at its first reader, into an unlinked temporary file (disk, never memory; nothing is
-// left behind however the process ends) that is closed after its last reader.
+// left behind however the process ends) that is closed after its last reader. Small views read
+// those files, and stored records, through spans.
 type scratch struct {
 	ctx   context.Context
 	dir   string
 	files map[*torchzip.Record]*os.File
 	left  map[*torchzip.Record]int
+	spans *spanCache
 }
 
 func (p *plan) newScratch(ctx context.Context) *scratch {
-	return &scratch{ctx: ctx, dir: p.scratchDir, files: map[*torchzip.Record]*os.File{}, left: maps.Clone(p.inflate)}
+	return &scratch{ctx: ctx, dir: p.scratchDir, files: map[*torchzip.Record]*os.File{}, left: maps.Clone(p.inflate),
+		spans: newSpanCache()}
 }
 
 // get returns rec's scratch file, inflating the record into it on first use.

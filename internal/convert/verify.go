@@ -227,14 +227,22 @@ func verifyFD(ctx context.Context, f, source *os.File, opts Options) (*Report, e
 	if len(p.layout.Tensors) != len(sf.Tensors) {
 		return nil, fault.New(fault.Malformed, "", "file has %d tensors, the source gives %d", len(sf.Tensors), len(p.layout.Tensors))
 	}
-	byName := map[string]int{}
-	for i, t := range sf.Tensors {
-		byName[t.Name] = i
-	}
+	// A file this converter wrote lists the tensors in the plan's order: the index by name is
+	// built only for one that does not.
+	var byName map[string]int
 	for i, t := range p.layout.Tensors {
-		j, ok := byName[t.Name]
-		if !ok {
-			return nil, fault.New(fault.Malformed, "", "tensor %q of the source is missing", t.Name)
+		j := i
+		if sf.Tensors[i].Name != t.Name {
+			if byName == nil {
+				byName = make(map[string]int, len(sf.Tensors))
+				for k, t := range sf.Tensors {
+					byName[t.Name] = k
+				}
+			}
+			var ok bool
+			if j, ok = byName[t.Name]; !ok {
+				return nil, fault.New(fault.Malformed, "", "tensor %q of the source is missing", t.Name)
+			}
 		}
 		got := sf.Tensors[j]
 		if got.DType != t.DType || !slices.Equal(got.Shape, t.Shape) {

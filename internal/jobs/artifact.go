@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"sync"
 	"time"
@@ -20,12 +21,17 @@ import (
 // found, so it is never served again.
 var ErrOutputLost = errors.New("the job's stored output was lost")
 
-// Artifact is an open, verified file of a succeeded job: its bytes hashed to the digest the job
-// recorded when Open returned it. Read it through its methods; Close it when done.
+// Artifact is an open, verified file of a succeeded job: a local file whose bytes hashed to
+// the digest the job recorded when Open returned it, or an S3 object whose size and recorded
+// digest are the job's and which is read only while it stays that object. Read it through its
+// methods; Close it when done.
 type Artifact struct {
-	f       *os.File
+	f       io.ReadSeekCloser
 	size    int64
 	modTime time.Time
+	// location is a short-lived URL the client may fetch the bytes from instead (a presigned
+	// S3 GET), or nil.
+	location *url.URL
 }
 
 // Read reads from the file.
@@ -36,6 +42,15 @@ func (a *Artifact) Seek(offset int64, whence int) (int64, error) { return a.f.Se
 
 // Close closes the file.
 func (a *Artifact) Close() error { return a.f.Close() }
+
+// Location is a short-lived URL from which a client can fetch the same verified bytes
+// without this server (serve --presign), or "" when they are to be read here.
+func (a *Artifact) Location() string {
+	if a.location == nil {
+		return ""
+	}
+	return a.location.String()
+}
 
 // Size is the file's length in bytes.
 func (a *Artifact) Size() int64 { return a.size }
@@ -79,10 +94,6 @@ func (v *verifiedFiles) forget(paths ...string) {
 	}
 }
 
-func (s *Service) forgetVerified(id string) {
-	s.verified.forget(s.blobs.output(id), s.blobs.manifest(id))
-}
-
 // OpenOutput returns a succeeded conversion job and its verified safetensors file; ErrConflict
 // if the job has not succeeded or is a scan, ErrOutputLost (and the job failed) if the file is
 // missing or corrupt.
@@ -94,7 +105,7 @@ func (s *Service) OpenOutput(ctx context.Context, tenant, id string) (Job, *Arti
 	if r.Mode == ModeScan {
 		return s.withExpiry(r.Job), nil, fmt.Errorf("%w: a scan job has no output", ErrConflict)
 	}
-	return s.openArtifact(ctx, r, "output", s.blobs.output(id), r.OutputSHA256)
+	return s.openArtifact(ctx, r, "output", nameOutput, r.OutputSize, r.OutputSHA256)
 }
 
 // OpenManifest returns a succeeded job and its verified manifest JSON (a scan job's is its
@@ -104,7 +115,7 @@ func (s *Service) OpenManifest(ctx context.Context, tenant, id string) (Job, *Ar
 	if err != nil {
 		return Job{}, nil, err
 	}
-	return s.openArtifact(ctx, r, "manifest", s.blobs.manifest(id), r.manifestSHA256)
+	return s.openArtifact(ctx, r, "manifest", nameManifest, -1, r.manifestSHA256)
 }
 
 // OpenReport returns a finished job and its verified scan report, in the manifest's schema: a
@@ -119,11 +130,11 @@ func (s *Service) OpenReport(ctx context.Context, tenant, id string) (Job, *Arti
 	}
 	switch {
 	case r.State == StateSucceeded:
-		return s.openArtifact(ctx, r, "manifest", s.blobs.manifest(id), r.manifestSHA256)
+		return s.openArtifact(ctx, r, "manifest", nameManifest, -1, r.manifestSHA256)
 	case !r.HasReport:
 		return s.withExpiry(r.Job), nil, ErrNoReport
 	}
-	a, err := s.verify(s.blobs.manifest(id), r.manifestSHA256)
+	a, err := s.store.open(ctx, id, nameManifest, -1, r.manifestSHA256)
 	if err != nil {
 		s.metrics.lost.WithLabelValues("report").Inc()
 		s.log.Error("stored file lost", slog.String("job_id", id), slog.String("file", "report"), slog.String("error", err.Error()))
@@ -132,15 +143,15 @@ func (s *Service) OpenReport(ctx context.Context, tenant, id string) (Job, *Arti
 	return s.withExpiry(r.Job), a, nil
 }
 
-// openArtifact opens the file at path of the succeeded job r, checked against digest; a file
-// missing or corrupt fails the job as lost.
-func (s *Service) openArtifact(ctx context.Context, r row, what, path, digest string) (Job, *Artifact, error) {
+// openArtifact opens the file name of the succeeded job r, checked against digest (and size,
+// unless negative); a file missing or corrupt fails the job as lost.
+func (s *Service) openArtifact(ctx context.Context, r row, what, name string, size int64, digest string) (Job, *Artifact, error) {
 	id := r.ID
 	j := s.withExpiry(r.Job)
 	if j.State != StateSucceeded {
 		return j, nil, ErrConflict
 	}
-	a, err := s.verify(path, digest)
+	a, err := s.store.open(ctx, id, name, size, digest)
 	if err != nil {
 		s.metrics.lost.WithLabelValues(what).Inc()
 		s.log.Error("stored file lost", slog.String("job_id", id), slog.String("file", what), slog.String("error", err.Error()))
@@ -155,7 +166,7 @@ func (s *Service) openArtifact(ctx context.Context, r row, what, path, digest st
 // verify opens path and checks that it hashes to want (lower-case hex), unless a file of the
 // same size and modification time did already. The bytes hashed are those of the open file, so
 // a file replaced after the check is not what is served.
-func (s *Service) verify(path, want string) (*Artifact, error) {
+func (l *localStore) verify(path, want string) (*Artifact, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, errors.New("is missing")
@@ -170,7 +181,7 @@ func (s *Service) verify(path, want string) (*Artifact, error) {
 	}
 	st := fileStamp{size: fi.Size(), modTime: fi.ModTime()}
 	a := &Artifact{f: f, size: st.size, modTime: st.modTime}
-	if want == "" || s.verified.ok(path, st) {
+	if want == "" || l.verified.ok(path, st) {
 		return a, nil
 	}
 	h := sha256.New()
@@ -182,7 +193,7 @@ func (s *Service) verify(path, want string) (*Artifact, error) {
 		f.Close()
 		return nil, fmt.Errorf("has sha-256 %s, not the %s recorded when it was written", got, want)
 	}
-	s.verified.remember(path, st)
+	l.verified.remember(path, st)
 	return a, nil
 }
 
@@ -192,9 +203,7 @@ func (s *Service) markLost(ctx context.Context, id, why string) error {
 	if _, err := markFinished(context.WithoutCancel(ctx), s.db, id, StateFailed, je, "", time.Now(), StateSucceeded); err != nil {
 		return err
 	}
-	s.forgetVerified(id)
-	_ = ignoreNotExist(os.Remove(s.blobs.output(id)))
-	_ = ignoreNotExist(os.Remove(s.blobs.manifest(id)))
+	_ = s.store.remove(context.WithoutCancel(ctx), id, nameOutput, nameManifest)
 	s.log.Error("job output lost", slog.String("job_id", id), slog.String("reason", why))
 	return nil
 }

@@ -22,7 +22,9 @@ import (
 //	DIR/jobs/ID/manifest.json          the conversion manifest (renamed into place)
 //
 // A job's directory is removed with the job. At startup, every file not listed here for the
-// job's state (and all of tmp/) is a crash's leftover and removed (Service.removeStrays).
+// job's state (and all of tmp/) is a crash's leftover and removed (localStore.sweep). With an
+// S3 store (s3Store) the same layout is scratch space: a job's files are there only while an
+// attempt runs on this node.
 type blobs struct {
 	dir string
 	// free reports the bytes still usable on dir's file system (diskFree; tests fake it).
@@ -33,12 +35,11 @@ func (b blobs) dbPath() string              { return filepath.Join(b.dir, "jobs.
 func (b blobs) tmpDir() string              { return filepath.Join(b.dir, "tmp") }
 func (b blobs) jobsDir() string             { return filepath.Join(b.dir, "jobs") }
 func (b blobs) jobDir(id string) string     { return filepath.Join(b.jobsDir(), id) }
-func (b blobs) input(id string) string      { return filepath.Join(b.jobDir(id), "input") }
-func (b blobs) output(id string) string     { return filepath.Join(b.jobDir(id), "output.safetensors") }
-func (b blobs) manifest(id string) string   { return filepath.Join(b.jobDir(id), "manifest.json") }
+func (b blobs) file(id, name string) string { return filepath.Join(b.jobDir(id), name) }
+func (b blobs) input(id string) string      { return b.file(id, nameInput) }
+func (b blobs) output(id string) string     { return b.file(id, nameOutput) }
+func (b blobs) manifest(id string) string   { return b.file(id, nameManifest) }
 func (b blobs) lockPath() string            { return filepath.Join(b.dir, "lock") }
-func (b blobs) removeJob(id string) error   { return os.RemoveAll(b.jobDir(id)) }
-func (b blobs) removeInput(id string) error { return ignoreNotExist(os.Remove(b.input(id))) }
 
 func (b blobs) init() error {
 	for _, d := range []string{b.dir, b.tmpDir(), b.jobsDir()} {
@@ -51,19 +52,33 @@ func (b blobs) init() error {
 
 // Upload is a request body received into staging storage, not yet owned by a job.
 type Upload struct {
-	path   string
 	Size   int64
 	SHA256 string // lower-case hex
+	id     string // of the job it is to become
+	// adopt makes it the job's input durably (nil when there is nothing to do); drop removes
+	// it. Both are nil once it was adopted or discarded.
+	adopt, drop func() error
 }
 
 // Discard removes a staged upload that will not become a job.
 func (u *Upload) Discard() error {
-	if u == nil || u.path == "" {
+	if u == nil || u.drop == nil {
 		return nil
 	}
-	err := ignoreNotExist(os.Remove(u.path))
-	u.path = ""
+	err := u.drop()
+	u.adopt, u.drop = nil, nil
 	return err
+}
+
+// keep makes the upload its job's input.
+func (u *Upload) keep() error {
+	if u.adopt != nil {
+		if err := u.adopt(); err != nil {
+			return err
+		}
+	}
+	u.adopt, u.drop = nil, nil
+	return nil
 }
 
 // ErrInsufficientStorage is returned by Stage when receiving an upload would leave the data
@@ -121,14 +136,15 @@ func (s *spaceWriter) Write(p []byte) (int, error) {
 // unknown): the upload is refused before any byte is read unless the data directory can take it
 // and an output as large and still keep minFree bytes free, and abandoned as soon as it would
 // leave less. On error nothing is kept, and the error wraps the reader's error (an
-// *http.MaxBytesError stays reachable through errors.As) or ErrInsufficientStorage.
-func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, error) {
+// *http.MaxBytesError stays reachable through errors.As) or ErrInsufficientStorage. It returns
+// the upload and its file.
+func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, string, error) {
 	if err := b.ensureSpace(minFree + 2*max(size, 0)); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	f, err := os.CreateTemp(b.tmpDir(), "upload-*")
 	if err != nil {
-		return nil, fmt.Errorf("create upload file: %w", err)
+		return nil, "", fmt.Errorf("create upload file: %w", err)
 	}
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(&spaceWriter{w: f, b: b, minFree: minFree}, h), r)
@@ -140,20 +156,19 @@ func (b blobs) stage(r io.Reader, size, minFree int64) (*Upload, error) {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return nil, noSpace(fmt.Errorf("receive upload: %w", err))
+		return nil, "", noSpace(fmt.Errorf("receive upload: %w", err))
 	}
-	return &Upload{path: f.Name(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	return &Upload{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, f.Name(), nil
 }
 
-// adopt moves a staged upload into a new job's directory, durably.
-func (b blobs) adopt(u *Upload, id string) error {
+// adopt moves the staged upload at path into a new job's directory, durably.
+func (b blobs) adopt(path, id string) error {
 	if err := os.MkdirAll(b.jobDir(id), 0o750); err != nil {
 		return fmt.Errorf("create job directory: %w", err)
 	}
-	if err := os.Rename(u.path, b.input(id)); err != nil {
+	if err := os.Rename(path, b.input(id)); err != nil {
 		return fmt.Errorf("store upload: %w", err)
 	}
-	u.path = ""
 	if err := atomicfile.SyncDir(b.jobDir(id)); err != nil {
 		return fmt.Errorf("sync job directory: %w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -25,12 +24,13 @@ import (
 
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/limits"
+	"github.com/ptsafe/converter/internal/s3store"
 )
 
 // Config configures a Service. Zero fields take the documented defaults.
 type Config struct {
-	// Dir is the data directory holding the blobs, and the SQLite job database unless
-	// Database is set. Required.
+	// Dir is the data directory holding the blobs (with Store, scratch space for the attempts
+	// running here), and the SQLite job database unless Database is set. Required.
 	Dir string
 	// Database is where the job table and River's queue live: empty for the SQLite file in
 	// Dir, or a PostgreSQL URL (postgres://...), which several nodes may share.
@@ -38,6 +38,19 @@ type Config struct {
 	// RescueDelay is, on a shared database, how often one node looks for jobs whose node
 	// died and queues them again (default DefaultRescueDelay).
 	RescueDelay time.Duration
+	// Store, when set, is the S3 prefix (s3://bucket/prefix) that keeps every job's files
+	// under PREFIX/ID/; see StoreConfig.
+	Store string
+	// StoreConfig are the S3 store's endpoint, credentials and part sizes (the zero value: the
+	// AWS SDK's standard chain and AWS_ENDPOINT_URL).
+	StoreConfig s3store.Config
+	// Presign, when positive with Store, makes OpenOutput's Artifact carry a presigned GET URL
+	// valid this long (Artifact.Location).
+	Presign time.Duration
+	// StoreGrace is how old an incomplete multipart upload, or an object no job owns, must be
+	// before the store's sweep removes it: longer than any upload takes (default
+	// DefaultStoreGrace).
+	StoreGrace time.Duration
 	// Workers bounds concurrent conversions (default 1).
 	Workers int
 	// Retention is how long finished jobs and their files are kept (default 168h).
@@ -64,6 +77,9 @@ type Config struct {
 // DefaultMinFreeBytes is the free space kept in the data directory unless configured.
 const DefaultMinFreeBytes = 1 << 30
 
+// DefaultStoreGrace is Config.StoreGrace's default.
+const DefaultStoreGrace = 24 * time.Hour
+
 // DefaultRescueDelay is how often a node of a shared database looks for jobs of dead nodes
 // unless configured.
 const DefaultRescueDelay = 30 * time.Second
@@ -84,7 +100,8 @@ const (
 type Service struct {
 	cfg     Config
 	log     *slog.Logger
-	blobs   blobs
+	blobs   *blobs    // the data directory: the database, and the files attempts work on
+	store   blobStore // where jobs' files are kept
 	lock    *os.File
 	db      database
 	river   queue
@@ -93,9 +110,10 @@ type Service struct {
 	stopping atomic.Bool
 	mu       sync.Mutex
 	running  map[string]*attempt // job id -> its attempt running in this process
-	verified verifiedFiles
 	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
 	stopRetry func()
+	// stopSweep ends the store's periodic sweep (nil when there is none).
+	stopSweep func()
 }
 
 // errCanceledByRequest is the cancel cause of a conversion whose job was canceled or deleted.
@@ -131,7 +149,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		blobs:   blobs{dir: cfg.Dir, free: diskFree},
+		blobs:   &blobs{dir: cfg.Dir, free: diskFree},
 		metrics: newMetrics(),
 		running: map[string]*attempt{},
 	}
@@ -143,6 +161,11 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.lock = lock
+	// After the lock: opening an S3 store empties the scratch space.
+	if s.store, err = s.openStore(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.open(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -281,7 +304,7 @@ func (s *Service) recover(ctx context.Context) error {
 			return fmt.Errorf("reschedule queue entry %d: %w", rj.ID, err)
 		}
 	}
-	return s.removeStrays(ctx)
+	return s.sweep(ctx)
 }
 
 // rescue queues again the jobs whose queue entries are marked running by a process that is
@@ -364,83 +387,19 @@ func (s *Service) requeueOrphan(ctx context.Context, rj *rivertype.JobRow) error
 	return nil
 }
 
-// removeStrays deletes what a crash left behind: partial uploads, job directories no job row
-// owns (a crash between storing an upload and committing its job), and inside a job's
-// directory every file the job's state does not own (a conversion's temporary output, a
-// half-written manifest, an input kept past the end of its job). A succeeded job whose output
-// or manifest is missing is marked lost.
-func (s *Service) removeStrays(ctx context.Context) error {
-	tmp, err := os.ReadDir(s.blobs.tmpDir())
+// sweep removes the files no job owns (blobStore.sweep) and marks lost the succeeded jobs
+// whose files it found missing.
+func (s *Service) sweep(ctx context.Context) error {
+	lost, err := s.store.sweep(ctx, func(ctx context.Context) (map[string]jobKind, error) { return jobStates(ctx, s.db) })
 	if err != nil {
-		return fmt.Errorf("read upload directory: %w", err)
+		return fmt.Errorf("remove stray files: %w", err)
 	}
-	for _, e := range tmp {
-		s.removeStray(filepath.Join(s.blobs.tmpDir(), e.Name()))
-	}
-	states, err := jobStates(ctx, s.db)
-	if err != nil {
-		return err
-	}
-	dirs, err := os.ReadDir(s.blobs.jobsDir())
-	if err != nil {
-		return fmt.Errorf("read job directory: %w", err)
-	}
-	for _, e := range dirs {
-		kind, ok := states[e.Name()]
-		if !ok {
-			s.removeStray(s.blobs.jobDir(e.Name()))
-			continue
-		}
-		if err := s.removeStrayFiles(ctx, e.Name(), kind); err != nil {
+	for _, id := range lost {
+		if err := s.markLost(ctx, id, "its output or manifest is missing from the store"); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (s *Service) removeStrayFiles(ctx context.Context, id string, kind jobKind) error {
-	owned := map[string]bool{}
-	state := kind.state
-	switch state {
-	case StateQueued, StateRunning:
-		owned[s.blobs.input(id)] = true
-	case StateSucceeded:
-		owned[s.blobs.manifest(id)] = true
-		if kind.mode != ModeScan {
-			owned[s.blobs.output(id)] = true
-		}
-	case StateFailed:
-		// A refused file's report, when it has one; a failed job may have none.
-		if _, err := os.Stat(s.blobs.manifest(id)); err == nil {
-			owned[s.blobs.manifest(id)] = true
-		}
-	}
-	files, err := os.ReadDir(s.blobs.jobDir(id))
-	if err != nil {
-		return fmt.Errorf("read directory of job %s: %w", id, err)
-	}
-	present := 0
-	for _, f := range files {
-		p := filepath.Join(s.blobs.jobDir(id), f.Name())
-		if owned[p] {
-			present++
-			continue
-		}
-		s.removeStray(p)
-	}
-	if state == StateSucceeded && present < len(owned) {
-		return s.markLost(ctx, id, "its output or manifest is missing from the data directory")
-	}
-	return nil
-}
-
-func (s *Service) removeStray(path string) {
-	s.metrics.strays.Inc()
-	if err := os.RemoveAll(path); err != nil {
-		s.log.Warn("remove stray file", slog.String("path", path), slog.String("error", err.Error()))
-		return
-	}
-	s.log.Info("removed stray file", slog.String("path", path))
 }
 
 // Start starts running queued jobs. ctx bounds only the start itself: conversions keep
@@ -448,6 +407,7 @@ func (s *Service) removeStray(path string) {
 // full disk the queue cannot record that it started; Start then returns nil and retries every
 // startRetry until there is room, so that the server still serves reads and deletions.
 func (s *Service) Start(ctx context.Context) error {
+	s.startSweep(ctx)
 	err := s.river.Start(context.WithoutCancel(ctx))
 	if err == nil {
 		return nil
@@ -492,6 +452,9 @@ func (s *Service) Stop(ctx context.Context) error {
 	s.stopping.Store(true)
 	if s.stopRetry != nil {
 		s.stopRetry()
+	}
+	if s.stopSweep != nil {
+		s.stopSweep()
 	}
 	if err := s.river.Stop(ctx); err == nil {
 		return nil
@@ -542,7 +505,11 @@ func (s *Service) Stage(ctx context.Context, body io.Reader, size int64) (*Uploa
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return s.blobs.stage(body, size, s.cfg.MinFreeBytes)
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("new job id: %w", err)
+	}
+	return s.store.stage(ctx, id.String(), body, size)
 }
 
 // SubmitParams describe a new job.
@@ -578,22 +545,18 @@ func (s *Service) Submit(ctx context.Context, p SubmitParams) (job Job, created 
 		}
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond) // the precision the store keeps
-	id, err := uuid.NewV7()
-	if err != nil {
-		return Job{}, false, fmt.Errorf("new job id: %w", err)
-	}
 	j := Job{
-		ID: id.String(), Tenant: p.Tenant, State: StateQueued, Filename: p.Filename, Select: p.Select,
+		ID: p.Upload.id, Tenant: p.Tenant, State: StateQueued, Filename: p.Filename, Select: p.Select,
 		Mode: p.Mode, AllowGlobals: p.AllowGlobals,
 		InputSize: p.Upload.Size, InputSHA256: p.Upload.SHA256, IdempotencyKey: p.IdempotencyKey,
 		CreatedAt: now, UpdatedAt: now,
 	}
-	if err := s.blobs.adopt(p.Upload, j.ID); err != nil {
-		_ = s.blobs.removeJob(j.ID)
+	if err := p.Upload.keep(); err != nil {
+		_ = s.store.remove(context.WithoutCancel(ctx), j.ID)
 		return Job{}, false, noSpace(err)
 	}
 	if err := s.insert(ctx, &j); err != nil {
-		_ = s.blobs.removeJob(j.ID)
+		_ = s.store.remove(context.WithoutCancel(ctx), j.ID)
 		if p.IdempotencyKey != "" && isUniqueViolation(err) {
 			// A concurrent request with the same key won the race.
 			j, err := s.replay(ctx, p)
@@ -727,7 +690,7 @@ func (s *Service) Cancel(ctx context.Context, tenant, id string) (Job, error) {
 		return Job{}, fmt.Errorf("cancel job %s: %w", id, err)
 	}
 	s.stopConversion(id)
-	_ = s.blobs.removeInput(id)
+	_ = s.store.remove(ctx, id, nameInput)
 	s.metrics.finished.WithLabelValues(fault.Canceled.String()).Inc()
 	return s.Get(ctx, tenant, id)
 }
@@ -762,10 +725,9 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 		return err
 	}
 	s.stopConversion(id)
-	if err := s.blobs.removeJob(id); err != nil {
+	if err := s.store.remove(ctx, id); err != nil {
 		return fmt.Errorf("remove files of job %s: %w", id, err)
 	}
-	s.forgetVerified(id)
 	tx, err := s.db.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("delete job: %w", err)
@@ -796,13 +758,14 @@ func (s *Service) expire(ctx context.Context) error {
 			return err
 		}
 		for _, id := range ids {
+			// Files first, as Delete does: a job that is gone has no files left (ones that
+			// could not be removed are strays, which the store's sweep removes).
+			if err := s.store.remove(ctx, id); err != nil {
+				s.log.Warn("remove expired job files", slog.String("job_id", id), slog.String("error", err.Error()))
+			}
 			if err := deleteJob(ctx, s.db, id); err != nil {
 				return err
 			}
-			if err := s.blobs.removeJob(id); err != nil {
-				s.log.Warn("remove expired job files", slog.String("job_id", id), slog.String("error", err.Error()))
-			}
-			s.forgetVerified(id)
 		}
 		if len(ids) < 500 {
 			return nil

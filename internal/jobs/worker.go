@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -90,6 +89,11 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 		s.mu.Unlock()
 	}()
 
+	release, err := s.store.fetch(runCtx, r.Job)
+	if err != nil {
+		return s.failed(ctx, runCtx, r, err, now)
+	}
+	defer release()
 	src := s.blobs.input(id)
 	opts := s.options(r)
 	opts.Progress = a.report(&s.mu)
@@ -132,7 +136,7 @@ func (s *Service) options(r row) convert.Options {
 
 // writeManifest stores m as job r's manifest (its scan report), naming files as the user knows
 // them, and returns its SHA-256.
-func (s *Service) writeManifest(r row, m *convert.Manifest) (string, error) {
+func (s *Service) writeManifest(ctx context.Context, r row, m *convert.Manifest) (string, error) {
 	m.Source.Path = r.Filename
 	if m.Output != nil {
 		m.Output.Path = "output.safetensors"
@@ -146,7 +150,11 @@ func (s *Service) writeManifest(r row, m *convert.Manifest) (string, error) {
 		return "", fmt.Errorf("write manifest: %w", fault.PathFree(err))
 	}
 	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
+	digest := hex.EncodeToString(sum[:])
+	if err := s.store.keep(ctx, r.ID, nameManifest, int64(len(data)), digest); err != nil {
+		return "", fmt.Errorf("store manifest: %w", err)
+	}
+	return digest, nil
 }
 
 // succeed publishes a verified output, or a scan job's report: the manifest is written, then
@@ -159,8 +167,11 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	var out convert.Output
 	if m.Output != nil {
 		out = *m.Output
+		if err := s.store.keep(ctx, r.ID, nameOutput, out.Size, out.SHA256); err != nil {
+			return fmt.Errorf("store output: %w", err)
+		}
 	}
-	manifestSum, err := s.writeManifest(r, m)
+	manifestSum, err := s.writeManifest(ctx, r, m)
 	if err != nil {
 		return err
 	}
@@ -169,11 +180,10 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 		return err
 	}
 	if !ok {
-		_ = os.Remove(s.blobs.output(r.ID))
-		_ = os.Remove(s.blobs.manifest(r.ID))
+		_ = s.store.remove(ctx, r.ID, nameOutput, nameManifest)
 		return nil
 	}
-	_ = s.blobs.removeInput(r.ID)
+	_ = s.store.remove(ctx, r.ID, nameInput)
 	s.metrics.finished.WithLabelValues(string(StateSucceeded)).Inc()
 	s.metrics.run.WithLabelValues(string(StateSucceeded)).Observe(time.Since(started).Seconds())
 	s.metrics.wroteByte.Add(float64(out.Size))
@@ -235,7 +245,7 @@ func (s *Service) report(ctx context.Context, r row, je JobError) string {
 		s.log.Warn("scan of a refused file failed", slog.String("job_id", r.ID), slog.Any("error", err))
 		return ""
 	}
-	sum, err := s.writeManifest(r, m)
+	sum, err := s.writeManifest(ctx, r, m)
 	if err != nil {
 		s.log.Warn("store report of a refused file", slog.String("job_id", r.ID), slog.String("error", err.Error()))
 		return ""
@@ -261,7 +271,7 @@ func (s *Service) fail(ctx context.Context, r row, je JobError, started time.Tim
 	if !ok {
 		return
 	}
-	_ = s.blobs.removeInput(r.ID)
+	_ = s.store.remove(ctx, r.ID, nameInput)
 	s.metrics.finished.WithLabelValues(je.Type.String()).Inc()
 	s.metrics.run.WithLabelValues(je.Type.String()).Observe(time.Since(started).Seconds())
 	s.log.Info("conversion failed", slog.String("job_id", r.ID), slog.String("error_type", je.Type.String()), slog.String("error", je.Detail))

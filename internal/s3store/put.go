@@ -24,11 +24,17 @@ import (
 // caller's context has ended.
 const cleanupTimeout = time.Minute
 
+// sha256Metadata is the user metadata key (x-amz-meta-sha256) holding the SHA-256 (lower-case
+// hex) of an object's whole content, as its writer expected it.
+const sha256Metadata = "sha256"
+
 // Put stores size bytes read from r at path. An object of at most one part goes in one
 // PutObject request; a larger one is a multipart upload of bounded parts, several in flight,
 // completed only when every part is sent and the whole matched sha256hex, and aborted on any
 // failure. Every request carries the SHA-256 of its bytes (x-amz-checksum-sha256), which the
-// store checks. Afterwards the stored object's size and checksum are checked.
+// store checks. Afterwards the stored object's size and checksum are checked. An object put
+// with its expected SHA-256 records it in its metadata (Info.SHA256), so that a reader can
+// tell it from an object another client put at the name later.
 func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string) error {
 	key, err := t.key(path)
 	if err != nil {
@@ -43,12 +49,18 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 			return fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
 		}
 	}
+	var metadata map[string]string
+	if want != nil {
+		metadata = map[string]string{sha256Metadata: hex.EncodeToString(want)}
+	}
 	var checksum string
 	partSize := t.partSizeFor(size)
 	if size <= partSize {
-		checksum, err = t.putObject(ctx, key, r, size, want)
+		checksum, err = t.putObject(ctx, key, r, size, want, metadata)
 	} else {
-		checksum, err = t.putMultipart(ctx, key, r, size, partSize, want)
+		var s sent
+		s, err = t.putMultipart(ctx, key, r, size, partSize, want, metadata)
+		checksum = s.checksum
 	}
 	if err != nil {
 		return err
@@ -64,7 +76,7 @@ func (t *Tree) partSizeFor(size int64) int64 {
 
 // putObject sends an object of at most one part in one request, read into a buffer first so
 // that the SDK can sign it and retry it. It returns the checksum sent.
-func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int64, want []byte) (string, error) {
+func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int64, want []byte, metadata map[string]string) (string, error) {
 	buf := make([]byte, size)
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return "", fault.Wrap(fault.Internal, t.url(key), err, "cannot read the %d bytes to put", size)
@@ -80,6 +92,7 @@ func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int6
 		Body:           bytes.NewReader(buf),
 		ContentLength:  &size,
 		ChecksumSHA256: &checksum,
+		Metadata:       metadata,
 	})
 	if err != nil {
 		return "", t.fail(err, key, "cannot put")
@@ -97,35 +110,36 @@ func checkSum(got, want []byte) error {
 	return nil
 }
 
-// putMultipart sends size bytes from r as parts of partSize, at most t.concurrency at once,
-// and completes the upload only if all went well; otherwise it aborts it. It returns the
-// object's composite checksum: the SHA-256 of the parts' SHA-256s, then "-" and their count.
-func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte) (string, error) {
+// putMultipart sends size bytes from r (size < 0: until r ends) as parts of partSize, at most
+// t.concurrency at once, and completes the upload only if all went well; otherwise it aborts
+// it. The object carries metadata.
+func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte, metadata map[string]string) (sent, error) {
 	created, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket:            &t.bucket,
 		Key:               &key,
 		ChecksumAlgorithm: types.ChecksumAlgorithmSha256,
+		Metadata:          metadata,
 	})
 	if err != nil {
-		return "", t.fail(err, key, "cannot start a multipart upload")
+		return sent{}, t.fail(err, key, "cannot start a multipart upload")
 	}
 	up := upload{tree: t, key: key, id: created.UploadId}
-	parts, checksum, err := up.sendParts(ctx, r, size, partSize, want)
+	s, err := up.sendParts(ctx, r, size, partSize, want)
 	if err == nil {
 		_, err = t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 			Bucket:          &t.bucket,
 			Key:             &key,
 			UploadId:        up.id,
-			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: s.parts},
 		})
 		if err != nil {
 			err = t.fail(err, key, "cannot complete the multipart upload")
 		}
 	}
 	if err != nil {
-		return "", errors.Join(err, up.abort(ctx))
+		return sent{}, errors.Join(err, up.abort(ctx))
 	}
-	return checksum, nil
+	return s, nil
 }
 
 // upload is one multipart upload in progress.
@@ -136,21 +150,31 @@ type upload struct {
 }
 
 // sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte,
-// and sends each part while the next is read. It returns the parts for completion and the
-// composite checksum, or the first error.
-func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) ([]types.CompletedPart, string, error) {
+// and sends each part while the next is read. size < 0 means unknown: parts are read until r
+// ends (an empty r is one empty part), at most maxParts of them. It returns the parts for
+// completion, the composite checksum and what was read: its length and SHA-256.
+func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) (sent, error) {
 	t := u.tree
-	n := int((size + partSize - 1) / partSize)
-	parts := make([]types.CompletedPart, n)
-	sums := make([][sha256.Size]byte, n)
+	type part struct {
+		done types.CompletedPart
+		sum  [sha256.Size]byte
+	}
+	var parts []*part
 	free := make(chan []byte, t.concurrency)
 	for range t.concurrency {
 		free <- nil // allocated on first use, so a small upload holds few buffers
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	whole := sha256.New()
+	var read int64
 	readErr := func() error {
-		for i := range n {
+		for i := 0; ; i++ {
+			if size >= 0 && read == size && i > 0 {
+				return nil
+			}
+			if i == maxParts {
+				return fault.New(fault.Internal, t.url(u.key), "more than %d parts of %d bytes", maxParts, partSize)
+			}
 			var buf []byte
 			select {
 			case buf = <-free:
@@ -160,38 +184,68 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 			if buf == nil {
 				buf = make([]byte, partSize)
 			}
-			length := min(partSize, size-int64(i)*partSize)
-			part := buf[:length]
-			if _, err := io.ReadFull(r, part); err != nil {
-				return fault.Wrap(fault.Internal, t.url(u.key), err, "cannot read part %d of %d (%d bytes)", i+1, n, length)
+			length := partSize
+			if size >= 0 {
+				length = min(partSize, size-read)
 			}
-			whole.Write(part)
+			n, err := io.ReadFull(r, buf[:length])
+			last := false
+			switch {
+			case size < 0 && (err == io.EOF && i > 0):
+				free <- buf
+				return nil
+			case size < 0 && (err == io.EOF || err == io.ErrUnexpectedEOF):
+				last = true
+			case err != nil:
+				free <- buf
+				return fault.Wrap(fault.Internal, t.url(u.key), err, "cannot read part %d (%d bytes)", i+1, length)
+			}
+			data := buf[:n]
+			read += int64(n)
+			whole.Write(data)
+			p := &part{}
+			parts = append(parts, p)
+			number := int32(i + 1)
 			// Each part is hashed again by its sender, so that the two hashes run on two cores.
 			g.Go(func() error {
 				defer func() { free <- buf }()
-				sums[i] = sha256.Sum256(part)
+				p.sum = sha256.Sum256(data)
 				var err error
-				parts[i], err = u.sendPart(gctx, int32(i+1), part, sums[i][:])
+				p.done, err = u.sendPart(gctx, number, data, p.sum[:])
 				return err
 			})
+			if last {
+				return nil
+			}
 		}
-		return nil
 	}()
 	// A failed part stops the reading: its error is the one to report.
 	if err := g.Wait(); err != nil {
-		return nil, "", err
+		return sent{}, err
 	}
 	if readErr != nil {
-		return nil, "", readErr
+		return sent{}, readErr
 	}
-	if err := checkSum(whole.Sum(nil), want); err != nil {
-		return nil, "", fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+	s := sent{size: read, sha256: whole.Sum(nil)}
+	if err := checkSum(s.sha256, want); err != nil {
+		return sent{}, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
 	}
 	composite := sha256.New()
-	for _, sum := range sums {
-		composite.Write(sum[:])
+	for _, p := range parts {
+		composite.Write(p.sum[:])
+		s.parts = append(s.parts, p.done)
 	}
-	return parts, fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), n), nil
+	s.checksum = fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), len(parts))
+	return s, nil
+}
+
+// sent is what a multipart upload sent: its parts, the object's composite checksum (the
+// SHA-256 of the parts' SHA-256s, then "-" and their count), and the bytes read.
+type sent struct {
+	parts    []types.CompletedPart
+	checksum string
+	size     int64
+	sha256   []byte
 }
 
 // sendPart uploads one part with its checksum, which the store checks, and returns what

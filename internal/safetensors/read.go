@@ -114,8 +114,7 @@ func Read(r io.ReaderAt, size int64, maxHeader int64) (*File, error) {
 	}
 
 	// 5. InvalidHeaderDeserialization.
-	p := parser{hdr: hdr, dec: json.NewDecoder(bytes.NewReader(hdr))}
-	p.dec.UseNumber()
+	p := parser{hdr: hdr, dec: newTokenizer(hdr)}
 	meta, raws, err := p.object()
 	if err != nil {
 		return nil, err
@@ -233,13 +232,14 @@ type rawTensor struct {
 	begin, end uint64
 }
 
-// parser walks the header with encoding/json's Decoder one token at a time. Unlike decoding into
-// a map or struct, this sees every key, so duplicates can be refused, and it never descends
-// more than three levels: anything unexpected is refused at its first token. Error messages
-// are only formatted on failure, so a large valid header costs no string building.
+// parser walks the header one token at a time, as encoding/json's Decoder yields them (see
+// newTokenizer). Unlike decoding into a map or struct, this sees every key, so duplicates can
+// be refused, and it never descends more than three levels: anything unexpected is refused at
+// its first token. Error messages are only formatted on failure, so a large valid header costs
+// no string building.
 type parser struct {
 	hdr   []byte
-	dec   *json.Decoder
+	dec   tokenizer
 	prev  int64      // header offset just after the previous token
 	start int64      // header offset where the last token began
 	last  json.Token // the last token

@@ -90,8 +90,15 @@ func FuzzPrescanVM(f *testing.F) {
 				testkit.CheckClassified(t, "Load", err)
 				continue
 			}
-			if d := Describe(root); len(d) > MaxDescribeBytes {
+			d := Describe(root)
+			if len(d) > MaxDescribeBytes {
 				t.Fatalf("Describe returned %d bytes, bound %d", len(d), MaxDescribeBytes)
+			}
+			// Dropping the memo stores nothing reads must not change what gopickle builds.
+			if all, err := load(raw, "fuzz", &Policy{}, &PersistentIDs{Legacy: legacy}, lim, false); err != nil {
+				t.Fatalf("loads without its dead memo stores, not with them: %v", err)
+			} else if da := Describe(all); da != d {
+				t.Fatalf("loads as %s without its dead memo stores, as %s with them", d, da)
 			}
 			if _, err := Flatten(root, "", "fuzz", lim); err != nil {
 				testkit.CheckClassified(t, "Flatten", err)

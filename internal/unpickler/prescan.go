@@ -1,13 +1,11 @@
 package unpickler
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -169,56 +167,97 @@ type item struct {
 	enc   uint8
 }
 
-// memoTable maps memo keys to items: keys CPython writes are dense from 0, so they live in a
-// slice; sparse keys fall back to a map. The slice never grows past about twice the number of
-// entries, so a hostile key pattern cannot inflate it.
+// memoTable maps memo keys to entries: keys CPython writes are dense from 0, so they live in
+// fixed-size pages indexed by key (growing never copies what is stored: a million tensors make
+// seven million entries); sparse keys fall back to a map. The pages never cover more than about
+// twice the number of entries plus a page, so a hostile key pattern cannot inflate them.
 type memoTable struct {
-	dense  []item
-	sparse map[uint64]item
+	pages  [][]memoEntry
+	sparse map[uint64]memoEntry
 	n      int
 }
 
-func (m *memoTable) get(k uint64) (item, bool) {
-	if k < uint64(len(m.dense)) && m.dense[k].kind != kUnset {
-		return m.dense[k], true
-	}
-	if m.sparse != nil {
-		it, ok := m.sparse[k]
-		return it, ok
-	}
-	return item{}, false
+const memoPage = 1 << 12 // entries per page
+
+// memoEntry is one memo value and, for the VM's copy of the stream, where it was stored.
+type memoEntry struct {
+	item
+	// store is the offset of the opcode that stored the value, or -1 minus that offset once a
+	// GET has read it (see scanner.dead).
+	store int64
 }
 
-// put stores it under k and reports false when that would exceed limit entries.
-func (m *memoTable) put(k uint64, it item, limit int) bool {
-	if _, ok := m.get(k); !ok {
+func (e memoEntry) read() bool { return e.store < 0 }
+
+// slot returns the paged entry for k, or nil when k lies beyond the pages.
+func (m *memoTable) slot(k uint64) *memoEntry {
+	if p := k / memoPage; p < uint64(len(m.pages)) {
+		return &m.pages[p][k%memoPage]
+	}
+	return nil
+}
+
+func (m *memoTable) get(k uint64) (memoEntry, bool) {
+	if e := m.slot(k); e != nil && e.kind != kUnset {
+		return *e, true
+	}
+	if m.sparse != nil {
+		e, ok := m.sparse[k]
+		return e, ok
+	}
+	return memoEntry{}, false
+}
+
+// markRead records that a GET read the entry under k, which must exist.
+func (m *memoTable) markRead(k uint64) {
+	if e := m.slot(k); e != nil && e.kind != kUnset {
+		e.store = -1 - e.store
+		return
+	}
+	e := m.sparse[k]
+	e.store = -1 - e.store
+	m.sparse[k] = e
+}
+
+// put stores e under k and returns the entry it replaces, if any; ok is false when that would
+// exceed limit entries.
+func (m *memoTable) put(k uint64, e memoEntry, limit int) (prev memoEntry, replaced, ok bool) {
+	prev, replaced = m.get(k)
+	if !replaced {
 		if m.n >= limit {
-			return false
+			return prev, false, false
 		}
 		m.n++
 	}
-	if k >= uint64(len(m.dense)) && k < 2*uint64(m.n)+1024 {
-		need := int(k) + 1
-		if need > cap(m.dense) {
-			grown := make([]item, need, max(need, 2*cap(m.dense)))
-			copy(grown, m.dense)
-			m.dense = grown
-		} else {
-			m.dense = m.dense[:need]
-		}
+	for k/memoPage >= uint64(len(m.pages)) && k < 2*uint64(m.n)+memoPage {
+		m.pages = append(m.pages, make([]memoEntry, memoPage))
 	}
-	if k < uint64(len(m.dense)) {
-		m.dense[k] = it
+	if s := m.slot(k); s != nil {
+		*s = e
 		if m.sparse != nil {
 			delete(m.sparse, k)
 		}
-		return true
+		return prev, replaced, true
 	}
 	if m.sparse == nil {
-		m.sparse = make(map[uint64]item)
+		m.sparse = make(map[uint64]memoEntry)
 	}
-	m.sparse[k] = it
-	return true
+	m.sparse[k] = e
+	return prev, replaced, true
+}
+
+// each calls fn with every entry.
+func (m *memoTable) each(fn func(memoEntry)) {
+	for _, p := range m.pages {
+		for _, e := range p {
+			if e.kind != kUnset {
+				fn(e)
+			}
+		}
+	}
+	for _, e := range m.sparse {
+		fn(e)
+	}
 }
 
 type scanner struct {
@@ -242,10 +281,13 @@ type scanner struct {
 	sawProto  bool
 
 	// vm, when set, collects in edits the rewrites that make gopickle build what CPython
-	// builds (see vmStream), and in frames the offset of every FRAME's length operand.
-	vm     bool
-	edits  []edit
-	frames []int64
+	// builds (see vmStream), in frames the offset of every FRAME's length operand, and in dead
+	// (when set) the memo stores no GET reads; memoize records that a MEMOIZE was seen.
+	vm      bool
+	edits   []edit
+	frames  []int64
+	dead    bitset
+	memoize bool
 
 	stuck     bool // no opcode boundary is known past the last failure
 	salvaging bool
@@ -756,14 +798,17 @@ func (s *scanner) memoKey(what string) (uint64, error) {
 }
 
 func (s *scanner) get(k uint64, what string) error {
-	it, ok := s.memo.get(k)
+	e, ok := s.memo.get(k)
 	if !ok {
 		if err := s.quiet(fault.Malformed); err != nil {
 			return err
 		}
 		return s.fail(fault.Malformed, "%s of memo key %d, which was never set", what, k)
 	}
-	return s.push(it)
+	if s.dead != nil && !e.read() {
+		s.memo.markRead(k)
+	}
+	return s.push(e.item)
 }
 
 func (s *scanner) put(k uint64, what string) error {
@@ -771,11 +816,15 @@ func (s *scanner) put(k uint64, what string) error {
 	if err != nil {
 		return err
 	}
-	if !s.memo.put(k, *t, s.lim.MaxMemo) {
+	prev, replaced, ok := s.memo.put(k, memoEntry{item: *t, store: s.op}, s.lim.MaxMemo)
+	if !ok {
 		if err := s.quiet(fault.Limit); err != nil {
 			return err
 		}
 		return s.fail(fault.Limit, "more than %d memo entries (MaxMemo)", s.lim.MaxMemo)
+	}
+	if s.dead != nil && replaced && !prev.read() {
+		s.dead.set(prev.store)
 	}
 	return nil
 }
@@ -875,46 +924,6 @@ var gopickleBuiltins = map[string]bool{
 // vmAlias prefixes a module name in the VM's copy of a stream; no importable module starts
 // with it.
 const vmAlias = "\x00"
-
-// edit records that the n bytes from the current opcode's offset become repl in the VM's copy.
-func (s *scanner) edit(n int64, repl []byte) {
-	s.edits = append(s.edits, edit{off: s.op, n: n, repl: repl})
-}
-
-// edit is one rewrite of the VM's copy of a stream.
-type edit struct {
-	off, n int64
-	repl   []byte
-}
-
-// vmStream returns the stream with every collected edit applied and every FRAME length
-// adjusted to the edits inside its frame; with no edits, the stream itself.
-func (s *scanner) vmStream() []byte {
-	if len(s.edits) == 0 {
-		return s.buf
-	}
-	all := slices.Clone(s.edits)
-	for _, fo := range s.frames {
-		start := fo + 8
-		end := start + int64(binary.LittleEndian.Uint64(s.buf[fo:start]))
-		grow := int64(0)
-		i, _ := slices.BinarySearchFunc(s.edits, start, func(e edit, off int64) int { return cmp.Compare(e.off, off) })
-		for ; i < len(s.edits) && s.edits[i].off < end; i++ {
-			grow += int64(len(s.edits[i].repl)) - s.edits[i].n
-		}
-		if grow != 0 {
-			all = append(all, edit{off: fo, n: 8, repl: binary.LittleEndian.AppendUint64(nil, uint64(end-start+grow))})
-		}
-	}
-	slices.SortFunc(all, func(a, b edit) int { return cmp.Compare(a.off, b.off) })
-	var out []byte
-	prev := int64(0)
-	for _, e := range all {
-		out = append(append(out, s.buf[prev:e.off]...), e.repl...)
-		prev = e.off + e.n
-	}
-	return append(out, s.buf[prev:]...)
-}
 
 // renameBuiltin makes the VM's copy of the current GLOBAL or STACK_GLOBAL opcode, n bytes
 // long (pops bytes first: the two STACK_GLOBAL operands), name a gopickle builtin through
@@ -1245,6 +1254,7 @@ func (s *scanner) step(op byte) (bool, error) {
 			err = s.put(k, what)
 		}
 	case opMemoize:
+		s.memoize = true
 		err = s.put(uint64(s.memo.n), "MEMOIZE")
 
 	case opGlobal, opInst:

@@ -91,22 +91,23 @@ func (p *PersistentIDs) Storages() map[string]*StorageRef { return p.byKey }
 // anything else fails. A panic inside gopickle becomes a Malformed fault.
 //
 // gopickle reads protocol-0 strings without decoding them and resolves a few builtins itself,
-// so Load pre-scans raw again and runs gopickle over a copy with those opcodes rewritten (see
-// vmStream): what it builds is what CPython builds.
+// so Load pre-scans raw again and runs gopickle over a copy with those opcodes rewritten, and
+// without the memo stores nothing reads (see vmStream): what it builds is what CPython builds.
 func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits.Limits) (root any, err error) {
+	return load(raw, entry, pol, pids, lim, true)
+}
+
+// load is Load; dropDead false keeps every memo store in the VM's copy (the fuzz test's oracle).
+func load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits.Limits, dropDead bool) (root any, err error) {
 	if pids.byKey == nil {
 		pids.byKey = map[string]*StorageRef{}
 	}
-	s := newScanner(bytes.NewReader(raw), int64(len(raw)), entry, lim, pol)
-	// The scanner copies what it reads into its buffer; pointed at raw itself, it writes each
-	// byte over the same byte, so this second walk costs no second copy of the stream.
-	s.buf = raw[:0:len(raw)]
-	s.vm = true
-	if err := s.run(); err != nil {
+	stream, err := vmCopy(raw, entry, pol, lim, dropDead)
+	if err != nil {
 		return nil, err
 	}
 	vm := &machine{entry: entry, pol: pol, lim: lim, copies: aliasFactor*int64(len(raw)) + aliasFloor}
-	u := pickle.NewUnpickler(bytes.NewReader(s.vmStream()))
+	u := pickle.NewUnpickler(bytes.NewReader(stream))
 	u.FindClass = vm.findClass
 	u.PersistentLoad = func(pid any) (any, error) { return pids.load(pid, lim) }
 	defer func() {
@@ -123,6 +124,23 @@ func Load(raw []byte, entry string, pol *Policy, pids *PersistentIDs, lim limits
 		return nil, fault.New(fault.Malformed, entry, "pickle VM: %s", Describe(err))
 	}
 	return root, nil
+}
+
+// vmCopy pre-scans raw again and returns the copy of it that gopickle runs (see vmStream),
+// without the dead memo stores if dropDead is set.
+func vmCopy(raw []byte, entry string, pol *Policy, lim limits.Limits, dropDead bool) ([]byte, error) {
+	s := newScanner(bytes.NewReader(raw), int64(len(raw)), entry, lim, pol)
+	// The scanner copies what it reads into its buffer; pointed at raw itself, it writes each
+	// byte over the same byte, so this second walk costs no second copy of the stream.
+	s.buf = raw[:0:len(raw)]
+	s.vm = true
+	if dropDead {
+		s.dead = newBitset(len(raw))
+	}
+	if err := s.run(); err != nil {
+		return nil, err
+	}
+	return s.vmStream(), nil
 }
 
 type machine struct {

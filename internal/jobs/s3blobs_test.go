@@ -1,0 +1,222 @@
+package jobs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/google/uuid"
+
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/s3store"
+	"github.com/ptsafe/converter/internal/testkit"
+)
+
+// s3Fixture is a versitygw bucket, the configuration of a service keeping its jobs' files
+// there under jobs/, and a client of the bucket acting as anyone else.
+type s3Fixture struct {
+	cfg    jobs.Config
+	client *s3.Client
+	bucket string
+}
+
+func newS3Fixture(t *testing.T, conv jobs.Converter) *s3Fixture {
+	t.Helper()
+	srv := testkit.StartS3(t)
+	bucket := srv.Bucket(t)
+	creds := credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")
+	return &s3Fixture{
+		cfg: jobs.Config{Dir: t.TempDir(), Converter: conv, Store: "s3://" + bucket + "/jobs",
+			StoreConfig: s3store.Config{Endpoint: srv.Endpoint, Credentials: creds, PartSize: s3store.MinPartSize, Concurrency: 1}},
+		client: s3.New(s3.Options{Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true, Credentials: creds}),
+		bucket: bucket,
+	}
+}
+
+func (f *s3Fixture) keys(t *testing.T) []string {
+	t.Helper()
+	out, err := f.client.ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(f.bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, o := range out.Contents {
+		keys = append(keys, aws.ToString(o.Key))
+	}
+	return keys
+}
+
+func (f *s3Fixture) uploads(t *testing.T) int {
+	t.Helper()
+	out, err := f.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(f.bucket)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(out.Uploads)
+}
+
+// brokenBody yields n bytes, then fails as a dropped connection does, or cancels a context.
+type brokenBody struct {
+	n      int
+	cancel context.CancelFunc
+}
+
+var errDropped = errors.New("connection reset by peer")
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		if b.cancel != nil {
+			b.cancel()
+			return 0, context.Canceled
+		}
+		return 0, errDropped
+	}
+	n := min(len(p), b.n)
+	clear(p[:n])
+	b.n -= n
+	return n, nil
+}
+
+// TestS3UploadThatFailsLeavesNothing: an upload whose body breaks, or whose request is
+// canceled, after a part was sent leaves no object and no multipart upload.
+func TestS3UploadThatFailsLeavesNothing(t *testing.T) {
+	f := newS3Fixture(t, succeeding)
+	s := openConfig(t, f.cfg)
+	if _, err := s.Stage(t.Context(), &brokenBody{n: s3store.MinPartSize + 10}, -1); !errors.Is(err, errDropped) {
+		t.Errorf("Stage of a dropped body = %v; want its error", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	if _, err := s.Stage(ctx, &brokenBody{n: s3store.MinPartSize + 10, cancel: cancel}, 3*s3store.MinPartSize); err == nil {
+		t.Error("Stage of a canceled upload succeeded")
+	}
+	if keys, n := f.keys(t), f.uploads(t); len(keys) != 0 || n != 0 {
+		t.Errorf("after failed uploads: objects %q and %d multipart uploads; want none", keys, n)
+	}
+	// A staged upload that does not become a job is removed too.
+	up, err := s.Stage(t.Context(), strings.NewReader("checkpoint"), -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if keys := f.keys(t); len(keys) != 0 {
+		t.Errorf("after Discard: objects %q; want none", keys)
+	}
+}
+
+// TestS3SweepRemovesStrays: at start, multipart uploads and objects no job owns are removed
+// once older than the grace period, and kept before; the jobs' own objects stay.
+func TestS3SweepRemovesStrays(t *testing.T) {
+	f := newS3Fixture(t, succeeding)
+	f.cfg.StoreGrace = time.Hour
+	s := openConfig(t, f.cfg)
+	j := submit(t, s, "checkpoint")
+	waitFor(t, s, j.ID, "succeeded", func(j jobs.Job, err error) bool { return err == nil && j.State == jobs.StateSucceeded })
+	stop(t, s)
+
+	// An object under a job id no job has, and an input its succeeded job no longer owns.
+	for _, key := range []string{"jobs/" + uuid.NewString() + "/input", "jobs/" + j.ID + "/input"} {
+		if _, err := f.client.PutObject(t.Context(), &s3.PutObjectInput{Bucket: aws.String(f.bucket), Key: aws.String(key), Body: bytes.NewReader([]byte("x"))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.client.CreateMultipartUpload(t.Context(), &s3.CreateMultipartUploadInput{Bucket: aws.String(f.bucket), Key: aws.String("jobs/" + uuid.NewString() + "/input")}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"jobs/" + j.ID + "/manifest.json", "jobs/" + j.ID + "/output.safetensors"}
+
+	stop(t, openConfig(t, f.cfg)) // within the grace period: nothing is touched
+	if keys, n := f.keys(t), f.uploads(t); len(keys) != 4 || n != 1 {
+		t.Errorf("young strays: objects %q and %d uploads; want both strays kept and one upload", keys, n)
+	}
+
+	f.cfg.StoreGrace = time.Nanosecond
+	s = openConfig(t, f.cfg)
+	if keys, n := f.keys(t), f.uploads(t); !slices.Equal(keys, want) || n != 0 {
+		t.Errorf("old strays: objects %q and %d uploads; want %q and none", keys, n, want)
+	}
+	_, a, err := s.OpenOutput(t.Context(), "t", j.ID)
+	if err != nil {
+		t.Fatalf("OpenOutput after the sweep: %v", err)
+	}
+	defer a.Close()
+	if got, _ := io.ReadAll(a); string(got) != "converted" {
+		t.Errorf("output = %q; want the converter's", got)
+	}
+}
+
+func stop(t *testing.T, s *jobs.Service) {
+	t.Helper()
+	if err := s.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
+// TestS3RetentionRemovesObjects: an expired job's objects go with it.
+func TestS3RetentionRemovesObjects(t *testing.T) {
+	f := newS3Fixture(t, succeeding)
+	f.cfg.Retention = time.Second
+	s := openConfig(t, f.cfg)
+	id := submit(t, s, "x").ID
+	waitFor(t, s, id, "expired", func(_ jobs.Job, err error) bool { return errors.Is(err, jobs.ErrNotFound) })
+	if keys := f.keys(t); len(keys) != 0 {
+		t.Errorf("objects after expiry = %q; want none", keys)
+	}
+}
+
+// TestS3MultipartOutputReadsAtOffsets: an output of several parts is stored, verified and
+// read from any offset, as http.ServeContent seeks for ranges.
+func TestS3MultipartOutputReadsAtOffsets(t *testing.T) {
+	data := make([]byte, 2*s3store.MinPartSize+1000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	f := newS3Fixture(t, converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(data)
+		return &convert.Manifest{Output: &convert.Output{Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}}, nil
+	}))
+	s := openConfig(t, f.cfg)
+	j := submit(t, s, "checkpoint")
+	waitFor(t, s, j.ID, "succeeded", func(j jobs.Job, err error) bool { return err == nil && j.State == jobs.StateSucceeded })
+	_, a, err := s.OpenOutput(t.Context(), "t", j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.Size() != int64(len(data)) || a.Location() != "" {
+		t.Errorf("artifact size %d, location %q; want %d and none", a.Size(), a.Location(), len(data))
+	}
+	for _, off := range []int64{s3store.MinPartSize - 3, 10, int64(len(data)) - 5} {
+		if _, err := a.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(a, buf); err != nil || !bytes.Equal(buf, data[off:off+5]) {
+			t.Errorf("5 bytes at %d = %x, %v; want %x", off, buf, err, data[off:off+5])
+		}
+	}
+	if end, err := a.Seek(0, io.SeekEnd); err != nil || end != int64(len(data)) {
+		t.Errorf("Seek to the end = %d, %v; want %d", end, err, len(data))
+	}
+	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("Read at the end = %d, %v; want io.EOF", n, err)
+	}
+}
