@@ -172,9 +172,7 @@ func runTreeScan(ctx context.Context, tf *treeFlags, in *inputs, conv convert.Op
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := printJSON(stdout, rep); err != nil {
 			return err
 		}
 	} else {

@@ -398,9 +398,7 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(m); err != nil {
+		if err := printJSON(stdout, m); err != nil {
 			return err
 		}
 	} else {
@@ -410,6 +408,13 @@ func runScan(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("%w; %s", err, hint)
 	}
 	return err
+}
+
+// printJSON prints v as indented JSON: a manifest, or a tree scan's report.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func printScan(w io.Writer, m *convert.Manifest) {

@@ -189,31 +189,40 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		slog.Int("workers", cfg.workers), slog.String("auth", mode), slog.Any("allow_globals", cfg.allowGlobals))
 	fmt.Fprintf(stdout, "converter serve: listening on http://%s\n", ln.Addr())
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-
-	select {
-	case err := <-serveErr:
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-		defer cancel()
-		return errors.Join(fmt.Errorf("serve: %w", err), svc.Stop(stopCtx))
-	case <-ctx.Done():
-	}
-	logger.Info("shutting down", slog.Duration("drain_timeout", cfg.drainTimeout))
 	// One deadline for everything: first in-flight requests finish (an upload being received
 	// still gets its 202) while conversions keep running, then the job queue stops claiming jobs
 	// and waits for the running ones until the same deadline.
-	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-	defer cancel()
-	var shutdownErr error
-	if err := srv.Shutdown(drainCtx); err != nil {
-		shutdownErr = fmt.Errorf("shut down http server: %w", err)
-	}
-	err = errors.Join(shutdownErr, svc.Stop(drainCtx))
+	err = serveUntilDone(ctx, srv, ln, svc, cfg.drainTimeout, logger, "serve", func(drainCtx context.Context) error {
+		var shutdownErr error
+		if err := srv.Shutdown(drainCtx); err != nil {
+			shutdownErr = fmt.Errorf("shut down http server: %w", err)
+		}
+		return errors.Join(shutdownErr, svc.Stop(drainCtx))
+	})
 	if err == nil {
 		logger.Info("stopped", slog.Bool("drained", true))
 	}
 	return err
+}
+
+// serveUntilDone serves srv on ln until ctx ends, then drains: drain runs under one deadline of
+// drainTimeout, in the command's own order. If srv fails first, the job service is stopped
+// within the same time and the failure returned (what names the server in it).
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, svc interface{ Stop(context.Context) error }, drainTimeout time.Duration,
+	logger *slog.Logger, what string, drain func(context.Context) error) error {
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case err := <-serveErr:
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+		defer cancel()
+		return errors.Join(fmt.Errorf("%s: %w", what, err), svc.Stop(stopCtx))
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", slog.Duration("drain_timeout", drainTimeout))
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	defer cancel()
+	return drain(drainCtx)
 }
 
 // readTokens parses the tokens file at path with parse.

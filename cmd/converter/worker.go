@@ -199,19 +199,8 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	logger.Info("working", slog.String("health_addr", ln.Addr().String()), slog.String("data", cfg.dataDir),
 		slog.String("store", cfg.store), slog.Int("workers", cfg.workers))
 	fmt.Fprintf(stdout, "converter worker: health on http://%s\n", ln.Addr())
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	select {
-	case err := <-serveErr:
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-		defer cancel()
-		return errors.Join(fmt.Errorf("serve health: %w", err), svc.Stop(stopCtx))
-	case <-ctx.Done():
-	}
-	logger.Info("shutting down", slog.Duration("drain_timeout", cfg.drainTimeout))
-	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.drainTimeout)
-	defer cancel()
 	// Readiness turns false first (Stop), then the health listener closes.
-	err = svc.Stop(drainCtx)
-	return errors.Join(err, srv.Shutdown(drainCtx))
+	return serveUntilDone(ctx, srv, ln, svc, cfg.drainTimeout, logger, "serve health", func(drainCtx context.Context) error {
+		return errors.Join(svc.Stop(drainCtx), srv.Shutdown(drainCtx))
+	})
 }
