@@ -23,10 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/ptsafe/converter/internal/store"
 	"github.com/ptsafe/converter/internal/testkit"
 )
@@ -96,13 +92,6 @@ func (h *outputHold) take(node string, r *http.Request) bool {
 		h.first <- heldPart{node, r.URL.Path}
 	}
 	return h.node == node
-}
-
-// s3Client is a client of the test's own for what no node's store offers, such as listing
-// multipart uploads.
-func s3Client(srv *testkit.S3Server) *s3.Client {
-	return s3.New(s3.Options{Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
 }
 
 // postJob uploads a checkpoint through the node at base and returns the accepted job's id.
@@ -243,12 +232,8 @@ func TestThreeNodes(t *testing.T) {
 	if got := hex.EncodeToString(h.Sum(nil)); err != nil || got != big.outSHA256 {
 		t.Errorf("the large job's stored output has sha-256 %s (%v); want the recorded %s", got, err, big.outSHA256)
 	}
-	uploads, err := s3Client(s3srv.srv).ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range uploads.Uploads {
-		t.Errorf("multipart upload of %s left in the store", aws.ToString(u.Key))
+	if left := s3srv.srv.Uploads(t, bucket); len(left) != 0 {
+		t.Errorf("multipart uploads left in the store: %q", left)
 	}
 }
 

@@ -49,7 +49,7 @@ func newFixture(t *testing.T, prefix string, cfg s3store.Config) *fixture {
 func (f *fixture) open(t *testing.T, prefix string, cfg s3store.Config) *s3store.Tree {
 	t.Helper()
 	cfg.Endpoint = f.srv.Endpoint
-	cfg.Credentials = credentials.NewStaticCredentialsProvider(f.srv.AccessKey, f.srv.SecretKey, "")
+	cfg.Credentials = f.srv.Credentials()
 	tree, err := s3store.New(t.Context(), "s3://"+f.bucket+"/"+prefix, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -407,7 +407,7 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 	f := newFixture(t, "hub", s3store.Config{})
 	missing, err := s3store.New(t.Context(), "s3://no-such-bucket/hub", s3store.Config{
 		Endpoint:    f.srv.Endpoint,
-		Credentials: credentials.NewStaticCredentialsProvider(f.srv.AccessKey, f.srv.SecretKey, ""),
+		Credentials: f.srv.Credentials(),
 	})
 	if err != nil {
 		t.Fatal(err)
