@@ -27,7 +27,6 @@ QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then N=${1:-4}; SIZE=${2:-16M}; NODES=${NODES:-1 2}; else N=${1:-12}; SIZE=${2:-64M}; NODES=${NODES:-1 2 3}; fi
 TIMEOUT=${TIMEOUT:-1800}
 KEEP=${KEEP:-0}
-VERSITYGW=github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
@@ -50,14 +49,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- builds: versitygw from the tests' cache (or into it), the converter, the generator --------
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ptsafe-converter/versitygw-${VERSITYGW#*@}"
-if [ ! -x "$CACHE/versitygw" ]; then
-	log "building $VERSITYGW into $CACHE"
-	mkdir -p "$CACHE" && build=$(mktemp -d "$CACHE/build-XXXXXX") || die "cannot create $CACHE"
-	(cd "$build" && GOBIN="$build" GOFLAGS= GOWORK=off go install "$VERSITYGW") || die "cannot build versitygw"
-	mv "$build/versitygw" "$CACHE/versitygw" && rm -rf "$build"
-fi
+# --- builds ------------------------------------------------------------------------------------
+# shellcheck source=bench/versitygw.sh
+. bench/versitygw.sh
 go build -o "$SCRATCH/converter" ./cmd/converter || die "cannot build the converter"
 go build -o "$SCRATCH/gen" ./bench/gen || die "cannot build bench/gen"
 
@@ -78,16 +72,9 @@ as_owner "$PGBIN/pg_ctl" -D "$SCRATCH/pg/data" -l "$SCRATCH/pg/server.log" -o "-
 	die "pg_ctl start: $(tail -3 "$SCRATCH/pg/server.log")"
 PGURL="postgres://postgres@/%s?host=$SCRATCH/pg/sock"
 
-export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret1234 AWS_REGION=us-east-1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-PORT=$(( 20000 + RANDOM % 20000 ))
-export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT
-mkdir -p "$SCRATCH/s3/bench" "$SCRATCH/iam"
-"$CACHE/versitygw" --port "127.0.0.1:$PORT" --access "$AWS_ACCESS_KEY_ID" --secret "$AWS_SECRET_ACCESS_KEY" \
-	--iam-dir "$SCRATCH/iam" posix "$SCRATCH/s3" >"$SCRATCH/versitygw.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 300); do curl -s -o /dev/null "$AWS_ENDPOINT_URL/" && break; sleep 0.1; done
-curl -s -o /dev/null "$AWS_ENDPOINT_URL/" || die "versitygw does not answer: $(tail -3 "$SCRATCH/versitygw.log")"
+versitygw_start
+PIDS+=("$VERSITYGW_PID")
+export AWS_ENDPOINT_URL=$ENDPOINT
 
 # start NAME ARGS...: starts a node logging to $SCRATCH/NAME.log; sets NODE_URL to the URL it
 # serves on and NODE_PID.
