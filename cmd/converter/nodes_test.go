@@ -188,6 +188,7 @@ func TestThreeNodes(t *testing.T) {
 	victim := nodes[held.node]
 	victim.cmd.Process.Kill()
 	<-victim.done
+	killed := time.Now()
 	for _, cp := range small[:2] { // taken while a node is dead
 		want[postJob(t, a.url, cp.data)] = cp.outSHA256
 	}
@@ -198,8 +199,11 @@ func TestThreeNodes(t *testing.T) {
 			t.Errorf("job %s = %s %+v; want succeeded with the direct conversion's sha-256 %s\n%s", id, j.State, j.Error, sum, logsOf(nodes))
 			return
 		}
-		if id == bigID && j.Attempts != 1 {
-			t.Errorf("the killed node's job took %d attempts; want 1: a node's death is not the job's", j.Attempts)
+		if id == bigID {
+			t.Logf("node %s killed mid-upload; its job was seen finished by another node %v later (--rescue-delay 1s, then the conversion again)", held.node, time.Since(killed).Round(time.Millisecond))
+			if j.Attempts != 1 {
+				t.Errorf("the killed node's job took %d attempts; want 1: a node's death is not the job's", j.Attempts)
+			}
 		}
 	}
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
@@ -92,5 +94,38 @@ func TestS3AttemptAbortsPreviousAttemptsUploads(t *testing.T) {
 	}
 	if n := f.uploads(t); n != 0 {
 		t.Errorf("multipart uploads after the attempt: %d; want none", n)
+	}
+}
+
+// A node whose database stops taking connections is not ready, and says it is the database.
+func TestPostgresReadyNamesTheDatabase(t *testing.T) {
+	database := testkit.StartPostgres(t)
+	s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: succeeding})
+	if err := s.Ready(t.Context()); err != nil {
+		t.Fatalf("Ready = %v; want nil", err)
+	}
+	// A connection to the server's postgres database, whence the job database is closed.
+	u, err := url.Parse(database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	u.Path = "/postgres"
+	conn, err := pgx.Connect(t.Context(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	// Its open connections end and no new one is accepted, as when the server goes away.
+	if _, err := conn.Exec(t.Context(), `ALTER DATABASE "`+name+`" ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	// Back before the test's cleanup, which stops the node on it.
+	defer conn.Exec(context.Background(), `ALTER DATABASE "`+name+`" ALLOW_CONNECTIONS true`)
+	if _, err := conn.Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(t.Context()); err == nil || !strings.Contains(err.Error(), "job database does not answer") {
+		t.Errorf("Ready with the database gone = %v; want an error naming the job database", err)
 	}
 }
