@@ -306,7 +306,7 @@ func TestServeAPIOnlyNeedsSharedStores(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir(), "--workers", "0"}, extra...)...)
 		out, err := cmd.CombinedOutput()
-		if err == nil || !bytes.Contains(out, []byte("no one would ever work its jobs")) {
+		if err == nil || !bytes.Contains(out, []byte("--workers 0 without --db postgres://... and --store s3://...")) || !bytes.Contains(out, []byte("no one would ever work its jobs")) {
 			t.Errorf("serve --workers 0 %q = %v, %s; want refused, saying why", extra, err, out)
 		}
 	}

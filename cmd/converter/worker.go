@@ -98,7 +98,7 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 		return nil, fmt.Errorf("sandbox probe: %w", err)
 	}
 	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
-	return jobs.Open(ctx, jobs.Config{
+	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:          c.dataDir,
 		Database:     c.database,
 		RescueDelay:  c.rescueDelay,
@@ -113,6 +113,10 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 		Registerer:   reg,
 		Converter:    runner,
 	})
+	if errors.Is(err, jobs.ErrAPIOnlyAlone) {
+		return nil, fmt.Errorf("--workers 0 without --db postgres://... and --store s3://...: %w", err)
+	}
+	return svc, err
 }
 
 // newRegistry is a node's metrics registry, with the Go runtime's and the process's.

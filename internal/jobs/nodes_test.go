@@ -28,7 +28,7 @@ func TestAPIOnlyNeedsSharedStores(t *testing.T) {
 		{Database: "postgres://localhost/jobs"},
 	} {
 		cfg.Dir, cfg.Converter, cfg.APIOnly = t.TempDir(), succeeding, true
-		if s, err := jobs.Open(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "no one would ever work its jobs") {
+		if s, err := jobs.Open(t.Context(), cfg); !errors.Is(err, jobs.ErrAPIOnlyAlone) {
 			if s != nil {
 				s.Close()
 			}

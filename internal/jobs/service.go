@@ -81,6 +81,11 @@ type Config struct {
 	MinFreeBytes int64
 }
 
+// ErrAPIOnlyAlone is Open's refusal of Config.APIOnly without a PostgreSQL database and an S3
+// store, which other nodes would share.
+var ErrAPIOnlyAlone = errors.New("a node that works no conversions needs a PostgreSQL database and an S3 store shared with nodes that do: " +
+	"on SQLite it is the only node, and in its data directory the uploads are out of other nodes' reach, so no one would ever work its jobs")
+
 // DefaultMinFreeBytes is the free space kept in the data directory unless configured.
 const DefaultMinFreeBytes = 1 << 30
 
@@ -140,8 +145,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, errors.New("jobs: a converter is required")
 	}
 	if cfg.APIOnly && (!IsPostgres(cfg.Database) || cfg.Store == "") {
-		return nil, errors.New("jobs: a node that works no conversions needs a PostgreSQL database and an S3 store shared with nodes that do: " +
-			"on SQLite it is the only node, and in its data directory the uploads are out of other nodes' reach, so no one would ever work its jobs")
+		return nil, ErrAPIOnlyAlone
 	}
 	cfg.Workers = max(cfg.Workers, 1)
 	if cfg.Retention <= 0 {
