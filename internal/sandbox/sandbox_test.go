@@ -191,7 +191,8 @@ func TestVerifyInSandbox(t *testing.T) {
 }
 
 // TestErrorsMatchInProcess checks that an input's error comes back from the child with the same
-// kind, text and location as in-process, and that no output is left.
+// kind, text and location as in-process, with the same manifest of the refused file (none
+// when it was not judged), and that no output is left.
 func TestErrorsMatchInProcess(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
@@ -206,10 +207,16 @@ func TestErrorsMatchInProcess(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			out := t.TempDir()
 			opts := convert.Options{}
-			_, wantErr := convert.File(context.Background(), c.src, filepath.Join(out, "in.safetensors"), opts)
-			_, err := testRunner().Convert(context.Background(), c.src, filepath.Join(out, "out.safetensors"), opts)
+			wantM, wantErr := convert.File(context.Background(), c.src, filepath.Join(out, "in.safetensors"), opts)
+			gotM, err := testRunner().Convert(context.Background(), c.src, filepath.Join(out, "out.safetensors"), opts)
 			if err == nil {
 				t.Fatal("sandbox: no error")
+			}
+			if (wantM == nil) != (c.kind == fault.Internal) {
+				t.Errorf("in-process manifest %+v; want one exactly when the file was judged", wantM)
+			}
+			if g, w := manifestJSON(t, gotM), manifestJSON(t, wantM); g != w {
+				t.Errorf("manifest:\ngot  %s\nwant %s", g, w)
 			}
 			if got := fault.KindOf(err); got != c.kind {
 				t.Errorf("kind: got %v, want %v (%v)", got, c.kind, err)
