@@ -76,8 +76,12 @@ func TestMixedTreeLocalToLocal(t *testing.T) {
 	t.Parallel()
 	src := mixedRepo(t)
 	dst := filepath.Join(t.TempDir(), "dst")
-	rep := run(t, convert.InProcess{}, src, dst, batch.Options{})
+	eng := &counting{Engine: convert.InProcess{}}
+	rep := run(t, eng, src, dst, batch.Options{})
 	checkOutcomes(t, rep, mixedWant)
+	if n := eng.scans.Load(); n != 0 {
+		t.Errorf("%d scans; want none: a refused conversion reports its file itself", n)
+	}
 
 	byPath := map[string]batch.File{}
 	for _, f := range rep.Files {

@@ -139,11 +139,6 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 			m, err = r.eng.Convert(ctx, srcName, outName, opts)
 			r.dirs.release(filepath.Dir(outName), err != nil)
 		}
-		if k := fault.KindOf(err); k == fault.Unsafe || k == fault.Malformed || k == fault.Unsupported {
-			// A failed conversion returns no manifest: the scan's has the globals and the
-			// container the verdict is about.
-			m, _ = r.eng.Scan(ctx, srcName, opts)
-		}
 	}
 	<-r.engine
 

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"hash/crc32"
 	"os"
@@ -22,7 +24,7 @@ import (
 // cvEntry is one record of a re-written torch archive.
 type cvEntry = testkit.ZipEntry
 
-// cvConvert converts data written to a temporary file and returns the manifest or error; a
+// cvConvert converts data written to a temporary file and returns the manifest and error; a
 // failed conversion must leave no output.
 func cvConvert(t *testing.T, data []byte, name string) (*Manifest, error) {
 	t.Helper()
@@ -36,12 +38,22 @@ func cvConvert(t *testing.T, data []byte, name string) (*Manifest, error) {
 		if _, statErr := os.Stat(dst); !os.IsNotExist(statErr) {
 			t.Errorf("output exists after a failed conversion (%v)", err)
 		}
-		return nil, err
+		return m, err
 	}
 	if _, err := Verify(context.Background(), dst, src, Options{}); err != nil {
 		t.Fatalf("verify --source: %v", err)
 	}
 	return m, nil
+}
+
+// mustJSON returns v as JSON.
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // wantDigests reads the per-tensor SHA-256 torch recorded for a fixture.
@@ -237,12 +249,18 @@ func TestContainerRefusals(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := cvConvert(t, c.data, c.file)
+			cm, err := cvConvert(t, c.data, c.file)
 			if err == nil {
 				t.Fatalf("converted; want %s (%s)", c.want, c.why)
 			}
 			if got := fault.KindOf(err); got != c.want {
 				t.Fatalf("error kind %s (%v); want %s (%s)", got, err, c.want, c.why)
+			}
+			// The refusal comes with the file's report, so that no caller scans it again.
+			sum := sha256.Sum256(c.data)
+			if cm == nil || cm.Error == nil || cm.Error.Type != c.want || cm.Error.Detail != err.Error() ||
+				cm.Verdict != verdictOf(err) || cm.Output != nil || cm.Source.SHA256 != hex.EncodeToString(sum[:]) {
+				t.Fatalf("convert: manifest %+v; want one with the %s verdict and error, the source's digest and no output", cm, c.want)
 			}
 			if !c.scanToo {
 				return
@@ -255,6 +273,11 @@ func TestContainerRefusals(t *testing.T) {
 			}
 			if m.Error == nil || m.Error.Type != c.want {
 				t.Fatalf("scan: %+v; want a %s error (%s)", m.Error, c.want, c.why)
+			}
+			// What the scan reports, the refused conversion reports, but for the path.
+			m.Source.Path = cm.Source.Path
+			if got, want := mustJSON(t, cm), mustJSON(t, m); got != want {
+				t.Errorf("convert's manifest:\n%s\nscan's:\n%s", got, want)
 			}
 		})
 	}

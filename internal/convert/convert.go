@@ -88,7 +88,8 @@ func newManifest(src string, opts Options) *Manifest {
 
 // File converts the checkpoint at src into a safetensors file at dst and returns its manifest:
 // FileFD on src opened with OpenInput and a PendingFile for dst, committed on success. On any
-// error no file exists at dst. Errors on bad input are *fault.Error values.
+// error no file exists at dst. Errors on bad input are *fault.Error values; a file refused as
+// unsafe, malformed or unsupported also gets its manifest, as Scan gives it.
 func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error) {
 	in, err := OpenInput(src)
 	if err != nil {
@@ -105,7 +106,7 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	}
 	m, err := FileFD(ctx, in, out.File, opts)
 	if err != nil {
-		return nil, err
+		return m, err
 	}
 	if err := out.Commit(); err != nil {
 		return nil, err
@@ -120,25 +121,43 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 // manifest's Output.Path is out.Name() until then. Deflated records that need random access
 // are inflated into files in opts.ScratchDir (default os.TempDir()). It opens no path of its
 // own otherwise, so it runs in a sandbox child that may open none.
+// A file refused as unsafe, malformed or unsupported is reported as Scan reports it: the
+// manifest (verdict, error, globals, the planned tensors, the source's digest) comes with the
+// error, so that a caller need not scan the file again to say why; a refusal that only the
+// tensor bytes show (a bad CRC, say) is in it too, which a scan would call safe. Other errors
+// come without a manifest.
 // It stops with a limit fault when Limits.Timeout runs out.
 func FileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
 	ctx, cancel, over := timeLimit(ctx, opts.Limits)
 	defer cancel()
-	m, err := fileFD(ctx, src, out, opts)
-	if err != nil {
-		return nil, over(err)
-	}
-	return m, nil
-}
-
-func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, error) {
 	m := newManifest(src.Name(), opts)
 	rep := &reporter{fn: opts.Progress}
 	rep.phase(PhaseScanning, 0, 0)
 	p, err := open(src, opts, m)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = write(ctx, p, src, out, opts, m, rep)
 	}
+	switch err = over(err); {
+	case err == nil:
+		return m, nil
+	case refused(err):
+		return judged(ctx, src, m, err, rep, over)
+	}
+	return nil, err
+}
+
+// refused reports whether err is a verdict on the file itself: unsafe, malformed or
+// unsupported, which a scan of the file would repeat (not a limit, which may be the time).
+func refused(err error) bool {
+	switch fault.KindOf(err) {
+	case fault.Unsafe, fault.Malformed, fault.Unsupported:
+		return true
+	}
+	return false
+}
+
+// write converts the planned file into out, filling in the manifest.
+func write(ctx context.Context, p *plan, src, out *os.File, opts Options, m *Manifest, rep *reporter) error {
 	// The whole-file digest is a sequential pass of its own, overlapping the conversion.
 	srcSum := make(chan result, 1)
 	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size)) }()
@@ -146,19 +165,19 @@ func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 	p.scratchDir = scratchDir(opts)
 	p.staging = opts.Staging
 	if err := p.checkHeader(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := p.checkFree(out, opts.MinFreeBytes); err != nil {
-		return nil, err
+		return err
 	}
 	sums, outSum, err := p.write(ctx, out, rep)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rep.then(PhaseVerifying)
 	src256 := <-srcSum
 	if src256.err != nil {
-		return nil, src256.err
+		return src256.err
 	}
 	m.Source.SHA256 = src256.sum
 	m.Output = &Output{Path: out.Name(), Size: p.layout.Size, SHA256: outSum}
@@ -167,7 +186,7 @@ func fileFD(ctx context.Context, src, out *os.File, opts Options) (*Manifest, er
 		m.Tensors[i].DataOffsets = &[2]int64{lt.Begin, lt.End}
 		m.Tensors[i].SHA256 = sums[i]
 	}
-	return m, nil
+	return nil
 }
 
 // timeLimit gives ctx the time limit of one operation, Limits.Timeout, which convert enforces
@@ -431,7 +450,13 @@ func ScanFD(ctx context.Context, src *os.File, opts Options) (*Manifest, error) 
 	if err = over(err); err != nil && fault.KindOf(err) == fault.Internal {
 		return nil, err
 	}
-	// The report names the exact bytes judged, whatever the verdict.
+	return judged(ctx, src, m, err, rep, over)
+}
+
+// judged completes the manifest of a file that open judged, err being the verdict (nil for
+// safe): the source's digest, which a report names whatever the verdict, the verdict and the
+// error. Only a digest that fails leaves the manifest out.
+func judged(ctx context.Context, src *os.File, m *Manifest, err error, rep *reporter, over func(error) error) (*Manifest, error) {
 	rep.phase(PhaseHashing, m.Source.Size, 0)
 	sum := hashReader(ctx, countingReader{r: io.NewSectionReader(src, 0, m.Source.Size), rep: rep})
 	if sum.err != nil {

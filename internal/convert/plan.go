@@ -190,7 +190,7 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 	budget := lim.OutputBudget(m.Source.Size)
 	var total int64
 	entries := make([]safetensors.Entry, 0, len(names))
-	byName := make(map[string]planned, len(names))
+	plans := make([]planned, 0, len(names)) // entries' tensors
 	meta := map[string]string{"format": "pt"}
 	for _, n := range names {
 		t := n.Tensor
@@ -221,7 +221,7 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 			return nil, overBudget(fmt.Sprintf("output of at least %d tensor bytes", total), m.Source.Size, lim)
 		}
 		entries = append(entries, safetensors.Entry{Name: n.Name, DType: t.DType, Shape: t.Shape})
-		byName[n.Name] = planned{name: n.Name, ref: t, record: rec}
+		plans = append(plans, planned{name: n.Name, ref: t, record: rec})
 	}
 	if len(entries) == 0 {
 		return nil, fault.New(fault.Unsupported, c.Main.Entry, "checkpoint holds no tensors")
@@ -236,8 +236,8 @@ func build(c *torchzip.Container, opts Options, lim limits.Limits, pol *unpickle
 	p.layout = layout
 	p.tensors = make([]planned, 0, len(layout.Tensors))
 	m.Tensors = make([]Tensor, 0, len(layout.Tensors))
-	for _, lt := range layout.Tensors {
-		pl := byName[lt.Name]
+	for k, lt := range layout.Tensors {
+		pl := plans[layout.Entries[k]]
 		p.tensors = append(p.tensors, pl)
 		m.Tensors = append(m.Tensors, Tensor{Name: lt.Name, DType: lt.DType.String(), Shape: nonNil(lt.Shape),
 			Bytes: lt.End - lt.Begin, Storage: pl.ref.Storage.Key})

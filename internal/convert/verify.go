@@ -26,12 +26,9 @@ func (p *plan) checkHeader() error {
 	if sf.DataStart != int64(len(p.layout.Header)) || len(sf.Tensors) != len(p.layout.Tensors) {
 		return fault.New(fault.Internal, "", "verify output: header differs from the plan")
 	}
-	byName := make(map[string]int, len(sf.Tensors))
-	for i, t := range sf.Tensors {
-		byName[t.Name] = i
-	}
-	for _, planned := range p.layout.Tensors {
-		j, ok := byName[planned.Name]
+	idx := tensorIndex{tensors: sf.Tensors}
+	for i, planned := range p.layout.Tensors {
+		j, ok := idx.find(i, planned.Name)
 		if !ok {
 			return fault.New(fault.Internal, "", "verify output: tensor %q is missing", planned.Name)
 		}
@@ -41,6 +38,29 @@ func (p *plan) checkHeader() error {
 		}
 	}
 	return nil
+}
+
+// tensorIndex finds planned tensors in a file's list. A file this converter wrote lists them
+// in the plan's order, so the i-th planned tensor is looked for at i first; the index by name
+// (a million entries for a million tensors) is built only for a file that differs.
+type tensorIndex struct {
+	tensors []safetensors.Tensor
+	byName  map[string]int
+}
+
+// find returns the position of the tensor called name, the i-th of the plan.
+func (x *tensorIndex) find(i int, name string) (int, bool) {
+	if i < len(x.tensors) && x.tensors[i].Name == name {
+		return i, true
+	}
+	if x.byName == nil {
+		x.byName = make(map[string]int, len(x.tensors))
+		for k, t := range x.tensors {
+			x.byName[t.Name] = k
+		}
+	}
+	j, ok := x.byName[name]
+	return j, ok
 }
 
 // digester computes the SHA-256 of each tensor's bytes over a data section fed to it in order.
@@ -227,22 +247,11 @@ func verifyFD(ctx context.Context, f, source *os.File, opts Options) (*Report, e
 	if len(p.layout.Tensors) != len(sf.Tensors) {
 		return nil, fault.New(fault.Malformed, "", "file has %d tensors, the source gives %d", len(sf.Tensors), len(p.layout.Tensors))
 	}
-	// A file this converter wrote lists the tensors in the plan's order: the index by name is
-	// built only for one that does not.
-	var byName map[string]int
+	idx := tensorIndex{tensors: sf.Tensors}
 	for i, t := range p.layout.Tensors {
-		j := i
-		if sf.Tensors[i].Name != t.Name {
-			if byName == nil {
-				byName = make(map[string]int, len(sf.Tensors))
-				for k, t := range sf.Tensors {
-					byName[t.Name] = k
-				}
-			}
-			var ok bool
-			if j, ok = byName[t.Name]; !ok {
-				return nil, fault.New(fault.Malformed, "", "tensor %q of the source is missing", t.Name)
-			}
+		j, ok := idx.find(i, t.Name)
+		if !ok {
+			return nil, fault.New(fault.Malformed, "", "tensor %q of the source is missing", t.Name)
 		}
 		got := sf.Tensors[j]
 		if got.DType != t.DType || !slices.Equal(got.Shape, t.Shape) {

@@ -88,3 +88,28 @@ func reversedCopy(t *testing.T, path string, rename bool) string {
 	}
 	return p
 }
+
+// TestTensorIndex finds planned tensors in a file's list: in the plan's order at their own
+// position, otherwise by name (zero-size tensors of two dtypes at one offset, which the reader
+// sorts by name and the plan by dtype), and not at all when missing.
+func TestTensorIndex(t *testing.T) {
+	file := []safetensors.Tensor{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	for _, c := range []struct {
+		i      int
+		name   string
+		want   int
+		wantOK bool
+	}{
+		{0, "a", 0, true},
+		{2, "c", 2, true},
+		{0, "b", 1, true},
+		{1, "a", 0, true},
+		{3, "c", 2, true},
+		{1, "z", 0, false},
+	} {
+		idx := tensorIndex{tensors: file}
+		if got, ok := idx.find(c.i, c.name); got != c.want || ok != c.wantOK {
+			t.Errorf("find(%d, %q) = %d, %v; want %d, %v", c.i, c.name, got, ok, c.want, c.wantOK)
+		}
+	}
+}

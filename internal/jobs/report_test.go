@@ -13,6 +13,7 @@ import (
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/unpickler"
 )
 
 // systemPickle is a bare pickle whose load would call os.system("id"); it is only parsed.
@@ -95,6 +96,31 @@ func TestRefusedConversionKeepsReport(t *testing.T) {
 	}
 	if _, _, err := blocked.OpenReport(t.Context(), "t", c.ID); !errors.Is(err, jobs.ErrNoReport) {
 		t.Errorf("OpenReport of a canceled job = %v, want ErrNoReport", err)
+	}
+}
+
+// refusingConverter refuses every file as unsafe with a report of its own, and must never be
+// asked to scan: a refused conversion's report is the converter's, not a second scan's.
+type refusingConverter struct{ t *testing.T }
+
+func (refusingConverter) Convert(context.Context, string, string, convert.Options) (*convert.Manifest, error) {
+	m := &convert.Manifest{Verdict: "unsafe", Globals: []convert.GlobalRef{{Global: unpickler.Global{Module: "mylib", Name: "Refused", Class: unpickler.Unknown}}}}
+	return m, fault.New(fault.Unsafe, "", "global mylib.Refused is not allowed")
+}
+
+func (c refusingConverter) Scan(context.Context, string, convert.Options) (*convert.Manifest, error) {
+	c.t.Error("the service scanned a file its conversion had refused")
+	return nil, errors.New("no scan")
+}
+
+func TestRefusedReportIsTheConversions(t *testing.T) {
+	s := open(t, t.TempDir(), refusingConverter{t}, 0)
+	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
+	if j.State != jobs.StateFailed || !j.HasReport {
+		t.Fatalf("job = %s, report %v; want failed with a report", j.State, j.HasReport)
+	}
+	if m := readReport(t, s, j.ID); m.Verdict != "unsafe" || !hasGlobal(m, "mylib.Refused") || m.Source.Path != "m.pt" {
+		t.Errorf("report = verdict %s, globals %+v, source %q; want the conversion's: unsafe, mylib.Refused, m.pt", m.Verdict, m.Globals, m.Source.Path)
 	}
 }
 

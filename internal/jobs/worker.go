@@ -91,7 +91,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 
 	release, err := s.store.fetch(runCtx, r.Job)
 	if err != nil {
-		return s.failed(ctx, runCtx, r, err, now)
+		return s.failed(ctx, runCtx, r, nil, err, now)
 	}
 	defer release()
 	src := s.blobs.input(id)
@@ -119,7 +119,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 			return nil
 		}
 	}
-	return s.failed(ctx, runCtx, r, err, now)
+	return s.failed(ctx, runCtx, r, m, err, now)
 }
 
 // options are the conversion options of job r.
@@ -191,8 +191,8 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	return nil
 }
 
-// failed settles an attempt that ended in err.
-func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started time.Time) error {
+// failed settles an attempt that ended in err; m is the converter's manifest of a refused file.
+func (s *Service) failed(ctx, runCtx context.Context, r row, m *convert.Manifest, err error, started time.Time) error {
 	now := time.Now()
 	if runCtx.Err() != nil {
 		cur, gerr := getJob(ctx, s.db, "", r.ID)
@@ -210,7 +210,7 @@ func (s *Service) failed(ctx, runCtx context.Context, r row, err error, started 
 	}
 	je := classify(err)
 	if je.Type != fault.Internal {
-		s.fail(ctx, r, je, started, s.report(ctx, r, je))
+		s.fail(ctx, r, je, started, s.report(ctx, r, je, m))
 		return river.JobCancel(err)
 	}
 	if r.Attempts+1 >= s.cfg.MaxAttempts {
@@ -232,17 +232,10 @@ func classify(err error) JobError {
 	return JobError{Type: fault.KindOf(err), Detail: err.Error()}
 }
 
-// report stores the scan report of a conversion job's refused file and returns its digest,
-// or "" when there is none. The conversion stopped at the verdict without returning a manifest,
-// so the file is scanned again, which judges it the same way. Files refused for a limit are
-// not: the limit may be the time limit, which a scan would run into again.
-func (s *Service) report(ctx context.Context, r row, je JobError) string {
-	if !reported(je.Type) {
-		return ""
-	}
-	m, err := s.cfg.Converter.Scan(ctx, s.blobs.input(r.ID), s.options(r))
-	if m == nil {
-		s.log.Warn("scan of a refused file failed", slog.String("job_id", r.ID), slog.Any("error", err))
+// report stores m, the converter's report of a conversion job's refused file, and returns its
+// digest, or "" when there is none. Files refused for a limit have none.
+func (s *Service) report(ctx context.Context, r row, je JobError, m *convert.Manifest) string {
+	if !reported(je.Type) || m == nil {
 		return ""
 	}
 	sum, err := s.writeManifest(ctx, r, m)

@@ -18,6 +18,9 @@ type Layout struct {
 	// Tensors are in file order, with offsets relative to the data section, which starts at
 	// len(Header).
 	Tensors []Tensor
+	// Entries gives, for each of Tensors, the index of its entry in what Plan was given, so
+	// that a caller finds its own record of a tensor without an index by name.
+	Entries []int
 	// Size is the size of the whole file: len(Header) plus the bytes of every tensor.
 	Size int64
 }
@@ -146,7 +149,7 @@ func Plan(meta map[string]string, entries []Entry, maxHeader int64) (*Layout, er
 	for int64(len(w.buf)) < 8+n {
 		w.buf = append(w.buf, ' ')
 	}
-	return &Layout{Header: w.buf, Tensors: tensors, Size: 8 + n + offset}, nil
+	return &Layout{Header: w.buf, Tensors: tensors, Entries: order, Size: 8 + n + offset}, nil
 }
 
 const maxInt64 = 1<<63 - 1

@@ -143,6 +143,14 @@ func TestPlanOrderAndAlignment(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("order\n got %v\nwant %v", got, want)
 	}
+	for k, i := range l.Entries {
+		if entries[i].Name != l.Tensors[k].Name {
+			t.Errorf("Entries[%d] = %d, entry %q; want the entry of %q", k, i, entries[i].Name, l.Tensors[k].Name)
+		}
+	}
+	if len(l.Entries) != len(entries) {
+		t.Errorf("%d entries indexed, want %d", len(l.Entries), len(entries))
+	}
 	checkLayout(t, l)
 }
 

@@ -327,7 +327,10 @@ func (p *parser) object() (map[string]string, []rawTensor, error) {
 	}
 	var meta map[string]string
 	var tensors []rawTensor
-	seen := make(map[string]int64)
+	// Sized for the most tensors a header of this length is likely to hold (an entry takes at
+	// least 50 bytes, usually 80 or more), so that a million names are not hashed again at each
+	// of the map's twenty doublings; a header of other things wastes about half its length.
+	seen := make(map[string]int64, len(p.hdr)/64)
 	for p.dec.More() {
 		key, err := p.key()
 		if err != nil {

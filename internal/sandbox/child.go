@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime/debug"
 	"syscall"
-	"unicode/utf8"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
@@ -33,11 +32,7 @@ func RunChild(stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sandbox child: read request: %v\n", err)
 		return 1
 	}
-	b, err := encodeResponse(serve(&req), req.MaxResponse)
-	if err == nil {
-		_, err = stdout.Write(b)
-	}
-	if err != nil {
+	if err := writeAnswer(stdout, serve(&req), req.MaxResponse); err != nil {
 		fmt.Fprintf(stderr, "sandbox child: write response: %v\n", err)
 		return 1
 	}
@@ -125,57 +120,6 @@ func serve(req *request) *response {
 		resp.Probe = probe
 	}
 	return resp
-}
-
-// maxErrorText bounds each text of an error in an answer that had to be shortened.
-const maxErrorText = 64 << 10
-
-// encodeResponse encodes resp in at most max bytes (no bound when max is 0). An answer too
-// long for that loses its lists (tensors, globals, aliases, dropped; a report's tensors) and
-// the tail of its error texts, but never its verdict or its error's kind and location: an
-// unsafe file stays unsafe. When nothing else says the answer failed, a limit error does.
-func encodeResponse(resp *response, max int64) ([]byte, error) {
-	b, err := json.Marshal(resp)
-	if err != nil || max <= 0 || int64(len(b)) <= max {
-		return b, err
-	}
-	full := len(b)
-	if w := resp.Manifest; w != nil {
-		m := *w
-		m.Tensors, m.Aliases, m.Dropped = []convert.Tensor{}, map[string]string{}, []convert.Dropped{}
-		m.Globals = []convert.GlobalRef{}
-		resp.Manifest = &m
-	}
-	if resp.Report != nil {
-		rep := *resp.Report
-		rep.Tensors = []convert.Tensor{}
-		resp.Report = &rep
-	}
-	if resp.Error == nil { // a judged file's error travels beside its manifest
-		resp.Error = encodeError(fault.New(fault.Limit, "", "the answer of %d bytes exceeds the %d-byte limit on a sandbox child's answer", full, max))
-	}
-	if e := resp.Error; e != nil {
-		e.Text = shorten(e.Text)
-		if e.Fault != nil {
-			e.Fault.Msg, e.Fault.Cause = shorten(e.Fault.Msg), shorten(e.Fault.Cause)
-		}
-	}
-	if m := resp.Manifest; m != nil && m.Error != nil {
-		m.Error.Detail = shorten(m.Error.Detail)
-	}
-	return json.Marshal(resp)
-}
-
-// shorten cuts s to maxErrorText bytes, on a rune boundary, marking the cut.
-func shorten(s string) string {
-	if len(s) <= maxErrorText {
-		return s
-	}
-	cut := maxErrorText
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "... (shortened)"
 }
 
 // outputLimit reclassifies a write refused by RLIMIT_FSIZE (EFBIG; the Go runtime ignores

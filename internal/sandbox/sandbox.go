@@ -9,8 +9,9 @@
 // under which it can open no path at all but new files in its scratch directory.
 //
 // The parent sends the request as JSON on the child's stdin and reads the manifest or the
-// classified error as JSON from its stdout, at most a bound that follows the limits, rebuilt
-// so that fault.KindOf and the error text are what an in-process call would have given. It
+// classified error from its stdout (a line of JSON, then the manifest's lists as compact
+// records decoded as they arrive; see answer.go), at most a bound that follows the limits,
+// rebuilt so that fault.KindOf and the error text are what an in-process call would have given. It
 // renames the output into place only after the child answered success. A child that crashes,
 // runs out of memory or CPU time, says too much, or outlives its time becomes a *fault.Error
 // (Limit for a limit, Internal for a crash), never a panic in the parent, and leaves nothing
@@ -304,34 +305,22 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	progress.started()
 	// Every path below waits for the child first: no progress is reported after run returns.
 	defer progress.wait()
-	answer, err := readAnswer(stdout, req.MaxResponse)
-	if err != nil {
+	resp, decErr := readAnswer(stdout, req.MaxResponse)
+	if fault.KindOf(decErr) == fault.Limit {
 		cancel() // a child that says too much is not heard to the end
 		cmd.Wait()
-		return nil, err
+		return nil, decErr
+	}
+	if decErr != nil {
+		// Whatever the child still writes is read and dropped, so that it can end.
+		_, _ = io.Copy(io.Discard, stdout)
 	}
 	waitErr := cmd.Wait()
-	var resp response
-	decErr := json.Unmarshal(answer, &resp)
 	if decErr == nil && waitErr == nil {
 		r.checkStatus(resp.Status)
-		return &resp, nil
+		return resp, nil
 	}
 	return nil, classify(ctx, runCtx, cmd.ProcessState, stderr.String(), req.Rlimits, wall, errors.Join(decErr, waitErr))
-}
-
-// readAnswer reads the child's whole answer, refusing one of more than max bytes with a limit
-// fault: whatever the child does, the parent holds no more than that of it.
-func readAnswer(r io.Reader, max int64) ([]byte, error) {
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(r, max+1))
-	if n > max {
-		return nil, fault.New(fault.Limit, "", "sandbox child's answer exceeds %d bytes", max)
-	}
-	if err != nil {
-		return nil, fault.Wrap(fault.Internal, "", err, "sandbox: read child's answer")
-	}
-	return buf.Bytes(), nil
 }
 
 // responseLimit bounds the answer a child may give for one conversion's limits. The answer is

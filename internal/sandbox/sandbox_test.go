@@ -191,7 +191,8 @@ func TestVerifyInSandbox(t *testing.T) {
 }
 
 // TestErrorsMatchInProcess checks that an input's error comes back from the child with the same
-// kind, text and location as in-process, and that no output is left.
+// kind, text and location as in-process, with the same manifest of the refused file (none
+// when it was not judged), and that no output is left.
 func TestErrorsMatchInProcess(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
@@ -206,10 +207,16 @@ func TestErrorsMatchInProcess(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			out := t.TempDir()
 			opts := convert.Options{}
-			_, wantErr := convert.File(context.Background(), c.src, filepath.Join(out, "in.safetensors"), opts)
-			_, err := testRunner().Convert(context.Background(), c.src, filepath.Join(out, "out.safetensors"), opts)
+			wantM, wantErr := convert.File(context.Background(), c.src, filepath.Join(out, "in.safetensors"), opts)
+			gotM, err := testRunner().Convert(context.Background(), c.src, filepath.Join(out, "out.safetensors"), opts)
 			if err == nil {
 				t.Fatal("sandbox: no error")
+			}
+			if (wantM == nil) != (c.kind == fault.Internal) {
+				t.Errorf("in-process manifest %+v; want one exactly when the file was judged", wantM)
+			}
+			if g, w := manifestJSON(t, gotM), manifestJSON(t, wantM); g != w {
+				t.Errorf("manifest:\ngot  %s\nwant %s", g, w)
 			}
 			if got := fault.KindOf(err); got != c.kind {
 				t.Errorf("kind: got %v, want %v (%v)", got, c.kind, err)
@@ -639,41 +646,49 @@ func TestLongAnswerKeepsVerdict(t *testing.T) {
 	}
 }
 
-// TestEncodeResponseLimit checks the child's side of the bound on a successful answer: too long
+// TestWriteAnswerLimit checks the child's side of the bound on a successful answer: too long
 // to send whole, it becomes a limit error rather than a verdict of safe without its tensors.
-func TestEncodeResponseLimit(t *testing.T) {
+func TestWriteAnswerLimit(t *testing.T) {
 	m := &convert.Manifest{Verdict: "safe", Tensors: make([]convert.Tensor, 1000)}
-	b, err := encodeResponse(&response{Manifest: m}, 10_000)
-	if err != nil {
+	for i := range m.Tensors {
+		m.Tensors[i] = convert.Tensor{Name: fmt.Sprintf("layers.%d.weight", i), DType: "F32", Shape: []int64{4, 4}}
+	}
+	var buf bytes.Buffer
+	if err := writeAnswer(&buf, &response{Manifest: m}, 10_000); err != nil {
 		t.Fatal(err)
 	}
-	if len(b) > 10_000 {
-		t.Errorf("answer of %d bytes, want at most 10000", len(b))
+	if buf.Len() > 10_000 {
+		t.Errorf("answer of %d bytes, want at most 10000", buf.Len())
 	}
-	var resp response
-	if err := json.Unmarshal(b, &resp); err != nil {
+	resp, err := readAnswer(&buf, 10_000)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.Error == nil || fault.KindOf(resp.Error.decode()) != fault.Limit || len(resp.Manifest.Tensors) != 0 {
 		t.Errorf("got error %+v and %d tensors; want a limit error and no tensors", resp.Error, len(resp.Manifest.Tensors))
 	}
-	if b, _ := encodeResponse(&response{Manifest: m}, 1<<20); !bytes.Contains(b, []byte(`"tensors":[{`)) {
-		t.Errorf("an answer within the limit lost its tensors")
+	buf.Reset()
+	if err := writeAnswer(&buf, &response{Manifest: m}, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := readAnswer(&buf, 1<<20); err != nil || len(resp.Manifest.Tensors) != len(m.Tensors) {
+		t.Errorf("an answer within the limit lost its tensors (%v)", err)
 	}
 
 	long := fault.At(fault.Unsafe, "archive/data.pkl", 2, "global os.system is known-dangerous (also: %s)", strings.Repeat("os.system@1, ", 20_000))
-	b, err = encodeResponse(&response{Error: encodeError(long)}, 200_000)
-	if err != nil {
+	buf.Reset()
+	if err := writeAnswer(&buf, &response{Error: encodeError(long)}, 200_000); err != nil {
 		t.Fatal(err)
 	}
-	resp = response{}
-	if err := json.Unmarshal(b, &resp); err != nil {
+	n := buf.Len()
+	resp, err = readAnswer(&buf, 200_000)
+	if err != nil {
 		t.Fatal(err)
 	}
 	got := resp.Error.decode()
 	var fe *fault.Error
-	if len(b) > 200_000 || !errors.As(got, &fe) || fe.Kind != fault.Unsafe || fe.Entry != long.Entry || fe.Offset != long.Offset || !strings.HasSuffix(got.Error(), "(shortened)") {
-		t.Errorf("a long unsafe error: %d bytes, decoded %.100v; want it shortened, still unsafe at %s@%d", len(b), got, long.Entry, long.Offset)
+	if n > 200_000 || !errors.As(got, &fe) || fe.Kind != fault.Unsafe || fe.Entry != long.Entry || fe.Offset != long.Offset || !strings.HasSuffix(got.Error(), "(shortened)") {
+		t.Errorf("a long unsafe error: %d bytes, decoded %.100v; want it shortened, still unsafe at %s@%d", n, got, long.Entry, long.Offset)
 	}
 }
 
