@@ -221,7 +221,7 @@ func runConvert(ctx context.Context, args []string, getenv func(string) string, 
 		return fmt.Errorf("OUTPUT %s appeared during the conversion: --force replaces it", out)
 	}
 	if err != nil {
-		return withAllowHint(ctx, eng, src, opts, err)
+		return withAllowHint(m, err)
 	}
 	if *manifest != "" {
 		if err := writeManifest(*manifest, m, *force); err != nil {
@@ -336,13 +336,9 @@ func writeManifest(path string, m *convert.Manifest, force bool) error {
 
 // withAllowHint adds to an unsafe refusal the --allow-global flags that would admit its
 // unknown globals, when those are all that is wrong with the file's globals. The globals come
-// from a scan, since a failed conversion returns no manifest.
-func withAllowHint(ctx context.Context, eng convert.Engine, src string, opts convert.Options, err error) error {
-	if fault.KindOf(err) != fault.Unsafe {
-		return err
-	}
-	m, _ := eng.Scan(ctx, src, opts)
-	if m == nil || m.Verdict != "unsafe" {
+// from the manifest the refused conversion returns.
+func withAllowHint(m *convert.Manifest, err error) error {
+	if fault.KindOf(err) != fault.Unsafe || m == nil || m.Verdict != "unsafe" {
 		return err
 	}
 	if hint := allowHint(m.Globals); hint != "" {
