@@ -110,6 +110,11 @@ type Service struct {
 	stopping atomic.Bool
 	mu       sync.Mutex
 	running  map[string]*attempt // job id -> its attempt running in this process
+	// batchUnits cancel the batch units running in this process: batch id -> unit -> cancel.
+	batchUnits map[string]map[int]context.CancelCauseFunc
+	// node is this node's id in a shared database's queue ("" on SQLite), recorded with the
+	// batch units it works.
+	node string
 	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
 	stopRetry func()
 	// stopSweep ends the store's periodic sweep (nil when there is none).
@@ -152,6 +157,8 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		blobs:   &blobs{dir: cfg.Dir, free: diskFree},
 		metrics: newMetrics(),
 		running: map[string]*attempt{},
+
+		batchUnits: map[string]map[int]context.CancelCauseFunc{},
 	}
 	if err := s.blobs.init(); err != nil {
 		return nil, err
@@ -251,6 +258,12 @@ func (s *Service) riverConfig() (*river.Config, error) {
 	}
 	if err := river.AddWorkerSafely(workers, &expireWorker{s: s}); err != nil {
 		return nil, fmt.Errorf("register expire worker: %w", err)
+	}
+	if err := river.AddWorkerSafely(workers, &batchPlanWorker{s: s}); err != nil {
+		return nil, fmt.Errorf("register batch planning worker: %w", err)
+	}
+	if err := river.AddWorkerSafely(workers, &batchUnitWorker{s: s}); err != nil {
+		return nil, fmt.Errorf("register batch unit worker: %w", err)
 	}
 	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
 	return &river.Config{
@@ -750,10 +763,15 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 	return nil
 }
 
-// expire removes jobs that finished more than Retention ago, with their files.
+// expire removes jobs and batches that finished more than Retention ago, with their files
+// and outcomes.
 func (s *Service) expire(ctx context.Context) error {
+	horizon := time.Now().Add(-s.cfg.Retention)
+	if err := s.expireBatches(ctx, horizon); err != nil {
+		return err
+	}
 	for {
-		ids, err := expiredJobs(ctx, s.db, time.Now().Add(-s.cfg.Retention), 500)
+		ids, err := expiredJobs(ctx, s.db, horizon, 500)
 		if err != nil {
 			return err
 		}

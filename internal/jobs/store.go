@@ -139,6 +139,8 @@ var migrations = []migration{
 	addColumn("converter_job", "mode", "TEXT NOT NULL DEFAULT 'convert'"),
 	// 4: the globals a job admits as inert records, a JSON array (NULL for none).
 	addColumn("converter_job", "allow_globals", "TEXT"),
+	// 5: server-side batches (batches.go).
+	execStep(batchSchema("INTEGER", "")),
 }
 
 const schemaV1 = `
