@@ -130,6 +130,21 @@ func Run(ctx context.Context, src, dst store.Tree, eng Engine, opts Options) (*R
 	return r.finishReport(ctx, rep, items)
 }
 
+// Validate checks what a run refuses before it starts: a glob that is not one, conversion
+// options that are not safe.
+func (o Options) Validate() error {
+	_, err := o.filter()
+	return err
+}
+
+// filter checks the options and returns the run's filter.
+func (o Options) filter() (filter, error) {
+	if err := o.Convert.Validate(); err != nil {
+		return filter{}, err
+	}
+	return newFilter(o.Include, o.Exclude)
+}
+
 // newRunner checks the options and trees of a run and returns its runner and the report's
 // header.
 func newRunner(src, dst store.Tree, eng Engine, opts Options) (*runner, *Report, error) {
@@ -139,10 +154,7 @@ func newRunner(src, dst store.Tree, eng Engine, opts Options) (*runner, *Report,
 	if opts.ScanOnly && dst != nil {
 		return nil, nil, errors.New("a scan has no destination")
 	}
-	if err := opts.Convert.Validate(); err != nil {
-		return nil, nil, err
-	}
-	flt, err := newFilter(opts.Include, opts.Exclude)
+	flt, err := opts.filter()
 	if err != nil {
 		return nil, nil, err
 	}
