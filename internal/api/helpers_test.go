@@ -69,6 +69,10 @@ type envOpts struct {
 	store       string
 	storeConfig s3store.Config
 	presign     time.Duration
+	// database is jobs.Config.Database ("" for SQLite in the data directory); batchRoots the
+	// server's --batch-root directories.
+	database   string
+	batchRoots []string
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -84,7 +88,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
-		Store: o.store, StoreConfig: o.storeConfig, Presign: o.presign,
+		Store: o.store, StoreConfig: o.storeConfig, Presign: o.presign, Database: o.database,
 	})
 	if err != nil {
 		t.Fatalf("jobs.Open: %v", err)
@@ -107,7 +111,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
 		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI,
-		AllowGlobals: o.allowGlobals})
+		AllowGlobals: o.allowGlobals, BatchRoots: o.batchRoots})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
@@ -362,9 +366,11 @@ func (c blockingConverter) Convert(ctx context.Context, src, _ string, opts conv
 	return c.Scan(ctx, src, opts)
 }
 
-// Scan reports progress, as a sandbox child would, before it blocks.
+// Scan reports progress, as a sandbox child would, before it blocks (a batch asks for none).
 func (c blockingConverter) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
-	opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
+	if opts.Progress != nil {
+		opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
+	}
 	c.started <- src
 	<-ctx.Done()
 	return nil, errors.Join(errors.New("conversion stopped"), ctx.Err())

@@ -1,10 +1,7 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -17,69 +14,11 @@ import (
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/s3store"
-	"github.com/ptsafe/converter/internal/store"
 	"github.com/ptsafe/converter/internal/testkit"
 )
 
-// maliciousPickle is a protocol 2 pickle calling posix.system("id"), named like a checkpoint:
-// never loaded by anything but the converter.
-var maliciousPickle = []byte("\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
-
-// batchTree is testdata/repo (a sharded set with its index, a Lightning checkpoint, a legacy
-// file, configs and tokenizers) plus a malicious checkpoint and a plain file.
-func batchTree(t *testing.T) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "src")
-	if err := os.CopyFS(dir, os.DirFS(filepath.Join("..", "..", "testdata", "repo"))); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"evil/pytorch_model.bin": maliciousPickle, "notes/README.md": []byte("# notes\n")} {
-		name = filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(name, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-// batchWant is the outcome of every file of batchTree.
-var batchWant = map[string]string{
-	"adapter.safetensors":              "copied",
-	"checkpoints/last.ckpt":            "converted",
-	"config.json":                      "copied",
-	"evil/pytorch_model.bin":           "refused",
-	"legacy.pt":                        "converted",
-	"merges.txt":                       "copied",
-	"notes/README.md":                  "copied",
-	"pytorch_model-00001-of-00003.bin": "converted",
-	"pytorch_model-00002-of-00003.bin": "converted",
-	"pytorch_model-00003-of-00003.bin": "converted",
-	"pytorch_model.bin.index.json":     "converted",
-	"tokenizer.json":                   "copied",
-	"vocab.txt":                        "copied",
-}
-
-// putTree copies the local directory dir into tree.
-func putTree(t *testing.T, tree store.Tree, dir string) {
-	t.Helper()
-	err := filepath.WalkDir(dir, func(name string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(name)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, name)
-		return tree.Put(t.Context(), filepath.ToSlash(rel), bytes.NewReader(b), int64(len(b)), "")
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+// batchTree is testkit.BatchRepo in a fresh directory.
+func batchTree(t *testing.T) string { return testkit.BatchRepo(t, filepath.Join(t.TempDir(), "src")) }
 
 // waitBatch polls a batch a bounded number of times until cond holds.
 func waitBatch(t *testing.T, s *jobs.Service, id, what string, cond func(jobs.Batch) bool) jobs.Batch {
@@ -125,13 +64,13 @@ func batchOutcomes(t *testing.T, s *jobs.Service, id string) map[string]batch.Fi
 
 func checkBatchOutcomes(t *testing.T, got map[string]batch.File) {
 	t.Helper()
-	for p, want := range batchWant {
+	for p, want := range testkit.BatchRepoOutcomes {
 		if got[p].Outcome != want {
 			t.Errorf("%s: %q, want %q", p, got[p].Outcome, want)
 		}
 	}
-	if len(got) != len(batchWant) {
-		t.Errorf("%d outcomes, want %d: %v", len(got), len(batchWant), got)
+	if len(got) != len(testkit.BatchRepoOutcomes) {
+		t.Errorf("%d outcomes, want %d: %v", len(got), len(testkit.BatchRepoOutcomes), got)
 	}
 	if f := got["evil/pytorch_model.bin"]; f.Error == nil || f.Error.Type != fault.Unsafe || len(f.Globals) != 1 ||
 		f.Globals[0].Qualified() != "posix.system" {
@@ -157,7 +96,7 @@ func TestBatchS3ToS3(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		putTree(t, src, batchTree(t))
+		testkit.PutDir(t, src, batchTree(t))
 		s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: convert.InProcess{}, StoreConfig: s3cfg, Workers: 2})
 		b, err := s.SubmitBatch(t.Context(), jobs.BatchParams{Tenant: "t", Source: bucket + "/src", Destination: bucket + "/dst"})
 		if err != nil || b.State != jobs.StateQueued {
@@ -252,7 +191,7 @@ func TestBatchAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	putTree(t, src, batchTree(t))
+	testkit.PutDir(t, src, batchTree(t))
 	r := &rendezvous{all: make(chan struct{})}
 	var nodes []*jobs.Service
 	for range 2 {
