@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/convert"
@@ -387,6 +388,59 @@ func (s *Service) openTree(ctx context.Context, loc string) (store.Tree, error) 
 		return nil, fault.PathFree(err)
 	}
 	return t, nil
+}
+
+// requeueBatchEntry replaces a batch's planning or unit entry that a dead process left running
+// with a fresh one, in one transaction with the batch's record of it.
+func (s *Service) requeueBatchEntry(ctx context.Context, rj *rivertype.JobRow) error {
+	tx, err := s.db.begin(ctx)
+	if err != nil {
+		return fmt.Errorf("recover batch entry: %w", err)
+	}
+	defer tx.rollback()
+	if err := tx.cancelEntry(ctx, rj.ID); err != nil {
+		return fmt.Errorf("recover batch entry: %w", err)
+	}
+	var args interface {
+		river.JobArgs
+		record(ctx context.Context, q querier, riverID int64) error
+	} = &batchPlanArgs{}
+	if rj.Kind == kindBatchUnit {
+		args = &batchUnitArgs{}
+	}
+	if err := unmarshalArgs(rj, args); err != nil {
+		return err
+	}
+	riverID, err := tx.enqueue(ctx, args)
+	if err != nil {
+		return fmt.Errorf("requeue batch entry %d: %w", rj.ID, err)
+	}
+	if err := args.record(ctx, tx, riverID); err != nil {
+		return err
+	}
+	if err := tx.commit(); err != nil {
+		return fmt.Errorf("recover batch entry %d: %w", rj.ID, err)
+	}
+	s.metrics.recovered.Inc()
+	s.log.Info("recovered interrupted batch entry", slog.String("kind", rj.Kind), slog.Int64("entry", rj.ID))
+	return nil
+}
+
+// record makes riverID the batch's planning entry.
+func (a *batchPlanArgs) record(ctx context.Context, q querier, riverID int64) error {
+	if _, err := q.exec(ctx, `UPDATE converter_batch SET river_job_id = ? WHERE id = ?`, riverID, a.BatchID); err != nil {
+		return fmt.Errorf("record planning entry of batch %s: %w", a.BatchID, err)
+	}
+	return nil
+}
+
+// record makes riverID the unit's entry.
+func (a *batchUnitArgs) record(ctx context.Context, q querier, riverID int64) error {
+	if _, err := q.exec(ctx, `UPDATE converter_batch_unit SET river_job_id = ? WHERE batch_id = ? AND seq = ?`,
+		riverID, a.BatchID, a.Seq); err != nil {
+		return fmt.Errorf("record entry of unit %d of batch %s: %w", a.Seq, a.BatchID, err)
+	}
+	return nil
 }
 
 type batchPlanWorker struct {

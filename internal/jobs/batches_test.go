@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,5 +248,27 @@ func TestBatchCancel(t *testing.T) {
 		if files, _, err := s.BatchFiles(t.Context(), "t", b.ID, "", 100); err != nil || len(files) != 0 {
 			t.Errorf("a canceled batch recorded %d outcomes (%v); its plan recorded none", len(files), err)
 		}
+	})
+}
+
+// A node killed with SIGKILL while working a unit loses nothing: on restart its running
+// entries are queued again at once (River never rescues them: units have no timeout) and the
+// batch completes with every outcome.
+func TestBatchSIGKILLMidUnit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, database string) {
+		dir := t.TempDir()
+		src := batchTree(t)
+		helper, id := startHelper(t, dir, database, "JOBS_TEST_HELPER_BATCH="+src)
+		if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		helper.Wait()
+		s := openConfig(t, jobs.Config{Dir: dir, Database: database, Converter: convert.InProcess{}, RescueDelay: time.Second})
+		b := waitBatch(t, s, id, "finished", batchDone)
+		if b.State != jobs.StateFailed || b.Summary.Refused != 1 || b.Summary.Converted != 6 || b.UnitsDone != b.Units {
+			t.Errorf("after restart batch = %s, summary %+v, units %d of %d; want failed with 1 refused, 6 converted, all units",
+				b.State, b.Summary, b.UnitsDone, b.Units)
+		}
+		checkBatchOutcomes(t, batchOutcomes(t, s, id))
 	})
 }

@@ -320,10 +320,11 @@ func (s *Service) recover(ctx context.Context) error {
 	return s.sweep(ctx)
 }
 
-// rescue queues again the jobs whose queue entries are marked running by a process that is
-// gone.
+// rescue queues again the jobs, and the batches' planning and units, whose queue entries are
+// marked running by a process that is gone (River never rescues them itself: their workers
+// have no timeout).
 func (s *Service) rescue(ctx context.Context) error {
-	running, err := s.riverJobs(ctx, rivertype.JobStateRunning)
+	running, err := s.riverJobs(ctx, rivertype.JobStateRunning, kindConvert, kindBatchPlan, kindBatchUnit)
 	if err != nil {
 		return err
 	}
@@ -335,16 +336,24 @@ func (s *Service) rescue(ctx context.Context) error {
 		if !orphan {
 			continue
 		}
-		if err := s.requeueOrphan(ctx, rj); err != nil {
+		requeue := s.requeueOrphan
+		if rj.Kind != kindConvert {
+			requeue = s.requeueBatchEntry
+		}
+		if err := requeue(ctx, rj); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState) ([]*rivertype.JobRow, error) {
+// riverJobs lists the queue entries of the kinds (conversions when none) in state.
+func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState, kinds ...string) ([]*rivertype.JobRow, error) {
+	if len(kinds) == 0 {
+		kinds = []string{kindConvert}
+	}
 	var out []*rivertype.JobRow
-	params := river.NewJobListParams().Kinds(kindConvert).States(state).First(1000)
+	params := river.NewJobListParams().Kinds(kinds...).States(state).First(1000)
 	for {
 		res, err := s.river.JobList(ctx, params)
 		if err != nil {
