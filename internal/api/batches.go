@@ -282,17 +282,7 @@ func handleListBatches(svc JobService) http.HandlerFunc {
 			batchError(w, r, err)
 			return
 		}
-		resp := struct {
-			Batches       []batchJSON `json:"batches"`
-			NextPageToken string      `json:"next_page_token,omitempty"`
-		}{Batches: make([]batchJSON, 0, len(list))}
-		for _, b := range list {
-			resp.Batches = append(resp.Batches, batchToJSON(b))
-		}
-		if more {
-			resp.NextPageToken = encodeToken(list[len(list)-1].ID)
-		}
-		encode(w, http.StatusOK, resp)
+		encodePage(w, "batches", list, batchToJSON, more, func(b jobs.Batch) string { return b.ID })
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
@@ -67,20 +66,7 @@ func (e *env) submitBatch(src, dst string, options map[string]any) batchResp {
 // waitBatch polls a batch until it is finished, a bounded number of times.
 func (e *env) waitBatch(id string) batchResp {
 	e.t.Helper()
-	for range 2400 {
-		resp, b := e.do("GET", "/v1/batches/"+id, "", nil, nil)
-		if resp.StatusCode != http.StatusOK {
-			e.t.Fatalf("GET batch = %d\n%s", resp.StatusCode, b)
-		}
-		bt := decode[batchResp](e.t, b)
-		switch bt.State {
-		case "succeeded", "failed", "canceled":
-			return bt
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	e.t.Fatalf("batch %s did not finish", id)
-	return batchResp{}
+	return waitFinished(e, "/v1/batches/"+id, "", 2400, func(b batchResp) string { return b.State })
 }
 
 // batchFiles pages through a batch's report, three files a page.

@@ -337,20 +337,28 @@ func (e *env) submit(token, filename string, data []byte, header map[string]stri
 // wait polls a job until it is finished, a bounded number of times.
 func (e *env) wait(token, id string) jobResp {
 	e.t.Helper()
-	for range 600 {
-		resp, b := e.do("GET", "/v1/jobs/"+id, token, nil, nil)
+	return waitFinished(e, "/v1/jobs/"+id, token, 600, func(j jobResp) string { return j.State })
+}
+
+// waitFinished polls path, at most tries times, until the state of what it answers is
+// terminal, and returns that.
+func waitFinished[T any](e *env, path, token string, tries int, state func(T) string) T {
+	e.t.Helper()
+	for range tries {
+		resp, b := e.do("GET", path, token, nil, nil)
 		if resp.StatusCode != http.StatusOK {
-			e.t.Fatalf("GET job = %d\n%s", resp.StatusCode, b)
+			e.t.Fatalf("GET %s = %d\n%s", path, resp.StatusCode, b)
 		}
-		j := decode[jobResp](e.t, b)
-		switch j.State {
+		v := decode[T](e.t, b)
+		switch state(v) {
 		case "succeeded", "failed", "canceled":
-			return j
+			return v
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.t.Fatalf("job %s did not finish", id)
-	return jobResp{}
+	e.t.Fatalf("%s did not finish", path)
+	var zero T
+	return zero
 }
 
 func sha256Hex(b []byte) string {

@@ -488,18 +488,22 @@ func handleList(svc JobService) http.HandlerFunc {
 			jobError(w, r, err)
 			return
 		}
-		resp := struct {
-			Jobs          []jobJSON `json:"jobs"`
-			NextPageToken string    `json:"next_page_token,omitempty"`
-		}{Jobs: make([]jobJSON, 0, len(list))}
-		for _, j := range list {
-			resp.Jobs = append(resp.Jobs, toJSON(j))
-		}
-		if more {
-			resp.NextPageToken = encodeToken(list[len(list)-1].ID)
-		}
-		encode(w, http.StatusOK, resp)
+		encodePage(w, "jobs", list, toJSON, more, func(j jobs.Job) string { return j.ID })
 	}
+}
+
+// encodePage answers a page of a list under key, each item as show gives it, with the token
+// of the next page (the last item's key) when more follow.
+func encodePage[T, J any](w http.ResponseWriter, key string, list []T, show func(T) J, more bool, last func(T) string) {
+	items := make([]J, 0, len(list))
+	for _, it := range list {
+		items = append(items, show(it))
+	}
+	resp := map[string]any{key: items}
+	if more {
+		resp["next_page_token"] = encodeToken(last(list[len(list)-1]))
+	}
+	encode(w, http.StatusOK, resp)
 }
 
 // listParams reads the query of a list of jobs or batches: a page of the caller's, perhaps in

@@ -317,30 +317,20 @@ func deleteBatch(ctx context.Context, q querier, id string) error {
 
 // expireBatches removes batches finished before horizon, with their outcomes.
 func (s *Service) expireBatches(ctx context.Context, horizon time.Time) error {
-	rows, err := s.db.query(ctx, `SELECT id FROM converter_batch WHERE finished_at IS NOT NULL
-		AND finished_at < ? ORDER BY finished_at LIMIT 500`, millis(horizon))
-	if err != nil {
-		return fmt.Errorf("find expired batches: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return fmt.Errorf("find expired batches: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("find expired batches: %w", err)
-	}
-	for _, id := range ids {
-		if err := deleteBatch(ctx, s.db, id); err != nil {
+	for {
+		ids, err := expired(ctx, s.db, "converter_batch", horizon, 500)
+		if err != nil {
 			return err
 		}
+		for _, id := range ids {
+			if err := deleteBatch(ctx, s.db, id); err != nil {
+				return err
+			}
+		}
+		if len(ids) < 500 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // stopBatch cancels the batch's units running in this process.
@@ -443,28 +433,32 @@ func (a *batchUnitArgs) record(ctx context.Context, q querier, riverID int64) er
 	return nil
 }
 
-type batchPlanWorker struct {
-	river.WorkerDefaults[batchPlanArgs]
-	s *Service
+// untimed is a queue worker without River's timeout: listing a large store takes as long as
+// it takes, and the converter enforces its own time limit on each file of a unit.
+type untimed[T river.JobArgs] struct {
+	river.WorkerDefaults[T]
+	work func(ctx context.Context, rj *river.Job[T]) error
 }
 
-// Timeout disables River's timeout: listing a large store takes as long as it takes.
-func (w *batchPlanWorker) Timeout(*river.Job[batchPlanArgs]) time.Duration { return -1 }
+func (w *untimed[T]) Timeout(*river.Job[T]) time.Duration { return -1 }
 
-func (w *batchPlanWorker) Work(ctx context.Context, rj *river.Job[batchPlanArgs]) error {
-	return w.s.planBatch(ctx, rj.ID, rj.Args.BatchID)
-}
+func (w *untimed[T]) Work(ctx context.Context, rj *river.Job[T]) error { return w.work(ctx, rj) }
 
-type batchUnitWorker struct {
-	river.WorkerDefaults[batchUnitArgs]
-	s *Service
-}
-
-// Timeout disables River's timeout: the converter enforces its own time limit on each file.
-func (w *batchUnitWorker) Timeout(*river.Job[batchUnitArgs]) time.Duration { return -1 }
-
-func (w *batchUnitWorker) Work(ctx context.Context, rj *river.Job[batchUnitArgs]) error {
-	return w.s.runBatchUnit(ctx, rj.Args.BatchID, rj.Args.Seq)
+// addBatchWorkers registers the workers of batches' planning and units.
+func (s *Service) addBatchWorkers(workers *river.Workers) error {
+	plan := &untimed[batchPlanArgs]{work: func(ctx context.Context, rj *river.Job[batchPlanArgs]) error {
+		return s.planBatch(ctx, rj.ID, rj.Args.BatchID)
+	}}
+	unit := &untimed[batchUnitArgs]{work: func(ctx context.Context, rj *river.Job[batchUnitArgs]) error {
+		return s.runBatchUnit(ctx, rj.Args.BatchID, rj.Args.Seq)
+	}}
+	if err := river.AddWorkerSafely(workers, plan); err != nil {
+		return fmt.Errorf("register batch planning worker: %w", err)
+	}
+	if err := river.AddWorkerSafely(workers, unit); err != nil {
+		return fmt.Errorf("register batch unit worker: %w", err)
+	}
+	return nil
 }
 
 // planBatch plans a queued batch and queues its units, in one transaction with the outcomes

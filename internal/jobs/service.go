@@ -259,11 +259,8 @@ func (s *Service) riverConfig() (*river.Config, error) {
 	if err := river.AddWorkerSafely(workers, &expireWorker{s: s}); err != nil {
 		return nil, fmt.Errorf("register expire worker: %w", err)
 	}
-	if err := river.AddWorkerSafely(workers, &batchPlanWorker{s: s}); err != nil {
-		return nil, fmt.Errorf("register batch planning worker: %w", err)
-	}
-	if err := river.AddWorkerSafely(workers, &batchUnitWorker{s: s}); err != nil {
-		return nil, fmt.Errorf("register batch unit worker: %w", err)
+	if err := s.addBatchWorkers(workers); err != nil {
+		return nil, err
 	}
 	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
 	return &river.Config{
@@ -780,7 +777,7 @@ func (s *Service) expire(ctx context.Context) error {
 		return err
 	}
 	for {
-		ids, err := expiredJobs(ctx, s.db, horizon, 500)
+		ids, err := expired(ctx, s.db, "converter_job", horizon, 500)
 		if err != nil {
 			return err
 		}

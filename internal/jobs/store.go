@@ -521,19 +521,20 @@ func deleteJob(ctx context.Context, q querier, id string) error {
 	return nil
 }
 
-// expiredJobs returns the ids of jobs finished before horizon.
-func expiredJobs(ctx context.Context, q querier, horizon time.Time, limit int) ([]string, error) {
-	rows, err := q.query(ctx, `SELECT id FROM converter_job WHERE finished_at IS NOT NULL
+// expired returns the ids of up to limit rows of table (converter_job, converter_batch)
+// finished before horizon, oldest first.
+func expired(ctx context.Context, q querier, table string, horizon time.Time, limit int) ([]string, error) {
+	rows, err := q.query(ctx, `SELECT id FROM `+table+` WHERE finished_at IS NOT NULL
 		AND finished_at < ? ORDER BY finished_at LIMIT ?`, millis(horizon), limit)
 	if err != nil {
-		return nil, fmt.Errorf("find expired jobs: %w", err)
+		return nil, fmt.Errorf("find expired rows of "+table+": %w", err)
 	}
 	defer rows.Close()
 	var ids []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("find expired jobs: %w", err)
+			return nil, fmt.Errorf("find expired rows of "+table+": %w", err)
 		}
 		ids = append(ids, id)
 	}
