@@ -153,6 +153,9 @@ func TestBatches(t *testing.T) {
 				t.Errorf("GET /v1/batches?state=succeeded = %d", resp.StatusCode)
 			}
 
+			if _, m := e.do("GET", "/metrics", "", nil, nil); !strings.Contains(string(m), `converter_batches_finished_total{state="failed"} 2`) {
+				t.Errorf("metrics do not count the two failed batches:\n%s", m)
+			}
 			if resp, b := e.do("POST", "/v1/batches/"+local.ID+"/cancel", "", nil, nil); resp.StatusCode != http.StatusConflict {
 				t.Errorf("cancel a finished batch = %d, want 409\n%s", resp.StatusCode, b)
 			}
