@@ -128,7 +128,9 @@ func Plan(ctx context.Context, src, dst store.Tree, eng Engine, opts Options) (*
 // RunUnit does one unit of a run Plan planned, with the same trees, engine and options, and
 // returns the report of its files: their outcomes, and the bytes read and written. Per-file
 // problems are outcomes; the error is for the unit itself (a receipt that cannot be written,
-// the context ended).
+// the context ended). Units may run at once, here and elsewhere: unlike Run, a unit leaves in
+// a local DEST the directory of a file that failed, however empty, lest it remove the
+// directory another unit is writing into.
 func RunUnit(ctx context.Context, src, dst store.Tree, eng Engine, opts Options, u Unit) (*Report, error) {
 	if opts.RemoveSource {
 		return nil, ErrRemoveSource
@@ -137,6 +139,7 @@ func RunUnit(ctx context.Context, src, dst store.Tree, eng Engine, opts Options,
 	if err != nil {
 		return nil, err
 	}
+	r.dirs.keep = true
 	if err := r.makeScratch(); err != nil {
 		return nil, err
 	}

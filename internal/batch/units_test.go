@@ -64,6 +64,11 @@ func TestPlanAndUnitsAsRun(t *testing.T) {
 		t.Errorf("%d units, want 14", units)
 	}
 	want := listing(t, dst)
+	// A unit leaves the directory of a refused file (Run removes it): another unit may be
+	// about to write there.
+	if want["evil/"] != "dir" || want["evil/model.safetensors"] != "" {
+		t.Errorf("DEST after the units: evil/ %q, evil/model.safetensors %q; want the empty directory", want["evil/"], want["evil/model.safetensors"])
+	}
 
 	// Run sees the planned run's receipts: nothing is left to convert.
 	again := run(t, convert.InProcess{}, src, dst, batch.Options{})
