@@ -74,12 +74,26 @@ type batchPlanArgs struct {
 
 func (batchPlanArgs) Kind() string { return kindBatchPlan }
 
+// batchAttempts bounds the attempts of a batch's planning or unit entry. Only an interrupted
+// attempt (a node stopping) or a database error is tried again, so the bound is generous: the
+// last attempt settles what it could not do as an internal failure, lest the batch wait for
+// an entry River has discarded.
+const batchAttempts = 25
+
+func (batchPlanArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: batchAttempts}
+}
+
 type batchUnitArgs struct {
 	BatchID string `json:"batch_id"`
 	Seq     int    `json:"seq"`
 }
 
 func (batchUnitArgs) Kind() string { return kindBatchUnit }
+
+func (batchUnitArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: batchAttempts}
+}
 
 // BatchParams describe a new batch. Local paths must be absolute and already checked against
 // what the operator allows; AllowGlobals against the server's list.
@@ -444,13 +458,30 @@ func (w *untimed[T]) Timeout(*river.Job[T]) time.Duration { return -1 }
 
 func (w *untimed[T]) Work(ctx context.Context, rj *river.Job[T]) error { return w.work(ctx, rj) }
 
+// gaveUp reports whether err ends the last attempt of a batch's entry: River will not try
+// again, so the batch must record the failure itself. A cancel by request is no failure.
+func gaveUp(rj *rivertype.JobRow, err error) bool {
+	var canceled *river.JobCancelError
+	return err != nil && !errors.As(err, &canceled) && rj.Attempt >= rj.MaxAttempts
+}
+
 // addBatchWorkers registers the workers of batches' planning and units.
 func (s *Service) addBatchWorkers(workers *river.Workers) error {
 	plan := &untimed[batchPlanArgs]{work: func(ctx context.Context, rj *river.Job[batchPlanArgs]) error {
-		return s.planBatch(ctx, rj.ID, rj.Args.BatchID)
+		err := s.planBatch(ctx, rj.ID, rj.Args.BatchID)
+		if gaveUp(rj.JobRow, err) {
+			return s.failBatch(ctx, rj.Args.BatchID, JobError{Type: fault.Internal,
+				Detail: fmt.Sprintf("planning gave up after %d attempts: %v", rj.Attempt, err)})
+		}
+		return err
 	}}
 	unit := &untimed[batchUnitArgs]{work: func(ctx context.Context, rj *river.Job[batchUnitArgs]) error {
-		return s.runBatchUnit(ctx, rj.Args.BatchID, rj.Args.Seq)
+		err := s.runBatchUnit(ctx, rj.Args.BatchID, rj.Args.Seq)
+		if gaveUp(rj.JobRow, err) {
+			return s.recordUnit(ctx, rj.Args.BatchID, rj.Args.Seq, &batch.Report{}, &JobError{Type: fault.Internal,
+				Detail: fmt.Sprintf("unit %d gave up after %d attempts: %v", rj.Args.Seq, rj.Attempt, err)})
+		}
+		return err
 	}}
 	if err := river.AddWorkerSafely(workers, plan); err != nil {
 		return fmt.Errorf("register batch planning worker: %w", err)
