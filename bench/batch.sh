@@ -35,7 +35,6 @@ WORKERS=${WORKERS:-2}
 PART_MIB=${PART_MIB:-16}
 CONCURRENCY=${CONCURRENCY:-4}
 KEEP=${KEEP:-0}
-VERSITYGW=github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
@@ -45,27 +44,21 @@ for tool in go curl openssl python3 /usr/bin/time; do
 done
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/batchbench.XXXXXX") || die "cannot create a scratch directory"
-SERVER_PID=
+VERSITYGW_PID=
 cleanup() {
-	[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+	[ -n "$VERSITYGW_PID" ] && kill "$VERSITYGW_PID" 2>/dev/null && wait "$VERSITYGW_PID" 2>/dev/null
 	if [ "$KEEP" = 1 ]; then log "kept $SCRATCH"; else rm -rf "$SCRATCH"; fi
 }
 trap cleanup EXIT
 
-# --- versitygw: the tests' cached build, or a build into that cache ----------------------------
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ptsafe-converter/versitygw-${VERSITYGW#*@}"
-if [ ! -x "$CACHE/versitygw" ]; then
-	log "building $VERSITYGW into $CACHE"
-	mkdir -p "$CACHE" && build=$(mktemp -d "$CACHE/build-XXXXXX") || die "cannot create $CACHE"
-	(cd "$build" && GOBIN="$build" GOFLAGS= GOWORK=off go install "$VERSITYGW") || die "cannot build versitygw"
-	mv "$build/versitygw" "$CACHE/versitygw" && rm -rf "$build"
-fi
+# shellcheck source=bench/versitygw.sh
+. bench/versitygw.sh
 go build -o "$SCRATCH/s3put" ./bench/s3put || die "cannot build bench/s3put"
 go build -o "$SCRATCH/gen" ./bench/gen || die "cannot build bench/gen"
 go build -o "$SCRATCH/converter" ./cmd/converter || die "cannot build the converter"
 
 # --- the tree: a sharded checkpoint as transformers saves it ------------------------------------
-mkdir -p "$SCRATCH/tree" "$SCRATCH/s3/bench" "$SCRATCH/iam"
+mkdir -p "$SCRATCH/tree"
 log "writing $N shards of $SIZE"
 for i in $(seq 1 "$N"); do
 	shard=$(printf 'pytorch_model-%05d-of-%05d.bin' "$i" "$N")
@@ -88,19 +81,7 @@ PY
 echo '{"architectures": ["BenchModel"]}' >"$SCRATCH/tree/config.json"
 
 # --- the server --------------------------------------------------------------------------------
-export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret1234 AWS_REGION=us-east-1
-export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-PORT=${PORT:-$(( 20000 + RANDOM % 20000 ))}
-ENDPOINT=http://127.0.0.1:$PORT
-"$CACHE/versitygw" --port "127.0.0.1:$PORT" --access "$AWS_ACCESS_KEY_ID" --secret "$AWS_SECRET_ACCESS_KEY" \
-	--iam-dir "$SCRATCH/iam" posix "$SCRATCH/s3" >"$SCRATCH/versitygw.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 300); do
-	curl -s -o /dev/null "$ENDPOINT/" && break
-	kill -0 "$SERVER_PID" 2>/dev/null || die "versitygw exited: $(cat "$SCRATCH/versitygw.log")"
-	sleep 0.1
-done
-curl -s -o /dev/null "$ENDPOINT/" || die "versitygw does not answer at $ENDPOINT"
+versitygw_start
 
 # --- the runs ----------------------------------------------------------------------------------
 # timed NAME CMD...: runs CMD under GNU time, appends its wall seconds and peak RSS (KiB) to

@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/credentials"
-
 	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/dtype"
 	"github.com/ptsafe/converter/internal/s3store"
@@ -120,7 +118,7 @@ func startS3(t *testing.T) *s3env {
 // tree opens s3://bucket/prefix through the store the CLI uses.
 func (e *s3env) tree(t *testing.T, loc string) store.Tree {
 	t.Helper()
-	tr, err := s3store.New(context.Background(), loc, s3store.Config{Endpoint: e.srv.Endpoint, Credentials: credentials.NewStaticCredentialsProvider(e.srv.AccessKey, e.srv.SecretKey, "")})
+	tr, err := s3store.New(context.Background(), loc, s3store.Config{Endpoint: e.srv.Endpoint, Credentials: e.srv.Credentials()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,7 +90,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	allow.fromEnv = len(allow.list) > 0
 	roots.fromEnv = len(roots.list) > 0
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service, and works its jobs too; conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service, and works its jobs too (unless --workers 0: an API-only node beside\nworker nodes); conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

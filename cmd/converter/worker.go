@@ -47,7 +47,7 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 	fs.StringVar(&c.database, "db", "", "job database shared by several nodes: a `postgres://` URL (put the password in PGPASSWORD or ~/.pgpass, not in the URL, which help shows); empty for SQLite in --data")
 	fs.DurationVar(&c.rescueDelay, "rescue-delay", jobs.DefaultRescueDelay, "with --db, how often a node looks for jobs whose node died and queues them again")
 	fs.StringVar(&c.store, "store", "", "`s3://BUCKET/PREFIX` keeping every job's files under PREFIX/JOB_ID/ (endpoint and credentials: AWS_ENDPOINT_URL and the AWS SDK's standard variables and config); empty: the data directory")
-	fs.Int64Var(&workers, "workers", 1, "concurrent conversions on this node")
+	fs.Int64Var(&workers, "workers", 1, "concurrent conversions on this node; serve --workers 0 is an API-only node, which works none (with --db postgres://... and --store s3://..., beside nodes that do)")
 	fs.DurationVar(&c.retention, "retention", jobs.DefaultRetention, "how long finished jobs and their files are kept")
 	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps: an upload (507) or a conversion that would leave less is refused")
 	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); serve with --tokens, and a worker beyond loopback, serve /metrics only with it")
@@ -62,8 +62,8 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 		if fs.NArg() > 0 {
 			return fmt.Errorf("unexpected arguments: %v", fs.Args())
 		}
-		if workers < 1 || workers > 1024 {
-			return fmt.Errorf("--workers must be 1..1024, got %d", workers)
+		if workers < 0 || workers > 1024 {
+			return fmt.Errorf("--workers must be 0..1024, got %d", workers)
 		}
 		c.workers = int(workers)
 		if c.database != "" && !jobs.IsPostgres(c.database) {
@@ -98,13 +98,14 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 		return nil, fmt.Errorf("sandbox probe: %w", err)
 	}
 	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
-	return jobs.Open(ctx, jobs.Config{
+	svc, err := jobs.Open(ctx, jobs.Config{
 		Dir:          c.dataDir,
 		Database:     c.database,
 		RescueDelay:  c.rescueDelay,
 		Store:        c.store,
 		Presign:      presign,
 		Workers:      c.workers,
+		APIOnly:      c.workers == 0,
 		Retention:    c.retention,
 		MinFreeBytes: c.minFreeBytes,
 		Limits:       c.limits,
@@ -112,6 +113,10 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 		Registerer:   reg,
 		Converter:    runner,
 	})
+	if errors.Is(err, jobs.ErrAPIOnlyAlone) {
+		return nil, fmt.Errorf("--workers 0 without --db postgres://... and --store s3://...: %w", err)
+	}
+	return svc, err
 }
 
 // newRegistry is a node's metrics registry, with the Go runtime's and the process's.
@@ -154,7 +159,13 @@ Every flag falls back to the environment variable named with it.
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	return c, errors.Join(bindErr, check())
+	if err := errors.Join(bindErr, check()); err != nil {
+		return c, err
+	}
+	if c.workers == 0 {
+		return c, errors.New("--workers must be 1..1024: a worker node that works no job has nothing to do")
+	}
+	return c, nil
 }
 
 // runWorker works jobs until ctx is canceled, then stops within one --drain-timeout: running

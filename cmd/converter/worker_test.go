@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -15,8 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/jobs"
@@ -92,6 +89,28 @@ func startNode(t *testing.T, bin string, env []string, args ...string) *node {
 	return n
 }
 
+// queueJob plays another node that queues a job for checkpoint and goes away: the upload is
+// in the S3 store of cfg (on s3), the record in its database.
+func queueJob(t *testing.T, s3 *s3env, cfg jobs.Config, checkpoint []byte) jobs.Job {
+	t.Helper()
+	cfg.Converter = convert.InProcess{}
+	cfg.StoreConfig = s3store.Config{Endpoint: s3.srv.Endpoint, Credentials: s3.srv.Credentials()}
+	svc, err := jobs.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	up, err := svc.Stage(t.Context(), bytes.NewReader(checkpoint), int64(len(checkpoint)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, _, err := svc.Submit(t.Context(), jobs.SubmitParams{Tenant: "local", Filename: "pytorch_model.bin", Upload: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job
+}
+
 // TestWorkerWorksJobsOnS3 runs the binary: a job queued on an S3 store is worked by
 // `converter worker` (which serves /readyz and nothing of the job API), then `converter
 // serve` on the same database and store serves its output, whole and by range, and takes and
@@ -109,20 +128,7 @@ func TestWorkerWorksJobsOnS3(t *testing.T) {
 	}
 
 	// Another node queued a job: its upload is in the store, its record in the database.
-	svc, err := jobs.Open(t.Context(), jobs.Config{Dir: data, Store: store, Converter: convert.InProcess{},
-		StoreConfig: s3store.Config{Endpoint: s3.srv.Endpoint, Credentials: credentials.NewStaticCredentialsProvider(s3.srv.AccessKey, s3.srv.SecretKey, "")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := svc.Stage(t.Context(), bytes.NewReader(checkpoint), int64(len(checkpoint)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	job, _, err := svc.Submit(t.Context(), jobs.SubmitParams{Tenant: "local", Filename: "pytorch_model.bin", Upload: up})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc.Close()
+	job := queueJob(t, s3, jobs.Config{Dir: data, Store: store}, checkpoint)
 
 	w := startNode(t, bin, s3.srv.Env(), "worker", "--data", data, "--store", store, "--health-addr", "127.0.0.1:0")
 	if code := httpStatus(t, w.url+"/readyz"); code != http.StatusOK {
@@ -146,15 +152,10 @@ func TestWorkerWorksJobsOnS3(t *testing.T) {
 	}
 
 	s := startNode(t, bin, s3.srv.Env(), "serve", "--addr", "127.0.0.1:0", "--data", data, "--store", store)
-	var got struct {
-		State  string `json:"state"`
-		Output struct {
-			SHA256 string `json:"sha256"`
-		} `json:"output"`
-	}
+	var got faultJob
 	getJSON(t, s.url+"/v1/jobs/"+job.ID, &got)
-	if got.State != "succeeded" {
-		t.Fatalf("job worked by the worker = %s; want succeeded", got.State)
+	if got.State != "succeeded" || got.Output == nil {
+		t.Fatalf("job worked by the worker = %s %+v; want succeeded", got.State, got.Error)
 	}
 	out := httpGet(t, s.url+"/v1/jobs/"+job.ID+"/output", "")
 	if sum := sha256.Sum256(out); hex.EncodeToString(sum[:]) != got.Output.SHA256 {
@@ -221,57 +222,31 @@ func TestWorkerBesideServeOnPostgres(t *testing.T) {
 	w := startNode(t, bin, s3.srv.Env(), "worker", "--db", db, "--data", t.TempDir(), "--store", store, "--health-addr", "127.0.0.1:0")
 
 	// Another node queues a job and goes away.
-	svc, err := jobs.Open(t.Context(), jobs.Config{Dir: t.TempDir(), Database: db, Store: store, Converter: convert.InProcess{},
-		StoreConfig: s3store.Config{Endpoint: s3.srv.Endpoint, Credentials: credentials.NewStaticCredentialsProvider(s3.srv.AccessKey, s3.srv.SecretKey, "")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := svc.Stage(t.Context(), bytes.NewReader(checkpoint), int64(len(checkpoint)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	queued, _, err := svc.Submit(t.Context(), jobs.SubmitParams{Tenant: "local", Filename: "pytorch_model.bin", Upload: up})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc.Close()
+	queued := queueJob(t, s3, jobs.Config{Dir: t.TempDir(), Database: db, Store: store}, checkpoint)
 	outputs := s3.tree(t, store)
 	if !poll(w.done, func() bool { _, err := outputs.Stat(t.Context(), queued.ID+"/manifest.json"); return err == nil }) {
 		t.Fatalf("the worker never stored the queued job's manifest\n%s", w.logs.String())
 	}
 
 	s := startNode(t, bin, s3.srv.Env(), "serve", "--addr", "127.0.0.1:0", "--db", db, "--data", t.TempDir(), "--store", store)
-	var got struct {
-		State  string `json:"state"`
-		Output struct {
-			SHA256 string `json:"sha256"`
-		} `json:"output"`
-	}
+	var got faultJob
 	getJSON(t, s.url+"/v1/jobs/"+queued.ID, &got)
+	if got.State != "succeeded" || got.Output == nil {
+		t.Fatalf("job worked by the worker = %s %+v; want succeeded", got.State, got.Error)
+	}
 	out := httpGet(t, s.url+"/v1/jobs/"+queued.ID+"/output", "")
-	if sum := sha256.Sum256(out); got.State != "succeeded" || hex.EncodeToString(sum[:]) != got.Output.SHA256 {
-		t.Errorf("job worked by the worker: %s, output sha-256 %x; want succeeded with %s", got.State, sum, got.Output.SHA256)
+	if sum := sha256.Sum256(out); hex.EncodeToString(sum[:]) != got.Output.SHA256 {
+		t.Errorf("job worked by the worker: output sha-256 %x; want %s", sum, got.Output.SHA256)
 	}
 
-	resp, err := http.Post(s.url+"/v1/jobs?filename=model.pt", "application/octet-stream", bytes.NewReader(checkpoint))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var posted struct {
-		ID string `json:"id"`
-	}
-	err = json.NewDecoder(resp.Body).Decode(&posted)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /v1/jobs = %d, %v", resp.StatusCode, err)
-	}
+	postedID := postJob(t, s.url, checkpoint)
 	if !poll(w.done, func() bool {
-		getJSON(t, s.url+"/v1/jobs/"+posted.ID, &got)
+		getJSON(t, s.url+"/v1/jobs/"+postedID, &got)
 		return got.State == "succeeded" || got.State == "failed"
 	}) {
 		t.Fatalf("the worker exited: %v\n%s", w.err, w.logs.String())
 	}
-	if part := httpGet(t, s.url+"/v1/jobs/"+posted.ID+"/output", "bytes=0-7"); got.State != "succeeded" || !bytes.Equal(part, out[:8]) {
+	if part := httpGet(t, s.url+"/v1/jobs/"+postedID+"/output", "bytes=0-7"); got.State != "succeeded" || !bytes.Equal(part, out[:8]) {
 		t.Errorf("uploaded job: %s, first 8 bytes %x; want succeeded with %x", got.State, part, out[:8])
 	}
 	if code := httpStatus(t, w.url+"/readyz"); code != http.StatusOK {

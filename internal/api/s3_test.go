@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/ptsafe/converter/internal/s3store"
@@ -25,6 +24,7 @@ import (
 // client of that store acting as anyone else who can write to the bucket.
 type s3Env struct {
 	*env
+	srv    *testkit.S3Server
 	client *s3.Client
 	bucket string
 }
@@ -34,27 +34,14 @@ func newS3Env(t *testing.T, o envOpts) *s3Env {
 	t.Helper()
 	srv := testkit.StartS3(t)
 	bucket := srv.Bucket(t)
-	creds := credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")
 	o.store = "s3://" + bucket + "/jobs"
-	o.storeConfig = s3store.Config{Endpoint: srv.Endpoint, Credentials: creds}
-	e := newEnv(t, o)
-	client := s3.New(s3.Options{Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true, Credentials: creds})
-	return &s3Env{env: e, client: client, bucket: bucket}
+	o.storeConfig = s3store.Config{Endpoint: srv.Endpoint, Credentials: srv.Credentials()}
+	return &s3Env{env: newEnv(t, o), srv: srv, client: srv.Client(), bucket: bucket}
 }
 
-// keys lists the object keys under the bucket.
-func (e *s3Env) keys(t *testing.T) []string {
-	t.Helper()
-	out, err := e.client.ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(e.bucket)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, o := range out.Contents {
-		keys = append(keys, aws.ToString(o.Key))
-	}
-	return keys
-}
+func (e *s3Env) keys(t *testing.T) []string { return e.srv.Keys(t, e.bucket) }
+
+func (e *s3Env) uploads(t *testing.T) int { return len(e.srv.Uploads(t, e.bucket)) }
 
 // TestS3StoreConvertDownload: through a server on an S3 store, an upload is converted and
 // downloaded, whole and by ranges, byte for byte as from the default local store; the job's
@@ -199,13 +186,4 @@ func TestS3StoreCanceledUpload(t *testing.T) {
 	if keys, n := e.keys(t), e.uploads(t); len(keys) != 0 || n != 0 {
 		t.Errorf("after a canceled upload: objects %q and %d multipart uploads; want none", keys, n)
 	}
-}
-
-func (e *s3Env) uploads(t *testing.T) int {
-	t.Helper()
-	out, err := e.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(e.bucket)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(out.Uploads)
 }

@@ -39,6 +39,8 @@ type blobStore interface {
 	sweep(ctx context.Context, states func(context.Context) (map[string]jobKind, error)) (lost []string, err error)
 	// sweepEvery is how often sweep runs while the service runs; 0 means only at Open.
 	sweepEvery() time.Duration
+	// ready reports whether the store answers (the data directory always does).
+	ready(ctx context.Context) error
 }
 
 // localStore keeps every file of a job in its directory under the data directory.
@@ -62,6 +64,8 @@ func (l *localStore) stage(_ context.Context, id string, r io.Reader, size int64
 }
 
 func (l *localStore) fetch(context.Context, Job) (func(), error) { return func() {}, nil }
+
+func (l *localStore) ready(context.Context) error { return nil }
 
 func (l *localStore) keep(context.Context, string, string, int64, string) error { return nil }
 

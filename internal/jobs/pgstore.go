@@ -278,6 +278,8 @@ type rescueArgs struct{}
 
 func (rescueArgs) Kind() string { return "rescue" }
 
+func (rescueArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: queueUpkeep} }
+
 type rescueWorker struct {
 	river.WorkerDefaults[rescueArgs]
 	s *Service

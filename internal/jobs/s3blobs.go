@@ -37,7 +37,13 @@ func (s *Service) openStore(ctx context.Context) (blobStore, error) {
 	if grace <= 0 {
 		grace = DefaultStoreGrace
 	}
-	return &s3Store{tree: tree, scratch: local, presign: s.cfg.Presign, grace: grace}, nil
+	return &s3Store{tree: tree, scratch: local, presign: s.cfg.Presign, grace: grace,
+		probe: newCachedCheck(func(ctx context.Context) error {
+			if err := tree.Ping(ctx); err != nil {
+				return fmt.Errorf("job store %s does not answer: %w", tree, err)
+			}
+			return nil
+		})}, nil
 }
 
 // startSweep runs the store's sweep every blobStore.sweepEvery until Stop.
@@ -79,6 +85,7 @@ type s3Store struct {
 	scratch *localStore
 	presign time.Duration
 	grace   time.Duration
+	probe   *cachedCheck // readiness: a listing of at most one key
 }
 
 func key(id, name string) string { return id + "/" + name }
@@ -107,6 +114,11 @@ func (b *s3Store) fetch(ctx context.Context, j Job) (func(), error) {
 	}
 	if err := l.ensureSpace(l.minFree + 2*j.InputSize); err != nil {
 		return nil, err
+	}
+	// The job is this attempt's alone: the attempt before it ended, or its node died (maybe
+	// mid-upload). Its parts would stay stored, invisible, until the sweep's grace period.
+	if _, err := b.tree.AbortIncompleteIn(ctx, j.ID, time.Now()); err != nil {
+		return nil, fmt.Errorf("abort a previous attempt's uploads: %w", err)
 	}
 	if err := os.MkdirAll(l.jobDir(j.ID), 0o750); err != nil {
 		return nil, fmt.Errorf("create scratch directory: %w", err)
@@ -208,6 +220,8 @@ func (b *s3Store) remove(ctx context.Context, id string, names ...string) error 
 	}
 	return errors.Join(errs...)
 }
+
+func (b *s3Store) ready(ctx context.Context) error { return b.probe.do(ctx) }
 
 // sweepEvery is a tenth of the grace period, from a minute to an hour: each run lists the
 // prefix.

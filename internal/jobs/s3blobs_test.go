@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/google/uuid"
 
@@ -28,6 +27,7 @@ import (
 // there under jobs/, and a client of the bucket acting as anyone else.
 type s3Fixture struct {
 	cfg    jobs.Config
+	srv    *testkit.S3Server
 	client *s3.Client
 	bucket string
 }
@@ -36,36 +36,16 @@ func newS3Fixture(t *testing.T, conv jobs.Converter) *s3Fixture {
 	t.Helper()
 	srv := testkit.StartS3(t)
 	bucket := srv.Bucket(t)
-	creds := credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")
 	return &s3Fixture{
 		cfg: jobs.Config{Dir: t.TempDir(), Converter: conv, Store: "s3://" + bucket + "/jobs",
-			StoreConfig: s3store.Config{Endpoint: srv.Endpoint, Credentials: creds, PartSize: s3store.MinPartSize, Concurrency: 1}},
-		client: s3.New(s3.Options{Region: srv.Region, BaseEndpoint: aws.String(srv.Endpoint), UsePathStyle: true, Credentials: creds}),
-		bucket: bucket,
+			StoreConfig: s3store.Config{Endpoint: srv.Endpoint, Credentials: srv.Credentials(), PartSize: s3store.MinPartSize, Concurrency: 1}},
+		srv: srv, client: srv.Client(), bucket: bucket,
 	}
 }
 
-func (f *s3Fixture) keys(t *testing.T) []string {
-	t.Helper()
-	out, err := f.client.ListObjectsV2(t.Context(), &s3.ListObjectsV2Input{Bucket: aws.String(f.bucket)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, o := range out.Contents {
-		keys = append(keys, aws.ToString(o.Key))
-	}
-	return keys
-}
+func (f *s3Fixture) keys(t *testing.T) []string { return f.srv.Keys(t, f.bucket) }
 
-func (f *s3Fixture) uploads(t *testing.T) int {
-	t.Helper()
-	out, err := f.client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(f.bucket)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(out.Uploads)
-}
+func (f *s3Fixture) uploads(t *testing.T) int { return len(f.srv.Uploads(t, f.bucket)) }
 
 // brokenBody yields n bytes, then fails as a dropped connection does, or cancels a context.
 type brokenBody struct {

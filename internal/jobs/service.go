@@ -53,6 +53,13 @@ type Config struct {
 	StoreGrace time.Duration
 	// Workers bounds concurrent conversions (default 1).
 	Workers int
+	// APIOnly makes a node that takes, serves and settles jobs but runs no conversion, for a
+	// fleet whose conversions run on worker nodes. It still migrates, and still takes part in
+	// the queue's upkeep (expiry, the rescue of dead nodes' jobs, River's leadership), which
+	// runs on a queue of its own. Only with a PostgreSQL Database and a Store, which the nodes
+	// working its jobs share: on SQLite the node is the only one, and in a data directory the
+	// uploads are out of other nodes' reach, so nothing would ever work its jobs.
+	APIOnly bool
 	// Retention is how long finished jobs and their files are kept (default 168h).
 	Retention time.Duration
 	// MaxAttempts bounds the attempts of a job that fails with internal errors, its sandbox
@@ -74,6 +81,11 @@ type Config struct {
 	MinFreeBytes int64
 }
 
+// ErrAPIOnlyAlone is Open's refusal of Config.APIOnly without a PostgreSQL database and an S3
+// store, which other nodes would share.
+var ErrAPIOnlyAlone = errors.New("a node that works no conversions needs a PostgreSQL database and an S3 store shared with nodes that do: " +
+	"on SQLite it is the only node, and in its data directory the uploads are out of other nodes' reach, so no one would ever work its jobs")
+
 // DefaultMinFreeBytes is the free space kept in the data directory unless configured.
 const DefaultMinFreeBytes = 1 << 30
 
@@ -90,6 +102,9 @@ const DefaultRetention = 7 * 24 * time.Hour
 const (
 	kindConvert = "convert"
 	kindExpire  = "expire"
+	// queueUpkeep is the queue of the short periodic entries (expiry, rescue): every node works
+	// it, one at a time, API-only nodes included, and long conversions never hold it up.
+	queueUpkeep = "upkeep"
 	// rescueAfter is how long River waits before finalizing a running job that was marked for
 	// cancellation but whose worker never answered (a job left by a dead process). The
 	// converter's own time limit (Limits.Timeout) bounds a live conversion.
@@ -133,6 +148,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.Converter == nil {
 		return nil, errors.New("jobs: a converter is required")
+	}
+	if cfg.APIOnly && (!IsPostgres(cfg.Database) || cfg.Store == "") {
+		return nil, ErrAPIOnlyAlone
 	}
 	cfg.Workers = max(cfg.Workers, 1)
 	if cfg.Retention <= 0 {
@@ -263,10 +281,14 @@ func (s *Service) riverConfig() (*river.Config, error) {
 		return nil, err
 	}
 	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
+	queues := map[string]river.QueueConfig{queueUpkeep: {MaxWorkers: 1}}
+	if !s.cfg.APIOnly {
+		queues[river.QueueDefault] = river.QueueConfig{MaxWorkers: s.cfg.Workers}
+	}
 	return &river.Config{
 		Logger:  s.log,
 		Workers: workers,
-		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: s.cfg.Workers}},
+		Queues:  queues,
 		// Conversions have no River timeout (convertWorker.Timeout); this one bounds the
 		// short expiry job and lets RescueStuckJobsAfter be seconds rather than an hour.
 		JobTimeout:           rescueAfter,
@@ -504,13 +526,20 @@ func (s *Service) Close() error {
 	return err
 }
 
-// Ready reports whether the service accepts work: it is not stopping, its database answers,
-// and the data directory has Config.MinFreeBytes free.
+// Ready reports whether the service accepts work: it is not stopping, its database and its
+// S3 store (Config.Store) answer, each within a short time (the store's answer is cached for a
+// second), and the data directory has Config.MinFreeBytes free. The error names what is not
+// ready.
 func (s *Service) Ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return ErrStopping
 	}
-	if err := s.db.ping(ctx); err != nil {
+	pingCtx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	if err := s.db.ping(pingCtx); err != nil {
+		return fmt.Errorf("job database does not answer: %w", err)
+	}
+	if err := s.store.ready(ctx); err != nil {
 		return err
 	}
 	return s.blobs.ensureSpace(s.cfg.MinFreeBytes)

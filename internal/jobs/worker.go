@@ -282,6 +282,8 @@ type expireArgs struct{}
 
 func (expireArgs) Kind() string { return kindExpire }
 
+func (expireArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: queueUpkeep} }
+
 type expireWorker struct {
 	river.WorkerDefaults[expireArgs]
 	s *Service

@@ -317,16 +317,31 @@ func storedMismatch(out *s3.HeadObjectOutput, size int64, checksum string) error
 // after olderThan are left alone, since another run may be sending them. It returns how many
 // it aborted.
 func (t *Tree) AbortIncomplete(ctx context.Context, olderThan time.Time) (int, error) {
+	return t.abortIncomplete(ctx, t.prefix, olderThan)
+}
+
+// AbortIncompleteIn is AbortIncomplete for the uploads to names under the directory dir only:
+// a writer that knows no other run can be sending there (the one that was is dead) aborts
+// them all with olderThan now.
+func (t *Tree) AbortIncompleteIn(ctx context.Context, dir string, olderThan time.Time) (int, error) {
+	key, err := t.key(dir)
+	if err != nil {
+		return 0, err
+	}
+	return t.abortIncomplete(ctx, key+"/", olderThan)
+}
+
+func (t *Tree) abortIncomplete(ctx context.Context, prefix string, olderThan time.Time) (int, error) {
 	in := &s3.ListMultipartUploadsInput{Bucket: &t.bucket}
-	if t.prefix != "" {
-		in.Prefix = &t.prefix
+	if prefix != "" {
+		in.Prefix = &prefix
 	}
 	aborted := 0
 	pages := s3.NewListMultipartUploadsPaginator(t.client, in)
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
-			return aborted, t.fail(err, t.prefix, "cannot list incomplete multipart uploads")
+			return aborted, t.fail(err, prefix, "cannot list incomplete multipart uploads")
 		}
 		for _, mu := range page.Uploads {
 			if !aws.ToTime(mu.Initiated).Before(olderThan) {

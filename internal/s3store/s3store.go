@@ -244,6 +244,19 @@ func (w *walker) entry(prefix string, o types.Object) (obj store.Object, skip, e
 // HEAD answers, so that the same object always has the same ETag.
 func etag(s *string) string { return strings.Trim(aws.ToString(s), `"`) }
 
+// Ping asks the store for at most one key under the prefix: a cheap request that succeeds
+// only when the store answers, the bucket exists and the credentials may list it.
+func (t *Tree) Ping(ctx context.Context) error {
+	in := &s3.ListObjectsV2Input{Bucket: &t.bucket, MaxKeys: aws.Int32(1)}
+	if t.prefix != "" {
+		in.Prefix = &t.prefix
+	}
+	if _, err := t.client.ListObjectsV2(ctx, in); err != nil {
+		return t.fail(err, t.prefix, "cannot list")
+	}
+	return nil
+}
+
 // Stat describes the object at path.
 func (t *Tree) Stat(ctx context.Context, path string) (store.Object, error) {
 	key, err := t.key(path)

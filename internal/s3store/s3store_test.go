@@ -49,7 +49,7 @@ func newFixture(t *testing.T, prefix string, cfg s3store.Config) *fixture {
 func (f *fixture) open(t *testing.T, prefix string, cfg s3store.Config) *s3store.Tree {
 	t.Helper()
 	cfg.Endpoint = f.srv.Endpoint
-	cfg.Credentials = credentials.NewStaticCredentialsProvider(f.srv.AccessKey, f.srv.SecretKey, "")
+	cfg.Credentials = f.srv.Credentials()
 	tree, err := s3store.New(t.Context(), "s3://"+f.bucket+"/"+prefix, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -371,6 +371,11 @@ func TestKilledUploadIsInvisibleAndAborted(t *testing.T) {
 	}
 	start("hub/model.bin")
 	start("other/model.bin") // outside the tree: not ours to abort
+	start("hub/job/output")
+	start("hub/jobs/output") // beside hub/job/: not in it
+	if n, err := f.tree.AbortIncompleteIn(t.Context(), "job", time.Now().Add(time.Hour)); n != 1 || err != nil {
+		t.Errorf("AbortIncompleteIn(job, in an hour) = %d, %v; want 1", n, err)
+	}
 	if _, err := f.tree.Stat(t.Context(), "model.bin"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Stat of an incomplete upload = %v; want fs.ErrNotExist", err)
 	}
@@ -385,8 +390,8 @@ func TestKilledUploadIsInvisibleAndAborted(t *testing.T) {
 	if n, err := f.tree.AbortIncomplete(t.Context(), time.Now().Add(-time.Hour)); n != 0 || err != nil {
 		t.Errorf("AbortIncomplete(an hour ago) = %d, %v; want 0", n, err)
 	}
-	if n, err := f.tree.AbortIncomplete(t.Context(), time.Now().Add(time.Hour)); n != 1 || err != nil {
-		t.Errorf("AbortIncomplete(in an hour) = %d, %v; want 1", n, err)
+	if n, err := f.tree.AbortIncomplete(t.Context(), time.Now().Add(time.Hour)); n != 2 || err != nil {
+		t.Errorf("AbortIncomplete(in an hour) = %d, %v; want 2", n, err)
 	}
 	out, err := client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(f.bucket)})
 	if err != nil {
@@ -402,13 +407,19 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 	f := newFixture(t, "hub", s3store.Config{})
 	missing, err := s3store.New(t.Context(), "s3://no-such-bucket/hub", s3store.Config{
 		Endpoint:    f.srv.Endpoint,
-		Credentials: credentials.NewStaticCredentialsProvider(f.srv.AccessKey, f.srv.SecretKey, ""),
+		Credentials: f.srv.Credentials(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := missing.Walk(t.Context(), func(store.Object, error) error { return nil }); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Walk of a missing bucket = %v; want fs.ErrNotExist", err)
+	}
+	if err := missing.Ping(t.Context()); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Ping of a missing bucket = %v; want fs.ErrNotExist", err)
+	}
+	if err := f.tree.Ping(t.Context()); err != nil {
+		t.Errorf("Ping of the bucket = %v; want nil", err)
 	}
 	stranger, err := s3store.New(t.Context(), "s3://"+f.bucket+"/hub", s3store.Config{
 		Endpoint:    f.srv.Endpoint,
@@ -419,6 +430,9 @@ func TestStoreErrorsAreClassified(t *testing.T) {
 	}
 	if _, err := stranger.Stat(t.Context(), "x"); !errors.Is(err, fs.ErrPermission) {
 		t.Errorf("Stat with a wrong secret = %v; want fs.ErrPermission", err)
+	}
+	if err := stranger.Ping(t.Context()); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("Ping with a wrong secret = %v; want fs.ErrPermission", err)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/ptsafe/converter/internal/fault"
@@ -140,7 +139,7 @@ func TestHeadOpenAtPresign(t *testing.T) {
 func BenchmarkPutStream(b *testing.B) {
 	srv := testkit.StartS3(b)
 	tree, err := s3store.New(b.Context(), "s3://"+srv.Bucket(b)+"/bench", s3store.Config{Endpoint: srv.Endpoint,
-		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
+		Credentials: srv.Credentials()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
 // VersitygwModule is the S3-compatible gateway the tests run: a real server with a POSIX
@@ -145,6 +150,47 @@ func (s *S3Server) Bucket(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return name
+}
+
+// Credentials are the server's static credentials.
+func (s *S3Server) Credentials() aws.CredentialsProvider {
+	return credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, "")
+}
+
+// Client is a client of the server, for what a test checks from outside the code under test.
+func (s *S3Server) Client() *s3.Client {
+	return s3.New(s3.Options{Region: s.Region, BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true, Credentials: s.Credentials()})
+}
+
+// Keys lists the keys of the objects in bucket, in order.
+func (s *S3Server) Keys(t testing.TB, bucket string) []string {
+	t.Helper()
+	var keys []string
+	pages := s3.NewListObjectsV2Paginator(s.Client(), &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(context.Background())
+		if err != nil {
+			t.Fatalf("list %s: %v", bucket, err)
+		}
+		for _, o := range page.Contents {
+			keys = append(keys, aws.ToString(o.Key))
+		}
+	}
+	return keys
+}
+
+// Uploads lists the keys of the incomplete multipart uploads in bucket.
+func (s *S3Server) Uploads(t testing.TB, bucket string) []string {
+	t.Helper()
+	out, err := s.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
+	if err != nil {
+		t.Fatalf("list multipart uploads of %s: %v", bucket, err)
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, aws.ToString(u.Key))
+	}
+	return keys
 }
 
 // Env returns the environment that points the AWS SDK's standard configuration chain at the
