@@ -53,14 +53,7 @@ var jsonType = map[string]string{"Content-Type": "application/json"}
 func (e *env) submitBatch(src, dst string, options map[string]any) batchResp {
 	e.t.Helper()
 	resp, b := e.do("POST", "/v1/batches", "", batchBody(e.t, map[string]any{"source": src, "destination": dst, "options": options}), jsonType)
-	if resp.StatusCode != http.StatusAccepted {
-		e.t.Fatalf("POST /v1/batches = %d, want 202\n%s", resp.StatusCode, b)
-	}
-	bt := decode[batchResp](e.t, b)
-	if got, want := resp.Header.Get("Location"), "/v1/batches/"+bt.ID; got != want {
-		e.t.Errorf("Location = %q, want %q", got, want)
-	}
-	return bt
+	return accepted(e, resp, b, "/v1/batches", func(bt batchResp) string { return bt.ID })
 }
 
 // waitBatch polls a batch until it is finished, a bounded number of times.

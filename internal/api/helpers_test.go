@@ -324,14 +324,21 @@ func (e *env) submit(token, filename string, data []byte, header map[string]stri
 		h[k] = v
 	}
 	resp, b := e.do("POST", "/v1/jobs?filename="+filename, token, bytes.NewReader(data), h)
+	return accepted(e, resp, b, "/v1/jobs", func(j jobResp) string { return j.ID })
+}
+
+// accepted checks that a POST to collection was answered 202 with the Location of what it
+// created, and returns that.
+func accepted[T any](e *env, resp *http.Response, b []byte, collection string, id func(T) string) T {
+	e.t.Helper()
 	if resp.StatusCode != http.StatusAccepted {
-		e.t.Fatalf("POST /v1/jobs = %d, want 202\n%s", resp.StatusCode, b)
+		e.t.Fatalf("POST %s = %d, want 202\n%s", collection, resp.StatusCode, b)
 	}
-	j := decode[jobResp](e.t, b)
-	if got, want := resp.Header.Get("Location"), "/v1/jobs/"+j.ID; got != want {
+	v := decode[T](e.t, b)
+	if got, want := resp.Header.Get("Location"), collection+"/"+id(v); got != want {
 		e.t.Errorf("Location = %q, want %q", got, want)
 	}
-	return j
+	return v
 }
 
 // wait polls a job until it is finished, a bounded number of times.
