@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -129,21 +128,7 @@ func (e *s3env) tree(t *testing.T, loc string) store.Tree {
 // upload copies a local tree (following its symlinks) to loc.
 func (e *s3env) upload(t *testing.T, dir, loc string) {
 	t.Helper()
-	tr := e.tree(t, loc)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, path)
-		return tr.Put(context.Background(), filepath.ToSlash(rel), bytes.NewReader(b), int64(len(b)), "")
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.PutDir(t, e.tree(t, loc), dir)
 }
 
 // listing maps every file of a tree (without the batch state) to its SHA-256.

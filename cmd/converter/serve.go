@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -31,6 +32,8 @@ type serveConfig struct {
 	uploadIdle       time.Duration
 	// allowGlobals are the globals a job may ask to admit as inert records.
 	allowGlobals []string
+	// batchRoots are the directories batches may read and write locally (api.Deps.BatchRoots).
+	batchRoots []string
 	// presign, when positive, answers output downloads with a 307 to a presigned URL of the S3
 	// store valid this long.
 	presign time.Duration
@@ -39,21 +42,23 @@ type serveConfig struct {
 // defaultAddr is where serve listens, and healthcheck asks, unless told otherwise.
 const defaultAddr = "127.0.0.1:8080"
 
-// globalsFlag is serve's repeatable --allow-global. A value may also list several globals
-// separated by commas, so that CONVERTER_ALLOW_GLOBAL can hold the whole list; values given on
-// the command line replace the environment's, as every flag's do.
-type globalsFlag struct {
+// listFlag is one of serve's repeatable flags (--allow-global, --batch-root). A value may also
+// list several items separated by sep, so that one environment variable (CONVERTER_ALLOW_GLOBAL,
+// CONVERTER_BATCH_ROOT) can hold the whole list; values given on the command line replace the
+// environment's, as every flag's do.
+type listFlag struct {
 	list    []string
+	sep     string
 	fromEnv bool
 }
 
-func (g *globalsFlag) String() string { return strings.Join(g.list, ",") }
+func (g *listFlag) String() string { return strings.Join(g.list, g.sep) }
 
-func (g *globalsFlag) Set(v string) error {
+func (g *listFlag) Set(v string) error {
 	if g.fromEnv {
 		g.list, g.fromEnv = nil, false
 	}
-	for _, s := range strings.Split(v, ",") {
+	for _, s := range strings.Split(v, g.sep) {
 		if s = strings.TrimSpace(s); s != "" {
 			g.list = append(g.list, s)
 		}
@@ -76,11 +81,14 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.StringVar(&c.tokensFile, "tokens", "", "file of \"TENANT TOKEN\" lines (TOKEN may be sha256:HEX); without it the server is open and loopback-only")
 	fs.DurationVar(&c.presign, "presign", 0, "with --store s3://, answer output downloads with a 307 to a presigned GET URL of the object valid this `long` (0: stream them through the server)")
 	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
-	var allow globalsFlag
+	allow := listFlag{sep: ","}
 	fs.Var(&allow, "allow-global", "a `MODULE.NAME` jobs may ask to admit as an inert record with ?allow_global= (repeatable, or comma-separated); known-dangerous globals are refused")
+	roots := listFlag{sep: string(filepath.ListSeparator)}
+	fs.Var(&roots, "batch-root", "a `DIR` under which POST /v1/batches may name local sources and destinations (repeatable, or a list separated by \""+string(filepath.ListSeparator)+"\"); without any, batches take s3:// prefixes only")
 	bindErr := envflag.Bind(fs, getenv, "addr", "max-upload-bytes", "max-uploads",
-		"max-uploads-per-tenant", "tokens", "presign", "upload-idle-timeout", "allow-global")
+		"max-uploads-per-tenant", "tokens", "presign", "upload-idle-timeout", "allow-global", "batch-root")
 	allow.fromEnv = len(allow.list) > 0
+	roots.fromEnv = len(roots.list) > 0
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: converter serve [flags]\n\nRuns the HTTP job service, and works its jobs too (unless --workers 0: an API-only node beside\nworker nodes); conversions always run in the sandbox child.\nEvery flag falls back to the environment variable named with it.\n\n")
 		fs.PrintDefaults()
@@ -112,6 +120,12 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, err
 	}
 	c.allowGlobals = allow.list
+	for _, dir := range roots.list {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() || !filepath.IsAbs(dir) {
+			return c, fmt.Errorf("--batch-root %s must be an absolute path to a directory", dir)
+		}
+	}
+	c.batchRoots = roots.list
 	return c, nil
 }
 
@@ -170,7 +184,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
 			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
 			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
-			AllowGlobals: cfg.allowGlobals, Stop: ctx.Done(),
+			AllowGlobals: cfg.allowGlobals, BatchRoots: cfg.batchRoots, Stop: ctx.Done(),
 		}),
 		ReadHeaderTimeout: headerTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

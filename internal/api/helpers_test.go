@@ -69,6 +69,10 @@ type envOpts struct {
 	store       string
 	storeConfig s3store.Config
 	presign     time.Duration
+	// database is jobs.Config.Database ("" for SQLite in the data directory); batchRoots the
+	// server's --batch-root directories.
+	database   string
+	batchRoots []string
 }
 
 // newEnv starts the real job service on a SQLite file in a temporary directory and serves the
@@ -84,7 +88,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	svc, err := jobs.Open(t.Context(), jobs.Config{
 		Dir: dir, Workers: max(o.workers, 1), Converter: o.converter, Registerer: reg, MinFreeBytes: o.minFree,
-		Store: o.store, StoreConfig: o.storeConfig, Presign: o.presign,
+		Store: o.store, StoreConfig: o.storeConfig, Presign: o.presign, Database: o.database,
 	})
 	if err != nil {
 		t.Fatalf("jobs.Open: %v", err)
@@ -107,7 +111,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
 		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI,
-		AllowGlobals: o.allowGlobals})
+		AllowGlobals: o.allowGlobals, BatchRoots: o.batchRoots})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
@@ -320,33 +324,48 @@ func (e *env) submit(token, filename string, data []byte, header map[string]stri
 		h[k] = v
 	}
 	resp, b := e.do("POST", "/v1/jobs?filename="+filename, token, bytes.NewReader(data), h)
+	return accepted(e, resp, b, "/v1/jobs", func(j jobResp) string { return j.ID })
+}
+
+// accepted checks that a POST to collection was answered 202 with the Location of what it
+// created, and returns that.
+func accepted[T any](e *env, resp *http.Response, b []byte, collection string, id func(T) string) T {
+	e.t.Helper()
 	if resp.StatusCode != http.StatusAccepted {
-		e.t.Fatalf("POST /v1/jobs = %d, want 202\n%s", resp.StatusCode, b)
+		e.t.Fatalf("POST %s = %d, want 202\n%s", collection, resp.StatusCode, b)
 	}
-	j := decode[jobResp](e.t, b)
-	if got, want := resp.Header.Get("Location"), "/v1/jobs/"+j.ID; got != want {
+	v := decode[T](e.t, b)
+	if got, want := resp.Header.Get("Location"), collection+"/"+id(v); got != want {
 		e.t.Errorf("Location = %q, want %q", got, want)
 	}
-	return j
+	return v
 }
 
 // wait polls a job until it is finished, a bounded number of times.
 func (e *env) wait(token, id string) jobResp {
 	e.t.Helper()
-	for range 600 {
-		resp, b := e.do("GET", "/v1/jobs/"+id, token, nil, nil)
+	return waitFinished(e, "/v1/jobs/"+id, token, 600, func(j jobResp) string { return j.State })
+}
+
+// waitFinished polls path, at most tries times, until the state of what it answers is
+// terminal, and returns that.
+func waitFinished[T any](e *env, path, token string, tries int, state func(T) string) T {
+	e.t.Helper()
+	for range tries {
+		resp, b := e.do("GET", path, token, nil, nil)
 		if resp.StatusCode != http.StatusOK {
-			e.t.Fatalf("GET job = %d\n%s", resp.StatusCode, b)
+			e.t.Fatalf("GET %s = %d\n%s", path, resp.StatusCode, b)
 		}
-		j := decode[jobResp](e.t, b)
-		switch j.State {
+		v := decode[T](e.t, b)
+		switch state(v) {
 		case "succeeded", "failed", "canceled":
-			return j
+			return v
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.t.Fatalf("job %s did not finish", id)
-	return jobResp{}
+	e.t.Fatalf("%s did not finish", path)
+	var zero T
+	return zero
 }
 
 func sha256Hex(b []byte) string {
@@ -362,9 +381,11 @@ func (c blockingConverter) Convert(ctx context.Context, src, _ string, opts conv
 	return c.Scan(ctx, src, opts)
 }
 
-// Scan reports progress, as a sandbox child would, before it blocks.
+// Scan reports progress, as a sandbox child would, before it blocks (a batch asks for none).
 func (c blockingConverter) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
-	opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
+	if opts.Progress != nil {
+		opts.Progress(convert.Progress{Phase: convert.PhaseWriting, BytesDone: 1, BytesTotal: 2, TensorsDone: 3, TensorsTotal: 4})
+	}
 	c.started <- src
 	<-ctx.Done()
 	return nil, errors.Join(errors.New("conversion stopped"), ctx.Err())

@@ -16,7 +16,6 @@ import (
 	"path"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -128,10 +127,14 @@ func jobError(w http.ResponseWriter, r *http.Request, err error) {
 
 // jobID returns the {id} path parameter if it can name a job; anything else is answered 404
 // exactly like a missing job.
-func jobID(w http.ResponseWriter, r *http.Request) (string, bool) {
+func jobID(w http.ResponseWriter, r *http.Request) (string, bool) { return resourceID(w, r, "job") }
+
+// resourceID returns the {id} path parameter if it can name a job or batch (what); anything
+// else is answered 404 exactly like a missing one.
+func resourceID(w http.ResponseWriter, r *http.Request, what string) (string, bool) {
 	id := chi.URLParam(r, "id")
 	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
-		problem(w, r, http.StatusNotFound, probNotFound, "no such job")
+		problem(w, r, http.StatusNotFound, probNotFound, "no such "+what)
 		return "", false
 	}
 	return strings.ToLower(id), true
@@ -389,18 +392,30 @@ func jobOptions(q url.Values, allowed map[string]bool) (jobs.Mode, []string, err
 	if !mode.Valid() {
 		return "", nil, errors.New("mode must be convert or scan")
 	}
-	allow := q["allow_global"]
+	allow, err := checkAllowed(q["allow_global"], allowed)
+	if err != nil {
+		return "", nil, err
+	}
+	return mode, allow, nil
+}
+
+// checkAllowed checks the globals a request asks to admit against the server's list and
+// returns them sorted, without repeats (nil for none).
+func checkAllowed(allow []string, allowed map[string]bool) ([]string, error) {
 	for _, g := range allow {
 		if !allowed[g] {
-			return "", nil, fmt.Errorf("allow_global %q is not one this server allows (serve --allow-global)", g)
+			return nil, fmt.Errorf("allow_global %q is not one this server allows (serve --allow-global)", g)
 		}
 	}
 	if err := (convert.Options{AllowGlobals: allow}).Validate(); err != nil {
-		return "", nil, err
+		return nil, err
+	}
+	if len(allow) == 0 {
+		return nil, nil
 	}
 	allow = slices.Clone(allow)
 	slices.Sort(allow)
-	return mode, slices.Compact(allow), nil
+	return slices.Compact(allow), nil
 }
 
 // filePart advances a multipart body to its "file" part.
@@ -464,48 +479,49 @@ var pageTokenRE = regexp.MustCompile(`^[0-9a-f-]{36}$`)
 
 func handleList(svc JobService) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		p := jobs.ListParams{Tenant: tenantOf(r.Context()), PageSize: defaultPageSize}
-		if s := q.Get("page_size"); s != "" {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 || n > maxPageSize {
-				problem(w, r, http.StatusBadRequest, probBadRequest, fmt.Sprintf("page_size must be 1..%d", maxPageSize))
-				return
-			}
-			p.PageSize = n
-		}
-		if s := q.Get("state"); s != "" {
-			if !jobs.State(s).Valid() {
-				problem(w, r, http.StatusBadRequest, probBadRequest, "state must be queued, running, succeeded, failed or canceled")
-				return
-			}
-			p.State = jobs.State(s)
-		}
-		if s := q.Get("page_token"); s != "" {
-			b, err := base64.RawURLEncoding.DecodeString(s)
-			if err != nil || !pageTokenRE.Match(b) {
-				problem(w, r, http.StatusBadRequest, probBadRequest, "page_token is not one this server issued")
-				return
-			}
-			p.After = string(b)
+		p, ok := listParams(w, r)
+		if !ok {
+			return
 		}
 		list, more, err := svc.List(r.Context(), p)
 		if err != nil {
 			jobError(w, r, err)
 			return
 		}
-		resp := struct {
-			Jobs          []jobJSON `json:"jobs"`
-			NextPageToken string    `json:"next_page_token,omitempty"`
-		}{Jobs: make([]jobJSON, 0, len(list))}
-		for _, j := range list {
-			resp.Jobs = append(resp.Jobs, toJSON(j))
-		}
-		if more {
-			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(list[len(list)-1].ID))
-		}
-		encode(w, http.StatusOK, resp)
+		encodePage(w, "jobs", list, toJSON, more, func(j jobs.Job) string { return j.ID })
 	}
+}
+
+// encodePage answers a page of a list under key, each item as show gives it, with the token
+// of the next page (the last item's key) when more follow.
+func encodePage[T, J any](w http.ResponseWriter, key string, list []T, show func(T) J, more bool, last func(T) string) {
+	items := make([]J, 0, len(list))
+	for _, it := range list {
+		items = append(items, show(it))
+	}
+	resp := map[string]any{key: items}
+	if more {
+		resp["next_page_token"] = encodeToken(last(list[len(list)-1]))
+	}
+	encode(w, http.StatusOK, resp)
+}
+
+// listParams reads the query of a list of jobs or batches: a page of the caller's, perhaps in
+// one state.
+func listParams(w http.ResponseWriter, r *http.Request) (jobs.ListParams, bool) {
+	size, after, ok := pageParams(w, r, pageTokenRE.MatchString)
+	if !ok {
+		return jobs.ListParams{}, false
+	}
+	p := jobs.ListParams{Tenant: tenantOf(r.Context()), PageSize: size, After: after}
+	if s := r.URL.Query().Get("state"); s != "" {
+		if !jobs.State(s).Valid() {
+			problem(w, r, http.StatusBadRequest, probBadRequest, "state must be queued, running, succeeded, failed or canceled")
+			return jobs.ListParams{}, false
+		}
+		p.State = jobs.State(s)
+	}
+	return p, true
 }
 
 func handleCancel(svc JobService) http.HandlerFunc {

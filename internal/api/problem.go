@@ -33,6 +33,7 @@ const (
 	probInternal            = "internal"
 	probOutputLost          = "output-lost"
 	probUploadTimeout       = "upload-timeout"
+	probPathForbidden       = "batch-path-forbidden"
 )
 
 // problemType is what a problem type's answers and page say about it.
@@ -74,6 +75,8 @@ var problemTypes = map[string]problemType{
 		"The server failed; the error is logged. Retry later, and report it if it persists."},
 	probOutputLost: {"The job's stored output was lost",
 		"A stored file no longer has the digest recorded when it was written, or is missing. It was not served, and the job is now failed with an internal error; upload the checkpoint again."},
+	probPathForbidden: {"Batch path not allowed",
+		"A batch's local source or destination must lie inside a directory the operator allowed with serve --batch-root, once every symlink in it is resolved; a server without --batch-root takes s3:// prefixes only."},
 	probUploadTimeout: {"Upload stopped arriving",
 		"The upload made no progress for the server's --upload-idle-timeout; its slot was freed and nothing was kept."},
 }

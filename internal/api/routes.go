@@ -27,10 +27,11 @@ func routes(d Deps, m *metrics) *chi.Mux {
 
 	r.Group(func(r chi.Router) {
 		r.Use(authenticate(d.Tokens, m))
+		allowed := allowSet(d.AllowGlobals)
 		r.Post("/v1/jobs", handleSubmit(d.Jobs, uploadLimits{
 			maxBytes: d.MaxUploadBytes, idle: d.UploadIdleTimeout,
 			slots: newUploadSlots(d.MaxConcurrentUploads, d.MaxConcurrentUploadsPerTenant),
-		}, allowSet(d.AllowGlobals), m))
+		}, allowed, m))
 		r.Get("/v1/jobs", handleList(d.Jobs))
 		getHead(r, "/v1/jobs/{id}", handleGet(d.Jobs))
 		r.Delete("/v1/jobs/{id}", handleDelete(d.Jobs))
@@ -39,6 +40,11 @@ func routes(d Deps, m *metrics) *chi.Mux {
 		r.Get("/v1/jobs/{id}/manifest", handleManifest(d.Jobs))
 		r.Get("/v1/jobs/{id}/report", handleReport(d.Jobs))
 		r.Get("/v1/jobs/{id}/events", handleEvents(d.Jobs, d.Stop))
+		r.Post("/v1/batches", handleSubmitBatch(d.Jobs, d.BatchRoots, allowed))
+		r.Get("/v1/batches", handleListBatches(d.Jobs))
+		r.Get("/v1/batches/{id}", handleGetBatch(d.Jobs))
+		r.Delete("/v1/batches/{id}", handleDeleteBatch(d.Jobs))
+		r.Post("/v1/batches/{id}/cancel", handleCancelBatch(d.Jobs))
 	})
 
 	// The web page's routes (page.go): GET / is public, since the page holds no data (what it

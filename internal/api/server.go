@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/jobs"
 )
 
@@ -30,6 +31,13 @@ type JobService interface {
 	OpenManifest(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
 	OpenReport(ctx context.Context, tenant, id string) (jobs.Job, *jobs.Artifact, error)
 	Ready(ctx context.Context) error
+
+	SubmitBatch(ctx context.Context, p jobs.BatchParams) (jobs.Batch, error)
+	GetBatch(ctx context.Context, tenant, id string) (jobs.Batch, error)
+	BatchFiles(ctx context.Context, tenant, id, after string, pageSize int) ([]batch.File, bool, error)
+	ListBatches(ctx context.Context, p jobs.ListParams) ([]jobs.Batch, bool, error)
+	CancelBatch(ctx context.Context, tenant, id string) (jobs.Batch, error)
+	DeleteBatch(ctx context.Context, tenant, id string) error
 }
 
 var _ JobService = (*jobs.Service)(nil)
@@ -68,6 +76,9 @@ type Deps struct {
 	// (query parameter allow_global); the caller has checked them with
 	// convert.Options.Validate, which refuses known-dangerous ones.
 	AllowGlobals []string
+	// BatchRoots are the directories under which a batch's local source and destination may
+	// lie (serve --batch-root); without any, batches take s3:// prefixes only.
+	BatchRoots []string
 	// Stop is closed when the server begins to shut down: event streams end then, so that they
 	// do not hold the drain (nil: they end only with their job or client).
 	Stop <-chan struct{}

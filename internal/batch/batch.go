@@ -72,7 +72,7 @@ type item struct {
 type runner struct {
 	src, dst store.Tree // dst nil: in place
 	out      store.Tree // where outputs go: dst, or src in place
-	eng      convert.Engine
+	eng      Engine
 	opts     Options
 	filter   filter
 	state    state
@@ -86,39 +86,22 @@ type runner struct {
 	remove            []string // sources to delete at the end (--remove-source)
 }
 
+// Engine converts and scans single files: the sandbox's Runner for untrusted trees, or
+// convert.InProcess. On error no file may exist at dst.
+type Engine interface {
+	Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error)
+	Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error)
+}
+
 // Run converts the tree src into dst (nil: in place, beside each source) with eng, which
 // must be the sandbox for untrusted trees, and returns the report. Per-file problems are
 // outcomes in the report; the error is for the run itself (SOURCE cannot be listed, the
 // state cannot be written, the context ended), with the report of what was done when there
 // is one.
-func Run(ctx context.Context, src, dst store.Tree, eng convert.Engine, opts Options) (*Report, error) {
-	if opts.Workers <= 0 {
-		opts.Workers = runtime.NumCPU()
-	}
-	if opts.ScanOnly && dst != nil {
-		return nil, errors.New("a scan has no destination")
-	}
-	if err := opts.Convert.Validate(); err != nil {
-		return nil, err
-	}
-	flt, err := newFilter(opts.Include, opts.Exclude)
+func Run(ctx context.Context, src, dst store.Tree, eng Engine, opts Options) (*Report, error) {
+	r, rep, err := newRunner(src, dst, eng, opts)
 	if err != nil {
 		return nil, err
-	}
-	if dst != nil && overlap(src, dst) {
-		return nil, fmt.Errorf("destination %s and source %s overlap: convert in place by giving no destination, or choose a destination outside the source", dst, src)
-	}
-	r := &runner{src: src, dst: dst, out: dst, eng: eng, opts: opts, filter: flt,
-		engine: make(chan struct{}, opts.Workers)}
-	if dst == nil {
-		r.out = src
-	}
-	r.dirs = dirs{root: localRoot(r.out), users: map[string]int{}}
-	rep := &Report{ConverterVersion: convert.Version, Source: src.String(), DryRun: opts.DryRun || opts.ScanOnly,
-		StartedAt: time.Now().UTC(), Files: []File{}}
-	if !opts.ScanOnly {
-		rep.Destination = r.out.String()
-		r.state = state{tree: r.out, write: r.writes(), options: optionsPrint(opts.Convert)}
 	}
 	if r.writes() {
 		lk, err := lock(r.out)
@@ -144,7 +127,58 @@ func Run(ctx context.Context, src, dst store.Tree, eng convert.Engine, opts Opti
 	sets := r.plan(ctx, items)
 	r.start(items)
 	r.execute(ctx, items, sets)
+	return r.finishReport(ctx, rep, items)
+}
 
+// Validate checks what a run refuses before it starts: a glob that is not one, conversion
+// options that are not safe.
+func (o Options) Validate() error {
+	_, err := o.filter()
+	return err
+}
+
+// filter checks the options and returns the run's filter.
+func (o Options) filter() (filter, error) {
+	if err := o.Convert.Validate(); err != nil {
+		return filter{}, err
+	}
+	return newFilter(o.Include, o.Exclude)
+}
+
+// newRunner checks the options and trees of a run and returns its runner and the report's
+// header.
+func newRunner(src, dst store.Tree, eng Engine, opts Options) (*runner, *Report, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.NumCPU()
+	}
+	if opts.ScanOnly && dst != nil {
+		return nil, nil, errors.New("a scan has no destination")
+	}
+	flt, err := opts.filter()
+	if err != nil {
+		return nil, nil, err
+	}
+	if dst != nil && overlap(src, dst) {
+		return nil, nil, fmt.Errorf("destination %s and source %s overlap: convert in place by giving no destination, or choose a destination outside the source", dst, src)
+	}
+	r := &runner{src: src, dst: dst, out: dst, eng: eng, opts: opts, filter: flt,
+		engine: make(chan struct{}, opts.Workers)}
+	if dst == nil {
+		r.out = src
+	}
+	r.dirs = dirs{root: localRoot(r.out), users: map[string]int{}}
+	rep := &Report{ConverterVersion: convert.Version, Source: src.String(), DryRun: opts.DryRun || opts.ScanOnly,
+		StartedAt: time.Now().UTC(), Files: []File{}}
+	if !opts.ScanOnly {
+		rep.Destination = r.out.String()
+		r.state = state{tree: r.out, write: r.writes(), options: optionsPrint(opts.Convert)}
+	}
+	return r, rep, nil
+}
+
+// finishReport completes rep with the outcomes of items and the bytes counted, and returns it
+// with the run's error.
+func (r *runner) finishReport(ctx context.Context, rep *Report, items []*item) (*Report, error) {
 	for _, it := range items {
 		if it.listed && it.file.Outcome != "" {
 			rep.Files = append(rep.Files, it.file)

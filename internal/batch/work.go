@@ -308,6 +308,9 @@ type dirs struct {
 	mu    sync.Mutex
 	root  string
 	users map[string]int
+	// keep leaves every directory in place: the units of a planned run write beside each
+	// other from several runners (and nodes), which do not know each other's users.
+	keep bool
 }
 
 func (d *dirs) use(dir string) error {
@@ -323,7 +326,7 @@ func (d *dirs) release(dir string, failed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.users[dir]--
-	for failed && d.users[dir] == 0 && dir != d.root && strings.HasPrefix(dir, d.root) {
+	for failed && !d.keep && d.users[dir] == 0 && dir != d.root && strings.HasPrefix(dir, d.root) {
 		if os.Remove(dir) != nil { // not empty: in use, or holding other files
 			return
 		}

@@ -238,8 +238,9 @@ func TestConverterGetsConfiguredOptions(t *testing.T) {
 	}
 }
 
-// The helper process runs a service whose conversions never end, reports when one started,
-// and waits to be killed.
+// The helper process runs a service whose conversions never end, submits a job (or, with
+// JOBS_TEST_HELPER_BATCH, a batch of that directory), reports when a conversion started, and
+// waits to be killed.
 func TestHelperProcess(t *testing.T) {
 	dir := os.Getenv("JOBS_TEST_HELPER_DIR")
 	if dir == "" {
@@ -258,6 +259,15 @@ func TestHelperProcess(t *testing.T) {
 	if err := s.Start(context.Background()); err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(1)
+	}
+	if src := os.Getenv("JOBS_TEST_HELPER_BATCH"); src != "" {
+		b, err := s.SubmitBatch(context.Background(), jobs.BatchParams{Tenant: "t", Source: src, Destination: src + "-dst"})
+		if err != nil {
+			fmt.Println("ERROR", err)
+			os.Exit(1)
+		}
+		fmt.Println("JOB", b.ID)
+		select {}
 	}
 	up, _ := s.Stage(context.Background(), strings.NewReader("checkpoint"), -1)
 	j, _, err := s.Submit(context.Background(), jobs.SubmitParams{Tenant: "t", Filename: "m.pt", Upload: up})
@@ -296,12 +306,12 @@ func testSIGKILLMidJob(t *testing.T, database string) {
 	}
 }
 
-// startHelper starts TestHelperProcess on the data directory and database and returns it once
-// it is converting the job whose id it returns.
-func startHelper(t *testing.T, dir, database string) (*exec.Cmd, string) {
+// startHelper starts TestHelperProcess on the data directory and database, with the extra
+// environment, and returns it once it is converting the job (or batch) whose id it returns.
+func startHelper(t *testing.T, dir, database string, env ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), "JOBS_TEST_HELPER_DIR="+dir, "JOBS_TEST_HELPER_DB="+database)
+	cmd.Env = append(os.Environ(), append(env, "JOBS_TEST_HELPER_DIR="+dir, "JOBS_TEST_HELPER_DB="+database)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

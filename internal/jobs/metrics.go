@@ -20,6 +20,7 @@ type metrics struct {
 	recovered prometheus.Counter
 	strays    prometheus.Counter
 	lost      *prometheus.CounterVec
+	batches   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -62,11 +63,15 @@ func newMetrics() *metrics {
 			Name: "converter_outputs_lost_total",
 			Help: "Stored files of succeeded jobs found missing or corrupt, by file (output, manifest).",
 		}, []string{"file"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "converter_batches_finished_total",
+			Help: "Batches that reached a terminal state, by state (succeeded, failed, canceled).",
+		}, []string{"state"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.finished, m.queueWait, m.run, m.readBytes, m.wroteByte, m.retries, m.recovered, m.strays, m.lost}
+	return []prometheus.Collector{m.finished, m.queueWait, m.run, m.readBytes, m.wroteByte, m.retries, m.recovered, m.strays, m.lost, m.batches}
 }
 
 // stateCollector reports the queued and running gauges from the job table at scrape time, which

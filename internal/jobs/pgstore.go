@@ -53,7 +53,10 @@ CREATE UNIQUE INDEX converter_job_idempotency
 	ON converter_job (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX converter_job_tenant ON converter_job (tenant, id);
 CREATE INDEX converter_job_finished ON converter_job (finished_at) WHERE finished_at IS NOT NULL;
-`}
+`,
+	// 2: server-side batches (batches.go), as SQLite's step 5.
+	batchSchema("BIGINT", ` COLLATE "C"`),
+}
 
 // migrationLock is the key of the advisory lock under which nodes migrate: "conv" in ASCII.
 const migrationLock = 0x636f6e76
@@ -160,6 +163,7 @@ func (s *Service) openPostgres(ctx context.Context) error {
 		return err
 	}
 	cfg.ID = id
+	s.node = id
 	if err := river.AddWorkerSafely(cfg.Workers, &rescueWorker{s: s}); err != nil {
 		return fmt.Errorf("register rescue worker: %w", err)
 	}

@@ -125,6 +125,11 @@ type Service struct {
 	stopping atomic.Bool
 	mu       sync.Mutex
 	running  map[string]*attempt // job id -> its attempt running in this process
+	// batchUnits cancel the batch units running in this process: batch id -> unit -> cancel.
+	batchUnits map[string]map[int]context.CancelCauseFunc
+	// node is this node's id in a shared database's queue ("" on SQLite), recorded with the
+	// batch units it works.
+	node string
 	// stopRetry ends Start's retries on a full disk (nil when the queue started at once).
 	stopRetry func()
 	// stopSweep ends the store's periodic sweep (nil when there is none).
@@ -170,6 +175,8 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 		blobs:   &blobs{dir: cfg.Dir, free: diskFree},
 		metrics: newMetrics(),
 		running: map[string]*attempt{},
+
+		batchUnits: map[string]map[int]context.CancelCauseFunc{},
 	}
 	if err := s.blobs.init(); err != nil {
 		return nil, err
@@ -270,6 +277,9 @@ func (s *Service) riverConfig() (*river.Config, error) {
 	if err := river.AddWorkerSafely(workers, &expireWorker{s: s}); err != nil {
 		return nil, fmt.Errorf("register expire worker: %w", err)
 	}
+	if err := s.addBatchWorkers(workers); err != nil {
+		return nil, err
+	}
 	expireEvery := min(max(s.cfg.Retention/10, time.Second), 10*time.Minute)
 	queues := map[string]river.QueueConfig{queueUpkeep: {MaxWorkers: 1}}
 	if !s.cfg.APIOnly {
@@ -329,10 +339,11 @@ func (s *Service) recover(ctx context.Context) error {
 	return s.sweep(ctx)
 }
 
-// rescue queues again the jobs whose queue entries are marked running by a process that is
-// gone.
+// rescue queues again the jobs, and the batches' planning and units, whose queue entries are
+// marked running by a process that is gone (River never rescues them itself: their workers
+// have no timeout).
 func (s *Service) rescue(ctx context.Context) error {
-	running, err := s.riverJobs(ctx, rivertype.JobStateRunning)
+	running, err := s.riverJobs(ctx, rivertype.JobStateRunning, kindConvert, kindBatchPlan, kindBatchUnit)
 	if err != nil {
 		return err
 	}
@@ -344,16 +355,24 @@ func (s *Service) rescue(ctx context.Context) error {
 		if !orphan {
 			continue
 		}
-		if err := s.requeueOrphan(ctx, rj); err != nil {
+		requeue := s.requeueOrphan
+		if rj.Kind != kindConvert {
+			requeue = s.requeueBatchEntry
+		}
+		if err := requeue(ctx, rj); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState) ([]*rivertype.JobRow, error) {
+// riverJobs lists the queue entries of the kinds (conversions when none) in state.
+func (s *Service) riverJobs(ctx context.Context, state rivertype.JobState, kinds ...string) ([]*rivertype.JobRow, error) {
+	if len(kinds) == 0 {
+		kinds = []string{kindConvert}
+	}
 	var out []*rivertype.JobRow
-	params := river.NewJobListParams().Kinds(kindConvert).States(state).First(1000)
+	params := river.NewJobListParams().Kinds(kinds...).States(state).First(1000)
 	for {
 		res, err := s.river.JobList(ctx, params)
 		if err != nil {
@@ -779,10 +798,15 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 	return nil
 }
 
-// expire removes jobs that finished more than Retention ago, with their files.
+// expire removes jobs and batches that finished more than Retention ago, with their files
+// and outcomes.
 func (s *Service) expire(ctx context.Context) error {
+	horizon := time.Now().Add(-s.cfg.Retention)
+	if err := s.expireBatches(ctx, horizon); err != nil {
+		return err
+	}
 	for {
-		ids, err := expiredJobs(ctx, s.db, time.Now().Add(-s.cfg.Retention), 500)
+		ids, err := expired(ctx, s.db, "converter_job", horizon, 500)
 		if err != nil {
 			return err
 		}

@@ -139,6 +139,8 @@ var migrations = []migration{
 	addColumn("converter_job", "mode", "TEXT NOT NULL DEFAULT 'convert'"),
 	// 4: the globals a job admits as inert records, a JSON array (NULL for none).
 	addColumn("converter_job", "allow_globals", "TEXT"),
+	// 5: server-side batches (batches.go).
+	execStep(batchSchema("INTEGER", "")),
 }
 
 const schemaV1 = `
@@ -519,19 +521,20 @@ func deleteJob(ctx context.Context, q querier, id string) error {
 	return nil
 }
 
-// expiredJobs returns the ids of jobs finished before horizon.
-func expiredJobs(ctx context.Context, q querier, horizon time.Time, limit int) ([]string, error) {
-	rows, err := q.query(ctx, `SELECT id FROM converter_job WHERE finished_at IS NOT NULL
+// expired returns the ids of up to limit rows of table (converter_job, converter_batch)
+// finished before horizon, oldest first.
+func expired(ctx context.Context, q querier, table string, horizon time.Time, limit int) ([]string, error) {
+	rows, err := q.query(ctx, `SELECT id FROM `+table+` WHERE finished_at IS NOT NULL
 		AND finished_at < ? ORDER BY finished_at LIMIT ?`, millis(horizon), limit)
 	if err != nil {
-		return nil, fmt.Errorf("find expired jobs: %w", err)
+		return nil, fmt.Errorf("find expired rows of "+table+": %w", err)
 	}
 	defer rows.Close()
 	var ids []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("find expired jobs: %w", err)
+			return nil, fmt.Errorf("find expired rows of "+table+": %w", err)
 		}
 		ids = append(ids, id)
 	}

@@ -27,7 +27,8 @@ type convertArgs struct {
 
 func (convertArgs) Kind() string { return kindConvert }
 
-func unmarshalArgs(rj *rivertype.JobRow, args *convertArgs) error {
+// unmarshalArgs decodes the arguments of a queue entry into args, a pointer to its kind's.
+func unmarshalArgs(rj *rivertype.JobRow, args river.JobArgs) error {
 	if err := json.Unmarshal(rj.EncodedArgs, args); err != nil {
 		return fmt.Errorf("decode queue entry %d: %w", rj.ID, err)
 	}

@@ -69,6 +69,9 @@ func resolveExisting(abs string) (string, error) {
 // String returns the directory as given to NewLocal.
 func (l *Local) String() string { return l.dir }
 
+// Root is the tree's directory: absolute, with the symlinks of its existing part resolved.
+func (l *Local) Root() string { return l.root }
+
 // LocalPath returns the file name of path under the root; ok is false only for a path that is
 // not a valid relative slash path.
 func (l *Local) LocalPath(p string) (string, bool) {

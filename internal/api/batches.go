@@ -1,0 +1,320 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ptsafe/converter/internal/batch"
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/store"
+)
+
+// batchRequest is the body of POST /v1/batches (schema BatchRequest).
+type batchRequest struct {
+	Source      string            `json:"source"`
+	Destination string            `json:"destination"`
+	Options     jobs.BatchOptions `json:"options"`
+}
+
+// maxBatchRequestBytes bounds the body of POST /v1/batches: paths and globs, not data.
+const maxBatchRequestBytes = 64 << 10
+
+// batchJSON is a batch as the API shows it (schema Batch).
+type batchJSON struct {
+	ID          string            `json:"id"`
+	State       jobs.State        `json:"state"`
+	Source      string            `json:"source"`
+	Destination string            `json:"destination"`
+	Options     jobs.BatchOptions `json:"options"`
+	CreatedAt   time.Time         `json:"created_at"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+	StartedAt   *time.Time        `json:"started_at,omitempty"`
+	FinishedAt  *time.Time        `json:"finished_at,omitempty"`
+	ExpiresAt   *time.Time        `json:"expires_at,omitempty"`
+	Units       unitsJSON         `json:"units"`
+	Summary     batch.Summary     `json:"summary"`
+	ExitCode    int               `json:"exit_code"`
+	Error       *errorJSON        `json:"error,omitempty"`
+	Links       batchLinksJSON    `json:"links"`
+}
+
+type unitsJSON struct {
+	Total int `json:"total"`
+	Done  int `json:"done"`
+}
+
+type batchLinksJSON struct {
+	Self string `json:"self"`
+}
+
+// batchReportJSON is a page of a batch's report: the report `converter batch --report`
+// writes, with the files of one page (schema BatchReport).
+type batchReportJSON struct {
+	ConverterVersion string        `json:"converter_version"`
+	Source           string        `json:"source"`
+	Destination      string        `json:"destination"`
+	DryRun           bool          `json:"dry_run"`
+	StartedAt        *time.Time    `json:"started_at,omitempty"`
+	FinishedAt       *time.Time    `json:"finished_at,omitempty"`
+	Summary          batch.Summary `json:"summary"`
+	Files            []batch.File  `json:"files"`
+}
+
+func batchToJSON(b jobs.Batch) batchJSON {
+	out := batchJSON{
+		ID: b.ID, State: b.State, Source: b.Source, Destination: b.Destination, Options: b.Options,
+		CreatedAt: b.CreatedAt, UpdatedAt: b.UpdatedAt, StartedAt: timePtr(b.StartedAt),
+		FinishedAt: timePtr(b.FinishedAt), ExpiresAt: timePtr(b.ExpiresAt),
+		Units: unitsJSON{Total: b.Units, Done: b.UnitsDone}, Summary: b.Summary, ExitCode: b.ExitCode,
+		Links: batchLinksJSON{Self: "/v1/batches/" + b.ID},
+	}
+	if b.Error != nil {
+		out.Error = &errorJSON{Type: b.Error.Type, Detail: b.Error.Detail}
+	}
+	return out
+}
+
+// batchError answers an error from the job service about a batch.
+func batchError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, jobs.ErrNotFound) {
+		problem(w, r, http.StatusNotFound, probNotFound, "no such batch")
+		return
+	}
+	jobError(w, r, err)
+}
+
+// pathError is a batch location the server refuses, with its status: 400 for a path that is
+// not one, 403 for one outside what the operator allows.
+type pathError struct {
+	status int
+	msg    string
+}
+
+func (e *pathError) Error() string { return e.msg }
+
+// batchLocation checks a batch's source or destination: an s3:// prefix, or an absolute local
+// path inside one of roots (serve --batch-root) once every symlink is resolved. It returns the
+// location to record: a local path resolved, so that a symlink changed later cannot move it.
+func batchLocation(roots []string, what, loc string) (string, error) {
+	if rest, ok := strings.CutPrefix(loc, "s3://"); ok {
+		if bucket, _, _ := strings.Cut(rest, "/"); bucket == "" {
+			return "", &pathError{http.StatusBadRequest, what + " " + loc + " names no bucket"}
+		}
+		return loc, nil
+	}
+	if !filepath.IsAbs(loc) {
+		return "", &pathError{http.StatusBadRequest, what + " must be an s3:// prefix or an absolute path"}
+	}
+	if slices.Contains(strings.Split(filepath.ToSlash(loc), "/"), "..") {
+		return "", &pathError{http.StatusBadRequest, what + " must not contain .."}
+	}
+	if len(roots) == 0 {
+		return "", &pathError{http.StatusForbidden, "this server takes no local paths (serve --batch-root)"}
+	}
+	tree, err := store.NewLocal(loc)
+	if err != nil {
+		return "", &pathError{http.StatusBadRequest, what + " is not a directory"}
+	}
+	real := tree.Root()
+	for _, root := range roots {
+		if rr, err := filepath.EvalSymlinks(root); err == nil && within(real, rr) {
+			return real, nil
+		}
+	}
+	return "", &pathError{http.StatusForbidden, what + " is outside every --batch-root, once its symlinks are resolved"}
+}
+
+// within reports whether the absolute path p is dir or below it.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// decodeBatchRequest reads a POST /v1/batches body: one JSON object of known fields.
+func decodeBatchRequest(r *http.Request) (batchRequest, error) {
+	var req batchRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBatchRequestBytes+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("the body is not a batch request: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return req, errors.New("the body holds more than one JSON value")
+	}
+	if req.Source == "" || req.Destination == "" {
+		return req, errors.New("source and destination are required")
+	}
+	return req, nil
+}
+
+func handleSubmitBatch(svc JobService, roots []string, allowed map[string]bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+			problem(w, r, http.StatusUnsupportedMediaType, probUnsupportedMedia, "send the batch request as application/json")
+			return
+		}
+		req, err := decodeBatchRequest(r)
+		if err != nil {
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
+		var pe *pathError
+		src, err := batchLocation(roots, "source", req.Source)
+		if errors.As(err, &pe) {
+			problem(w, r, pe.status, pathProblem(pe.status), pe.msg)
+			return
+		}
+		dst, err := batchLocation(roots, "destination", req.Destination)
+		if errors.As(err, &pe) {
+			problem(w, r, pe.status, pathProblem(pe.status), pe.msg)
+			return
+		}
+		o := req.Options
+		if o.AllowGlobals, err = checkAllowed(o.AllowGlobals, allowed); err != nil {
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
+		bo := batch.Options{Include: o.Include, Exclude: o.Exclude, Convert: convert.Options{AllowGlobals: o.AllowGlobals}}
+		if err := bo.Validate(); err != nil {
+			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
+			return
+		}
+		b, err := svc.SubmitBatch(r.Context(), jobs.BatchParams{Tenant: tenantOf(r.Context()), Source: src, Destination: dst, Options: o})
+		if err != nil {
+			batchError(w, r, err)
+			return
+		}
+		w.Header().Set("Location", "/v1/batches/"+b.ID)
+		encode(w, http.StatusAccepted, batchToJSON(b))
+	}
+}
+
+func pathProblem(status int) string {
+	if status == http.StatusForbidden {
+		return probPathForbidden
+	}
+	return probBadRequest
+}
+
+// pageParams reads page_size and page_token; a token is what encodeToken made of after.
+func pageParams(w http.ResponseWriter, r *http.Request, valid func(string) bool) (size int, after string, ok bool) {
+	q := r.URL.Query()
+	size = defaultPageSize
+	if s := q.Get("page_size"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxPageSize {
+			problem(w, r, http.StatusBadRequest, probBadRequest, fmt.Sprintf("page_size must be 1..%d", maxPageSize))
+			return 0, "", false
+		}
+		size = n
+	}
+	if s := q.Get("page_token"); s != "" {
+		b, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil || !valid(string(b)) {
+			problem(w, r, http.StatusBadRequest, probBadRequest, "page_token is not one this server issued")
+			return 0, "", false
+		}
+		after = string(b)
+	}
+	return size, after, true
+}
+
+func encodeToken(after string) string { return base64.RawURLEncoding.EncodeToString([]byte(after)) }
+
+func handleGetBatch(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := resourceID(w, r, "batch")
+		if !ok {
+			return
+		}
+		size, after, ok := pageParams(w, r, func(string) bool { return true })
+		if !ok {
+			return
+		}
+		ctx := r.Context()
+		b, err := svc.GetBatch(ctx, tenantOf(ctx), id)
+		if err != nil {
+			batchError(w, r, err)
+			return
+		}
+		files, more, err := svc.BatchFiles(ctx, tenantOf(ctx), id, after, size)
+		if err != nil {
+			batchError(w, r, err)
+			return
+		}
+		resp := struct {
+			batchJSON
+			Report        batchReportJSON `json:"report"`
+			NextPageToken string          `json:"next_page_token,omitempty"`
+		}{batchJSON: batchToJSON(b), Report: batchReportJSON{
+			ConverterVersion: convert.Version, Source: b.Source, Destination: b.Destination, DryRun: b.Options.DryRun,
+			StartedAt: timePtr(b.StartedAt), FinishedAt: timePtr(b.FinishedAt), Summary: b.Summary, Files: files,
+		}}
+		if more {
+			resp.NextPageToken = encodeToken(files[len(files)-1].Path)
+		}
+		if !b.State.Terminal() {
+			w.Header().Set("Retry-After", "1")
+		}
+		encode(w, http.StatusOK, resp)
+	}
+}
+
+func handleListBatches(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := listParams(w, r)
+		if !ok {
+			return
+		}
+		list, more, err := svc.ListBatches(r.Context(), p)
+		if err != nil {
+			batchError(w, r, err)
+			return
+		}
+		encodePage(w, "batches", list, batchToJSON, more, func(b jobs.Batch) string { return b.ID })
+	}
+}
+
+func handleCancelBatch(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := resourceID(w, r, "batch")
+		if !ok {
+			return
+		}
+		b, err := svc.CancelBatch(r.Context(), tenantOf(r.Context()), id)
+		if errors.Is(err, jobs.ErrConflict) {
+			problem(w, r, http.StatusConflict, probConflict, "the batch already "+string(b.State))
+			return
+		}
+		if err != nil {
+			batchError(w, r, err)
+			return
+		}
+		encode(w, http.StatusOK, batchToJSON(b))
+	}
+}
+
+func handleDeleteBatch(svc JobService) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := resourceID(w, r, "batch")
+		if !ok {
+			return
+		}
+		if err := svc.DeleteBatch(r.Context(), tenantOf(r.Context()), id); err != nil {
+			batchError(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
