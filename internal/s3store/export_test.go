@@ -11,3 +11,6 @@ func Client(t *Tree) *s3.Client { return t.client }
 
 // Bucket returns the tree's bucket.
 func Bucket(t *Tree) string { return t.bucket }
+
+// UnsignedPayload is the request option Put sends its uploads with.
+var UnsignedPayload = unsignedPayload

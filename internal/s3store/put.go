@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
@@ -36,6 +37,36 @@ const sha256Metadata = "sha256"
 // with its expected SHA-256 records it in its metadata (Info.SHA256), so that a reader can
 // tell it from an object another client put at the name later.
 func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string) error {
+	return t.put(ctx, path, r, size, sha256hex, nil)
+}
+
+// PartSize returns the size of the parts Put splits an object of size bytes into: the
+// configured one, or more when the object would need more than 10,000 parts. An object of at
+// most one part is sent whole.
+func (t *Tree) PartSize(size int64) int64 {
+	return max(t.partSize, (size+maxParts-1)/maxParts)
+}
+
+// PutParts is Put for content whose parts the caller hashed as it wrote them (a conversion
+// into a staging copy, convert.Options.PartSize): partSHA256 holds the SHA-256 (lower-case
+// hex) of each consecutive partSize bytes r will yield, the last part shorter. When partSize
+// is PartSize(size) and the object takes more than one part, every part is sent with the
+// caller's digest as its checksum and nothing is hashed here: the store checks each part
+// against it, and must confirm each checksum in its answer before the upload is completed,
+// so that the object stored is exactly the bytes the caller hashed, or nothing appears.
+// sha256hex is then recorded (Info.SHA256) but not compared: the caller took it over the same
+// bytes as the parts' digests. Otherwise (another partSize, or an object sent whole, which
+// costs one part's hashing) it is Put.
+func (t *Tree) PutParts(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSize int64, partSHA256 []string) error {
+	if partSize != t.PartSize(size) {
+		partSHA256 = nil
+	}
+	return t.put(ctx, path, r, size, sha256hex, partSHA256)
+}
+
+// put is Put, with the SHA-256 (hex) of each part of PartSize(size) bytes when the caller
+// took them, for a multipart upload to use (see PutParts).
+func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSHA256 []string) error {
 	key, err := t.key(path)
 	if err != nil {
 		return err
@@ -53,13 +84,19 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 	if want != nil {
 		metadata = map[string]string{sha256Metadata: hex.EncodeToString(want)}
 	}
+	partSize := t.PartSize(size)
 	var checksum string
-	partSize := t.partSizeFor(size)
 	if size <= partSize {
 		checksum, err = t.putObject(ctx, key, r, size, want, metadata)
 	} else {
+		in := sending{want: want}
+		if partSHA256 != nil {
+			if in.given, err = partSums(partSHA256, size, partSize); err != nil {
+				return fault.Wrap(fault.Internal, t.url(key), err, "refusing to put")
+			}
+		}
 		var s sent
-		s, err = t.putMultipart(ctx, key, r, size, partSize, want, metadata)
+		s, err = t.putMultipart(ctx, key, r, size, partSize, in, metadata)
 		checksum = s.checksum
 	}
 	if err != nil {
@@ -68,10 +105,36 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 	return t.checkStored(ctx, key, size, checksum)
 }
 
-// partSizeFor returns the part size for an object of size bytes: the configured one, or more
-// when the object would need more than maxParts parts.
-func (t *Tree) partSizeFor(size int64) int64 {
-	return max(t.partSize, (size+maxParts-1)/maxParts)
+// partSums decodes the hex SHA-256 digests of the parts of size bytes split at partSize.
+func partSums(hexSums []string, size, partSize int64) ([][]byte, error) {
+	if want := max(1, (size+partSize-1)/partSize); int64(len(hexSums)) != want {
+		return nil, fmt.Errorf("%d part digests for %d bytes in parts of %d, not %d", len(hexSums), size, partSize, want)
+	}
+	sums := make([][]byte, len(hexSums))
+	for i, h := range hexSums {
+		var err error
+		if sums[i], err = hex.DecodeString(h); err != nil || len(sums[i]) != sha256.Size {
+			return nil, fmt.Errorf("SHA-256 of part %d %q is not 64 hex digits", i+1, h)
+		}
+	}
+	return sums, nil
+}
+
+// sending says how the bytes sent are checked: against want, the expected SHA-256 of the
+// whole (nil: none), after hashing them here; or, when given is set, by the store alone,
+// against given, the caller's SHA-256 of each part.
+type sending struct {
+	want  []byte
+	given [][]byte
+}
+
+// partSum returns the SHA-256 of part i, data: the caller's, or its own.
+func (in sending) partSum(i int, data []byte) []byte {
+	if in.given != nil {
+		return in.given[i]
+	}
+	sum := sha256.Sum256(data)
+	return sum[:]
 }
 
 // putObject sends an object of at most one part in one request, read into a buffer first so
@@ -93,11 +156,28 @@ func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int6
 		ContentLength:  &size,
 		ChecksumSHA256: &checksum,
 		Metadata:       metadata,
-	})
+	}, unsignedPayload)
 	if err != nil {
 		return "", t.fail(err, key, "cannot put")
 	}
 	return checksum, nil
+}
+
+// unsignedPayload makes a request's SigV4 payload hash UNSIGNED-PAYLOAD, for the requests
+// that carry x-amz-checksum-sha256: that header is signed and the store checks the body
+// against it, so the body is as bound to the signature as by SigV4's own payload hash, which
+// would be another SHA-256 of every byte on each side (the SDK's, and the store's check).
+func unsignedPayload(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+}
+
+// confirmed requires a store's answer to echo the checksum sent, the sign that it checked the
+// bytes against it: a store that ignores x-amz-checksum-sha256 echoes none.
+func confirmed(sent string, got *string) error {
+	if g := aws.ToString(got); g != sent {
+		return fmt.Errorf("the store confirmed SHA-256 checksum %q, not the %s sent", g, sent)
+	}
+	return nil
 }
 
 // errSum says that the bytes read are not those the caller expected.
@@ -113,7 +193,7 @@ func checkSum(got, want []byte) error {
 // putMultipart sends size bytes from r (size < 0: until r ends) as parts of partSize, at most
 // t.concurrency at once, and completes the upload only if all went well; otherwise it aborts
 // it. The object carries metadata.
-func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte, metadata map[string]string) (sent, error) {
+func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, in sending, metadata map[string]string) (sent, error) {
 	created, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket:            &t.bucket,
 		Key:               &key,
@@ -124,7 +204,7 @@ func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, 
 		return sent{}, t.fail(err, key, "cannot start a multipart upload")
 	}
 	up := upload{tree: t, key: key, id: created.UploadId}
-	s, err := up.sendParts(ctx, r, size, partSize, want)
+	s, err := up.sendParts(ctx, r, size, partSize, in)
 	if err == nil {
 		_, err = t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 			Bucket:          &t.bucket,
@@ -149,15 +229,16 @@ type upload struct {
 	id   *string
 }
 
-// sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte,
-// and sends each part while the next is read. size < 0 means unknown: parts are read until r
-// ends (an empty r is one empty part), at most maxParts of them. It returns the parts for
-// completion, the composite checksum and what was read: its length and SHA-256.
-func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) (sent, error) {
+// sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte
+// unless the parts' digests are given, and sends each part while the next is read. size < 0
+// means unknown: parts are read until r ends (an empty r is one empty part), at most maxParts
+// of them. It returns the parts for completion, the composite checksum and what was read: its
+// length and, when it hashed it, its SHA-256.
+func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, in sending) (sent, error) {
 	t := u.tree
 	type part struct {
 		done types.CompletedPart
-		sum  [sha256.Size]byte
+		sum  []byte
 	}
 	var parts []*part
 	free := make(chan []byte, t.concurrency)
@@ -202,16 +283,18 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 			}
 			data := buf[:n]
 			read += int64(n)
-			whole.Write(data)
+			if in.given == nil {
+				whole.Write(data)
+			}
 			p := &part{}
 			parts = append(parts, p)
 			number := int32(i + 1)
 			// Each part is hashed again by its sender, so that the two hashes run on two cores.
 			g.Go(func() error {
 				defer func() { free <- buf }()
-				p.sum = sha256.Sum256(data)
+				p.sum = in.partSum(i, data)
 				var err error
-				p.done, err = u.sendPart(gctx, number, data, p.sum[:])
+				p.done, err = u.sendPart(gctx, number, data, p.sum, in.given != nil)
 				return err
 			})
 			if last {
@@ -226,13 +309,16 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	if readErr != nil {
 		return sent{}, readErr
 	}
-	s := sent{size: read, sha256: whole.Sum(nil)}
-	if err := checkSum(s.sha256, want); err != nil {
-		return sent{}, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+	s := sent{size: read}
+	if in.given == nil {
+		s.sha256 = whole.Sum(nil)
+		if err := checkSum(s.sha256, in.want); err != nil {
+			return sent{}, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+		}
 	}
 	composite := sha256.New()
 	for _, p := range parts {
-		composite.Write(p.sum[:])
+		composite.Write(p.sum)
 		s.parts = append(s.parts, p.done)
 	}
 	s.checksum = fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), len(parts))
@@ -240,7 +326,8 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 }
 
 // sent is what a multipart upload sent: its parts, the object's composite checksum (the
-// SHA-256 of the parts' SHA-256s, then "-" and their count), and the bytes read.
+// SHA-256 of the parts' SHA-256s, then "-" and their count), and the bytes read (their
+// SHA-256 nil when the parts' digests were given).
 type sent struct {
 	parts    []types.CompletedPart
 	checksum string
@@ -248,9 +335,9 @@ type sent struct {
 	sha256   []byte
 }
 
-// sendPart uploads one part with its checksum, which the store checks, and returns what
-// completing the upload needs to name it.
-func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte) (types.CompletedPart, error) {
+// sendPart uploads one part with its checksum, which the store checks (and must confirm in
+// its answer when confirm is set), and returns what completing the upload needs to name it.
+func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte, confirm bool) (types.CompletedPart, error) {
 	t := u.tree
 	checksum := aws.String(base64.StdEncoding.EncodeToString(sum))
 	out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
@@ -261,7 +348,10 @@ func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte) (t
 		Body:           bytes.NewReader(part),
 		ContentLength:  aws.Int64(int64(len(part))),
 		ChecksumSHA256: checksum,
-	})
+	}, unsignedPayload)
+	if err == nil && confirm {
+		err = confirmed(*checksum, out.ChecksumSHA256)
+	}
 	if err != nil {
 		return types.CompletedPart{}, t.fail(err, u.key, "cannot upload part %d", number)
 	}

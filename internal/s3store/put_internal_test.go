@@ -35,6 +35,26 @@ func TestStoredMismatch(t *testing.T) {
 	}
 }
 
+// TestConfirmed: a part sent with the caller's digest counts only when the store's answer
+// echoes that checksum; a store that ignores checksums echoes none.
+func TestConfirmed(t *testing.T) {
+	t.Parallel()
+	const sum = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="
+	for _, tc := range []struct {
+		name string
+		got  *string
+		ok   bool
+	}{
+		{"the checksum echoed", aws.String(sum), true},
+		{"no checksum in the answer", nil, false},
+		{"another checksum", aws.String("ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="), false},
+	} {
+		if err := confirmed(sum, tc.got); (err == nil) != tc.ok {
+			t.Errorf("%s: confirmed = %v; want ok %v", tc.name, err, tc.ok)
+		}
+	}
+}
+
 // TestBodyClassifiesReadErrors: a connection that drops or a context canceled while an object
 // is read fails the read with a fault naming the object and the bytes read; EOF stays EOF.
 func TestBodyClassifiesReadErrors(t *testing.T) {

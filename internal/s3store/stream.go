@@ -29,9 +29,9 @@ func (t *Tree) PutStream(ctx context.Context, path string, r io.Reader, sizeHint
 	}
 	partSize := t.partSize
 	if sizeHint > 0 {
-		partSize = t.partSizeFor(sizeHint)
+		partSize = t.PartSize(sizeHint)
 	}
-	s, err := t.putMultipart(ctx, key, r, -1, partSize, nil, nil)
+	s, err := t.putMultipart(ctx, key, r, -1, partSize, sending{}, nil)
 	if err != nil {
 		return 0, "", err
 	}
