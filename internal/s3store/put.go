@@ -243,8 +243,13 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	var parts []*part
 	free := make(chan []byte, t.concurrency)
 	for range t.concurrency {
-		free <- nil // allocated on first use, so a small upload holds few buffers
+		free <- nil // taken on first use, so a small upload holds few buffers
 	}
+	defer func() {
+		for range t.concurrency {
+			t.releaseBuffer(<-free)
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	whole := sha256.New()
 	var read int64
@@ -263,7 +268,7 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 				return fault.Wrap(fault.Canceled, t.url(u.key), gctx.Err(), "multipart upload stopped")
 			}
 			if buf == nil {
-				buf = make([]byte, partSize)
+				buf = t.buffer(partSize)
 			}
 			length := partSize
 			if size >= 0 {
@@ -323,6 +328,24 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	}
 	s.checksum = fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), len(parts))
 	return s, nil
+}
+
+// buffer returns a part buffer of size bytes: one an earlier upload released when it has the
+// configured part size (most uploads), so that its pages are not faulted in and zeroed again.
+func (t *Tree) buffer(size int64) []byte {
+	if size == t.partSize {
+		if b, ok := t.buffers.Get().(*[]byte); ok {
+			return *b
+		}
+	}
+	return make([]byte, size)
+}
+
+// releaseBuffer keeps a part buffer of the configured size (nil: none) for the next upload.
+func (t *Tree) releaseBuffer(b []byte) {
+	if int64(len(b)) == t.partSize {
+		t.buffers.Put(&b)
+	}
 }
 
 // sent is what a multipart upload sent: its parts, the object's composite checksum (the

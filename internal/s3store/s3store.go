@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -60,6 +61,9 @@ type Tree struct {
 	partSize    int64
 	concurrency int
 	pageSize    int32 // ListObjectsV2 MaxKeys; 0 lets the store choose (1000 on S3)
+	// buffers holds part buffers of partSize bytes (*[]byte) between uploads: at most the
+	// parts in flight at once, until the garbage collector takes them back.
+	buffers sync.Pool
 }
 
 var _ store.Tree = (*Tree)(nil)
