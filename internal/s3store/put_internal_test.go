@@ -70,3 +70,21 @@ func TestBodyClassifiesReadErrors(t *testing.T) {
 		t.Errorf("read at the end = %v; want io.EOF itself", err)
 	}
 }
+
+// TestBuffers: a released part buffer is reused only for a part of the configured size.
+func TestBuffers(t *testing.T) {
+	t.Parallel()
+	tree := &Tree{partSize: MinPartSize}
+	for range 3 {
+		b := tree.buffer(MinPartSize)
+		if len(b) != MinPartSize {
+			t.Fatalf("buffer(%d) has %d bytes", MinPartSize, len(b))
+		}
+		tree.releaseBuffer(b)
+		if b := tree.buffer(2 * MinPartSize); len(b) != 2*MinPartSize {
+			t.Fatalf("buffer(%d) after a release of %d has %d bytes", 2*MinPartSize, MinPartSize, len(b))
+		}
+		tree.releaseBuffer(make([]byte, 10)) // not kept: it would be too short for a part
+		tree.releaseBuffer(nil)              // a buffer never taken
+	}
+}
