@@ -29,17 +29,18 @@ type remote struct{ store.Tree }
 
 func (remote) LocalPath(string) (string, bool) { return "", false }
 
-// partsRemote is a remote DEST that takes outputs with their parts' digests, as an S3 prefix
-// does: it checks each digest against the bytes, as the store would, and counts the outputs.
-type partsRemote struct {
+// filesRemote is a remote DEST that takes outputs with their digests, as an S3 prefix does: it
+// checks them against the bytes, as the store would, and counts the outputs. Its parts are
+// small enough that outputs take several.
+type filesRemote struct {
 	remote
 	outputs atomic.Int32
 }
 
-func (*partsRemote) PartSize(int64) int64 { return convert.MinPartSize }
+func (*filesRemote) FilePartSize(int64) int64 { return convert.MinPartSize }
 
-func (p *partsRemote) PutParts(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSize int64, sums []string) error {
-	data, err := io.ReadAll(r)
+func (p *filesRemote) PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, sums []string) error {
+	data, err := io.ReadAll(io.NewSectionReader(f, 0, size))
 	if err != nil {
 		return err
 	}
@@ -48,8 +49,8 @@ func (p *partsRemote) PutParts(ctx context.Context, path string, r io.Reader, si
 		sum := sha256.Sum256(part)
 		got = append(got, hex.EncodeToString(sum[:]))
 	}
-	if !slices.Equal(got, sums) {
-		return fmt.Errorf("%s: part digests %v, not those of the bytes, %v", path, sums, got)
+	if whole := sha256.Sum256(data); !slices.Equal(got, sums) || hex.EncodeToString(whole[:]) != sha256hex {
+		return fmt.Errorf("%s: digests %s %v, not those of the bytes, %x %v", path, sha256hex, sums, whole, got)
 	}
 	p.outputs.Add(1)
 	return p.Put(ctx, path, bytes.NewReader(data), size, sha256hex)
@@ -63,10 +64,10 @@ func TestRemoteTrees(t *testing.T) {
 	for _, tc := range []struct {
 		name                 string
 		srcRemote, dstRemote bool
-		parts                bool // DEST takes part digests
+		parts                bool // DEST takes the conversion's digests
 	}{
 		{"local to remote", false, true, false},
-		{"local to a remote that takes part digests", false, true, true},
+		{"local to a remote that takes the conversion's digests", false, true, true},
 		{"remote to local", true, false, false},
 		{"remote to remote", true, true, false},
 	} {
@@ -80,7 +81,7 @@ func TestRemoteTrees(t *testing.T) {
 			if tc.srcRemote {
 				s = remote{s}
 			}
-			parts := &partsRemote{remote: remote{d}}
+			parts := &filesRemote{remote: remote{d}}
 			switch {
 			case tc.parts:
 				d = parts
@@ -99,7 +100,7 @@ func TestRemoteTrees(t *testing.T) {
 				}
 			}
 			if got := parts.outputs.Load(); tc.parts && got != converted {
-				t.Errorf("%d outputs put with their part digests; want all %d converted", got, converted)
+				t.Errorf("%d outputs put with their digests; want all %d converted", got, converted)
 			}
 			if got, want := withoutState(listing(t, dst)), withoutState(listing(t, clean)); !maps.Equal(got, want) {
 				t.Errorf("DEST differs from a local run's:\n got %v\nwant %v", got, want)

@@ -117,8 +117,8 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 	if !local {
 		outName = filepath.Join(dir, path.Base(it.out))
 		opts.Staging = true // uploaded, then deleted: it need never reach the disk
-		if pp, ok := r.out.(partPutter); ok {
-			opts.PartSize = pp.PartSize(it.obj.Size) // the output's size is about the source's
+		if fp, ok := r.out.(filePutter); ok {
+			opts.PartSize = fp.FilePartSize(it.obj.Size) // the output's size is about the source's
 		}
 	}
 
@@ -201,13 +201,13 @@ func (r *runner) judged(ctx context.Context, it *item, srcName string, m *conver
 	}
 }
 
-// partPutter is a DEST that can take an output with the digests of its parts as the
-// conversion took them (s3store.Tree), instead of hashing it again.
-type partPutter interface {
-	// PartSize is the part size of an upload of size bytes.
-	PartSize(size int64) int64
-	// PutParts is Put with the SHA-256 of each partSize bytes of what r yields.
-	PutParts(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSize int64, partSHA256 []string) error
+// filePutter is a DEST that takes a file with the digests the conversion took as it wrote it
+// (s3store.Tree), instead of hashing it again.
+type filePutter interface {
+	// FilePartSize is the part size of an upload of size bytes, 0 for one request.
+	FilePartSize(size int64) int64
+	// PutFile is Put of f, sent with its SHA-256 and that of each partSize bytes.
+	PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, partSHA256 []string) error
 }
 
 // upload puts the converted staging copy at name into DEST at p, checked against the digests
@@ -218,8 +218,8 @@ func (r *runner) upload(ctx context.Context, p, name string, out *convert.Output
 		return fault.Wrap(fault.Internal, "", fault.PathFree(err), "open converted %s", p)
 	}
 	defer f.Close()
-	if pp, ok := r.out.(partPutter); ok && out.PartSHA256 != nil {
-		err = pp.PutParts(ctx, p, f, out.Size, out.SHA256, out.PartSize, out.PartSHA256)
+	if fp, ok := r.out.(filePutter); ok {
+		err = fp.PutFile(ctx, p, f, out.Size, out.SHA256, out.PartSize, out.PartSHA256)
 	} else {
 		err = r.out.Put(ctx, p, f, out.Size, out.SHA256)
 	}

@@ -2,5 +2,5 @@ package batch
 
 import "github.com/ptsafe/converter/internal/s3store"
 
-// An S3 DEST takes outputs with their parts' digests.
-var _ partPutter = (*s3store.Tree)(nil)
+// An S3 DEST takes outputs with the digests the conversion took.
+var _ filePutter = (*s3store.Tree)(nil)

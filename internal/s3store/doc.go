@@ -20,12 +20,13 @@
 // Every byte is hashed once on each side. Uploads are signed with an UNSIGNED-PAYLOAD payload
 // hash: their x-amz-checksum-sha256 header is signed, and the store checks the body against
 // it, so SigV4's own payload hash would only be a second SHA-256 of every byte, on this side
-// and on the store's. PutParts takes the parts' digests from a caller that hashed the bytes as
-// it wrote them (a conversion into a staging copy): each part goes with the caller's digest,
-// the store refuses a part whose bytes differ (BadDigest) and must echo the checksum it
-// checked, and the upload is completed only then. So the object stored is exactly the bytes
-// the caller hashed, which is what reading the copy back and hashing it here again would
-// prove, one pass cheaper.
+// and on the store's. PutFile takes the digests from a caller that hashed the bytes as it wrote
+// them (a conversion into a staging copy): the file goes in one request (up to 5 GiB) with the
+// caller's SHA-256 of the whole, or in parts each with the caller's digest, the store refuses
+// bytes that differ (BadDigest) and must echo the checksum it checked, and a multipart upload
+// is completed only then. So the object stored is exactly the bytes the caller hashed, which
+// is what reading the copy back and hashing it here again would prove, one pass cheaper; a
+// file in one request needs no part digests, no part buffers and no assembly by the store.
 //
 // Multipart uploads are written here rather than through the SDK's transfer manager because
 // the manager completes an upload as soon as its parts are sent: it cannot refuse to complete

@@ -40,32 +40,97 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 	return t.put(ctx, path, r, size, sha256hex, nil)
 }
 
-// PartSize returns the size of the parts Put splits an object of size bytes into: the
-// configured one, or more when the object would need more than 10,000 parts. An object of at
-// most one part is sent whole.
-func (t *Tree) PartSize(size int64) int64 {
+// partSizeFor returns the size of the parts Put splits an object of size bytes into: the
+// configured one, or more when the object would need more than 10,000 parts.
+func (t *Tree) partSizeFor(size int64) int64 {
 	return max(t.partSize, (size+maxParts-1)/maxParts)
 }
 
-// PutParts is Put for content whose parts the caller hashed as it wrote them (a conversion
-// into a staging copy, convert.Options.PartSize): partSHA256 holds the SHA-256 (lower-case
-// hex) of each consecutive partSize bytes r will yield, the last part shorter. When partSize
-// is PartSize(size) and the object takes more than one part, every part is sent with the
-// caller's digest as its checksum and nothing is hashed here: the store checks each part
-// against it, and must confirm each checksum in its answer before the upload is completed,
-// so that the object stored is exactly the bytes the caller hashed, or nothing appears.
-// sha256hex is then recorded (Info.SHA256) but not compared: the caller took it over the same
-// bytes as the parts' digests. Otherwise (another partSize, or an object sent whole, which
-// costs one part's hashing) it is Put.
-func (t *Tree) PutParts(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSize int64, partSHA256 []string) error {
-	if partSize != t.PartSize(size) {
-		partSHA256 = nil
+// FilePartSize returns the size of the parts PutFile splits an object of size bytes into, or
+// 0 when it sends it in one request: the part digests a caller should take (see PutFile).
+func (t *Tree) FilePartSize(size int64) int64 {
+	if size <= t.singleMax {
+		return 0
 	}
-	return t.put(ctx, path, r, size, sha256hex, partSHA256)
+	return t.partSizeFor(size)
 }
 
-// put is Put, with the SHA-256 (hex) of each part of PartSize(size) bytes when the caller
-// took them, for a multipart upload to use (see PutParts).
+// PutFile stores the size bytes of f at path, for a caller that hashed them as it wrote them
+// (a conversion into a staging copy): sha256hex is their SHA-256, and partSHA256, when set,
+// the SHA-256 of each consecutive partSize bytes, the last part shorter. Nothing is hashed
+// here, and nothing is held in memory but for a multipart upload's parts:
+//   - an object of at most 5 GiB (S3's limit for one request) goes in one PutObject request
+//     that streams f and carries sha256hex as its checksum: the store checks the whole object
+//     against the caller's digest, and its checksum is that digest. A store that does not
+//     confirm the checksum checked nothing, so f is hashed and compared as Put would, and the
+//     object removed when it differs;
+//   - a larger object is a multipart upload. When partSize is FilePartSize(size), every part
+//     goes with the caller's digest as its checksum, which the store checks and must confirm
+//     before the upload is completed; otherwise it is Put.
+//
+// So the object stored is exactly the bytes the caller hashed, or nothing appears.
+// sha256hex is recorded (Info.SHA256).
+func (t *Tree) PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, partSHA256 []string) error {
+	r := io.NewSectionReader(f, 0, size)
+	if size > t.singleMax {
+		if partSize != t.partSizeFor(size) {
+			partSHA256 = nil
+		}
+		return t.put(ctx, path, r, size, sha256hex, partSHA256)
+	}
+	key, err := t.key(path)
+	if err != nil {
+		return err
+	}
+	want, err := t.expected(key, sha256hex)
+	if err != nil {
+		return err
+	}
+	if want == nil {
+		return fault.New(fault.Internal, t.url(key), "no SHA-256 to put the file with")
+	}
+	checksum := base64.StdEncoding.EncodeToString(want)
+	out, err := t.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:         &t.bucket,
+		Key:            &key,
+		Body:           r,
+		ContentLength:  &size,
+		ChecksumSHA256: &checksum,
+		Metadata:       map[string]string{sha256Metadata: sha256hex},
+	}, unsignedPayload)
+	if err != nil {
+		return t.fail(err, key, "cannot put")
+	}
+	if confirmed(checksum, out.ChecksumSHA256) != nil {
+		if err := t.checkRead(ctx, key, io.NewSectionReader(f, 0, size), want); err != nil {
+			return err
+		}
+	}
+	return t.checkStored(ctx, key, size, checksum)
+}
+
+// checkRead hashes what r yields and compares it with want, the SHA-256 the object just put
+// at key was sent with, for a store that did not check it: the object is removed when it
+// differs.
+func (t *Tree) checkRead(ctx context.Context, key string, r io.Reader, want []byte) error {
+	h := sha256.New()
+	_, err := io.Copy(h, r)
+	if err == nil {
+		if err = checkSum(h.Sum(nil), want); err == nil {
+			return nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, rmErr := t.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &t.bucket, Key: &key})
+	if rmErr != nil {
+		rmErr = t.fail(rmErr, key, "cannot remove the object put")
+	}
+	return errors.Join(fault.Wrap(fault.Internal, t.url(key), err, "the store did not check the object put, which differs from what was expected"), rmErr)
+}
+
+// put is Put, with the SHA-256 (hex) of each part of partSizeFor(size) bytes when the caller
+// took them, for a multipart upload to send as its checksums (see PutFile).
 func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSHA256 []string) error {
 	key, err := t.key(path)
 	if err != nil {
@@ -74,17 +139,15 @@ func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sh
 	if size < 0 {
 		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
 	}
-	var want []byte
-	if sha256hex != "" {
-		if want, err = hex.DecodeString(sha256hex); err != nil || len(want) != sha256.Size {
-			return fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
-		}
+	want, err := t.expected(key, sha256hex)
+	if err != nil {
+		return err
 	}
 	var metadata map[string]string
 	if want != nil {
 		metadata = map[string]string{sha256Metadata: hex.EncodeToString(want)}
 	}
-	partSize := t.PartSize(size)
+	partSize := t.partSizeFor(size)
 	var checksum string
 	if size <= partSize {
 		checksum, err = t.putObject(ctx, key, r, size, want, metadata)
@@ -103,6 +166,18 @@ func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sh
 		return err
 	}
 	return t.checkStored(ctx, key, size, checksum)
+}
+
+// expected decodes the SHA-256 a caller expects of the object at key ("": none, nil).
+func (t *Tree) expected(key, sha256hex string) ([]byte, error) {
+	if sha256hex == "" {
+		return nil, nil
+	}
+	want, err := hex.DecodeString(sha256hex)
+	if err != nil || len(want) != sha256.Size {
+		return nil, fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
+	}
+	return want, nil
 }
 
 // partSums decodes the hex SHA-256 digests of the parts of size bytes split at partSize.

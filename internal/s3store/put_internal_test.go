@@ -2,15 +2,18 @@ package s3store
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"strings"
 	"testing"
 	"testing/iotest"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/testkit"
 )
 
 func TestStoredMismatch(t *testing.T) {
@@ -86,5 +89,35 @@ func TestBuffers(t *testing.T) {
 		}
 		tree.releaseBuffer(make([]byte, 10)) // not kept: it would be too short for a part
 		tree.releaseBuffer(nil)              // a buffer never taken
+	}
+}
+
+// TestCheckRead: after a store that did not check the checksum took an object, the bytes sent
+// are hashed here; the object stays when they are those expected and is removed when not.
+func TestCheckRead(t *testing.T) {
+	t.Parallel()
+	srv := testkit.StartS3(t)
+	tree, err := New(t.Context(), "s3://"+srv.Bucket(t), Config{Endpoint: srv.Endpoint,
+		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("the bytes hashed")
+	want := sha256.Sum256(data)
+	for _, tc := range []struct {
+		sent string
+		kept bool
+	}{
+		{"the bytes hashed", true},
+		{"the bytes changed", false},
+	} {
+		if err := tree.Put(t.Context(), "model.safetensors", strings.NewReader(tc.sent), int64(len(tc.sent)), ""); err != nil {
+			t.Fatal(err)
+		}
+		err := tree.checkRead(t.Context(), "model.safetensors", strings.NewReader(tc.sent), want[:])
+		_, statErr := tree.Stat(t.Context(), "model.safetensors")
+		if (err == nil) != tc.kept || (statErr == nil) != tc.kept {
+			t.Errorf("sent %q: checkRead = %v, then Stat = %v; want the object kept %v", tc.sent, err, statErr, tc.kept)
+		}
 	}
 }

@@ -301,18 +301,54 @@ func partDigests(data []byte, partSize int) []string {
 	return sums
 }
 
-// TestPutParts: a multipart upload sends the caller's part digests as its checksums, so that
-// bytes other than those the caller hashed are refused by the store, part by part, and the
-// failed upload leaves nothing; parts of another size than Put's are hashed as by Put.
-func TestPutParts(t *testing.T) {
+// TestPutFile: an object the caller hashed goes in one request, checked by the store against
+// the caller's digest, which becomes its checksum; bytes other than those hashed are refused
+// and leave nothing.
+func TestPutFile(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{PartSize: minPart})
+	data := randomBytes(3*minPart + 12345) // more than a part: still one request
+	size := int64(len(data))
+	if got := f.tree.FilePartSize(size); got != 0 {
+		t.Errorf("FilePartSize(%d) = %d; want 0, one request", size, got)
+	}
+	if err := f.tree.PutFile(t.Context(), "model.safetensors", bytes.NewReader(data), size, sha256hex(data), 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.tree, "model.safetensors"); !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes back, not the %d put", len(got), len(data))
+	}
+	sum := sha256.Sum256(data)
+	checkStoredChecksum(t, f, "hub/model.safetensors", base64.StdEncoding.EncodeToString(sum[:]))
+	if info, err := f.tree.Head(t.Context(), "model.safetensors"); err != nil || info.SHA256 != sha256hex(data) {
+		t.Errorf("Head = %+v, %v; want the SHA-256 put recorded", info, err)
+	}
+	other := bytes.Clone(data)
+	other[size-1] ^= 1
+	err := f.tree.PutFile(t.Context(), "other.safetensors", bytes.NewReader(other), size, sha256hex(data), 0, nil)
+	if err == nil || !strings.Contains(err.Error(), "BadDigest") {
+		t.Errorf("PutFile of bytes that are not those hashed = %v; want BadDigest", err)
+	}
+	checkAbsent(t, f.tree, "other.safetensors")
+	if err := f.tree.PutFile(t.Context(), "x", bytes.NewReader(data), size, "", 0, nil); err == nil {
+		t.Error("PutFile without a SHA-256 succeeded")
+	}
+}
+
+// TestPutFileInParts: an object too large for one request is a multipart upload that sends the
+// caller's part digests as its checksums, so that bytes other than those the caller hashed are
+// refused by the store, part by part, and the failed upload leaves nothing; parts of another
+// size than the upload's are hashed as by Put.
+func TestPutFileInParts(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "hub", s3store.Config{PartSize: minPart, Concurrency: 2})
+	s3store.SetSingleMax(f.tree, minPart)
 	data := randomBytes(3*minPart + 12345)
 	size, sums := int64(len(data)), partDigests(data, minPart)
-	if got := f.tree.PartSize(size); got != minPart {
-		t.Fatalf("PartSize(%d) = %d; want %d", size, got, minPart)
+	if got := f.tree.FilePartSize(size); got != minPart {
+		t.Fatalf("FilePartSize(%d) = %d; want %d", size, got, minPart)
 	}
-	if err := f.tree.PutParts(t.Context(), "model.safetensors", bytes.NewReader(data), size, sha256hex(data), minPart, sums); err != nil {
+	if err := f.tree.PutFile(t.Context(), "model.safetensors", bytes.NewReader(data), size, sha256hex(data), minPart, sums); err != nil {
 		t.Fatal(err)
 	}
 	if got := read(t, f.tree, "model.safetensors"); !bytes.Equal(got, data) {
@@ -337,9 +373,9 @@ func TestPutParts(t *testing.T) {
 		// Put's own hashing finds the bytes are not those of the expected SHA-256.
 		{"parts of another size", 2 * minPart, partDigests(data, 2*minPart), "SHA-256 mismatch"},
 	} {
-		err := f.tree.PutParts(t.Context(), "other.safetensors", bytes.NewReader(other), size, sha256hex(data), tc.partSize, tc.sums)
+		err := f.tree.PutFile(t.Context(), "other.safetensors", bytes.NewReader(other), size, sha256hex(data), tc.partSize, tc.sums)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("PutParts of %s = %v; want an error with %q", tc.name, err, tc.want)
+			t.Errorf("PutFile of %s = %v; want an error with %q", tc.name, err, tc.want)
 		}
 		checkAbsent(t, f.tree, "other.safetensors")
 	}

@@ -29,7 +29,7 @@ func (t *Tree) PutStream(ctx context.Context, path string, r io.Reader, sizeHint
 	}
 	partSize := t.partSize
 	if sizeHint > 0 {
-		partSize = t.PartSize(sizeHint)
+		partSize = t.partSizeFor(sizeHint)
 	}
 	s, err := t.putMultipart(ctx, key, r, -1, partSize, sending{}, nil)
 	if err != nil {
