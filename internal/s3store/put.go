@@ -82,6 +82,9 @@ func (t *Tree) PutFile(ctx context.Context, path string, f io.ReaderAt, size int
 	if err != nil {
 		return err
 	}
+	if size < 0 {
+		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
+	}
 	want, err := t.expected(key, sha256hex)
 	if err != nil {
 		return err

@@ -333,6 +333,9 @@ func TestPutFile(t *testing.T) {
 	if err := f.tree.PutFile(t.Context(), "x", bytes.NewReader(data), size, "", 0, nil); err == nil {
 		t.Error("PutFile without a SHA-256 succeeded")
 	}
+	if err := f.tree.PutFile(t.Context(), "x", bytes.NewReader(data), -1, sha256hex(data), 0, nil); fault.KindOf(err) != fault.Internal {
+		t.Errorf("PutFile of a negative size = %v; want an internal fault", err)
+	}
 }
 
 // TestPutFileInParts: an object too large for one request is a multipart upload that sends the
