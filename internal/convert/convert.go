@@ -1,7 +1,8 @@
 // Package convert turns a PyTorch checkpoint into a verified safetensors file: it plans the
 // tensors from the restricted unpickler's object graph, streams their bytes from the source into
-// the output, reads every byte back and compares it with what was written, hashes the output and
-// each tensor, checks the header with a strict reader, and records it all in a Manifest.
+// the output, reads every byte back and compares it with what was written (a staging copy is
+// checked by its upload instead, see Options.Staging), hashes the output and each tensor, checks
+// the header with a strict reader, and records it all in a Manifest.
 //
 // It never executes anything a pickle names, never holds a buffer proportional to the model, and
 // never leaves a partial file at the output path.
