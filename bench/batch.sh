@@ -8,8 +8,10 @@
 # the end): N real torch zip shards (bench/gen, internal/synth; fp16), their
 # pytorch_model.bin.index.json and a config.json; starts versitygw v1.8.0 (POSIX backend, the
 # tests' S3 server, built into the same cache directory the tests use) on a loopback port; and
-# prints per case the median wall time over RUNS runs, the rate, the peak RSS (/usr/bin/time -v)
-# and the ratio to the case's peer, measured in the same run:
+# prints per case the median wall time over RUNS runs, the rate, the peak RSS (/usr/bin/time),
+# the median CPU seconds of the command (user + system, its children included) and of the
+# S3 server meanwhile, and the ratio to the case's peer, measured in the same run. On a
+# machine shared with other work the CPU seconds are the steadier measure:
 #   floor        cp -r the tree, then openssl dgst -sha256 of both copies (the single-file floor)
 #   batch        converter batch --workers WORKERS TREE DEST: local to local, sandboxed,
 #                verified; ratio to floor (target at most 1.0x)
@@ -84,9 +86,14 @@ echo '{"architectures": ["BenchModel"]}' >"$SCRATCH/tree/config.json"
 versitygw_start
 
 # --- the runs ----------------------------------------------------------------------------------
-# timed NAME CMD...: runs CMD under GNU time, appends its wall seconds and peak RSS (KiB) to
-# SECS[NAME] and RSS[NAME], and logs its last output line.
-declare -A SECS RSS
+# server_ticks: the CPU time versitygw used so far, in clock ticks.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+# timed NAME CMD...: runs CMD under GNU time, appends its wall seconds, peak RSS (KiB), CPU
+# seconds and the server's CPU seconds to SECS, RSS, CPU and SCPU[NAME], and logs its last
+# output line.
+declare -A SECS RSS CPU SCPU
 declare -A PEER=([floor]=floor [batch]=floor [rerun]=batch [manager]=manager [tree]=manager [batch-s3]=manager)
 CASES=${CASES:-floor batch rerun manager tree batch-s3}
 for c in $CASES; do
@@ -101,11 +108,15 @@ timed() {
 	want "$name" || return 0
 	sync
 	cat "$SCRATCH"/tree/* >/dev/null # the same warm page cache for every run
+	s0=$(server_ticks)
 	t0=$(date +%s%N)
-	out=$(/usr/bin/time -f "rss_kb=%M" -o "$SCRATCH/time" "$@" 2>&1) || die "$name: $(tail -3 <<<"$out")"
+	out=$(/usr/bin/time -f "rss_kb=%M cpu=%U %S" -o "$SCRATCH/time" "$@" 2>&1) || die "$name: $(tail -3 <<<"$out")"
 	t1=$(date +%s%N)
+	s1=$(server_ticks)
 	SECS[$name]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') "
-	RSS[$name]+="$(sed -n 's/rss_kb=//p' "$SCRATCH/time") "
+	RSS[$name]+="$(sed -n 's/rss_kb=\([0-9]*\).*/\1/p' "$SCRATCH/time") "
+	CPU[$name]+="$(sed -n 's/.*cpu=//p' "$SCRATCH/time" | awk '{ printf "%.2f", $1 + $2 }') "
+	SCPU[$name]+="$(awk -v a="$s0" -v b="$s1" -v hz="$TICKS" 'BEGIN { printf "%.2f", (b - a) / hz }') "
 	log "run $run: $name $(tail -1 <<<"$out" | cut -c1-120) ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", (b - a) / 1e9 }'))"
 }
 total=$(du -cb "$SCRATCH"/tree/* | tail -1 | cut -f1)
@@ -129,11 +140,18 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[in
 max() { tr ' ' '\n' | grep . | sort -g | tail -1; }
 echo "batch: $N shards of $SIZE + index + config.json ($total bytes); --workers $WORKERS; versitygw v1.8.0 on loopback;"
 echo "median of $RUNS runs; S3 part size ${PART_MIB} MiB, $CONCURRENCY parts in flight per file"
-printf '%-9s %10s %10s %12s %8s  %s\n' case seconds MiB/s peak_RSS_MiB ratio "ratio to"
+printf '%-9s %10s %10s %12s %8s %8s %8s  %s\n' case seconds MiB/s peak_RSS_MiB cpu_s srv_cpu_s ratio "ratio to"
 for name in floor batch rerun manager tree batch-s3; do
 	want "$name" || continue
 	s=$(median <<<"${SECS[$name]}")
 	p=$(median <<<"${SECS[${PEER[$name]}]}")
-	printf '%-9s %10s %10.1f %12d %8.2f  %s\n' "$name" "$s" "$(awk -v b="$total" -v s="$s" 'BEGIN { print b / 1048576 / s }')" \
-		"$(( $(max <<<"${RSS[$name]}") / 1024 ))" "$(awk -v a="$s" -v b="$p" 'BEGIN { print a / b }')" "${PEER[$name]}"
+	printf '%-9s %10s %10.1f %12d %8s %8s %8.2f  %s\n' "$name" "$s" "$(awk -v b="$total" -v s="$s" 'BEGIN { print b / 1048576 / s }')" \
+		"$(( $(max <<<"${RSS[$name]}") / 1024 ))" "$(median <<<"${CPU[$name]}")" "$(median <<<"${SCPU[$name]}")" \
+		"$(awk -v a="$s" -v b="$p" 'BEGIN { print a / b }')" "${PEER[$name]}"
 done
+# The per-run ratios of the S3 cases, each against the manager of its own run: on a shared
+# machine, the runs' loads differ more than two cases of one run.
+if want batch-s3; then
+	echo "batch-s3/manager per run: $(paste -d' ' <(tr ' ' '\n' <<<"${SECS[batch-s3]}" | grep .) <(tr ' ' '\n' <<<"${SECS[manager]}" | grep .) |
+		awk '{ printf "%s%.2f", sep, $1 / $2; sep = " " }')"
+fi

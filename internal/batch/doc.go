@@ -13,6 +13,12 @@
 // name (outputs are committed atomically by the engine or by store.Tree.Put). A dry run or a
 // scan writes nothing at all.
 //
+// An output for an S3 DEST is converted into a staging copy in scratch space, hashed as it is
+// written (the whole file and each tensor; each upload part too for an output of more than
+// one request), and uploaded with those digests (s3store.Tree.PutFile): the store checks the
+// object, or every part, against the digest taken over the bytes the conversion wrote, so the
+// uploaded object is verified without reading the copy back or hashing it again.
+//
 // It never prints and never exits: the CLI owns the progress display and the exit status
 // (Report.ExitCode).
 package batch

@@ -1,14 +1,20 @@
 package batch_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ptsafe/converter/internal/batch"
@@ -23,6 +29,33 @@ type remote struct{ store.Tree }
 
 func (remote) LocalPath(string) (string, bool) { return "", false }
 
+// filesRemote is a remote DEST that takes outputs with their digests, as an S3 prefix does: it
+// checks them against the bytes, as the store would, and counts the outputs. Its parts are
+// small enough that outputs take several.
+type filesRemote struct {
+	remote
+	outputs atomic.Int32
+}
+
+func (*filesRemote) FilePartSize(int64) int64 { return convert.MinPartSize }
+
+func (p *filesRemote) PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, sums []string) error {
+	data, err := io.ReadAll(io.NewSectionReader(f, 0, size))
+	if err != nil {
+		return err
+	}
+	var got []string
+	for part := range slices.Chunk(data, int(partSize)) {
+		sum := sha256.Sum256(part)
+		got = append(got, hex.EncodeToString(sum[:]))
+	}
+	if whole := sha256.Sum256(data); !slices.Equal(got, sums) || hex.EncodeToString(whole[:]) != sha256hex {
+		return fmt.Errorf("%s: digests %s %v, not those of the bytes, %x %v", path, sha256hex, sums, whole, got)
+	}
+	p.outputs.Add(1)
+	return p.Put(ctx, path, bytes.NewReader(data), size, sha256hex)
+}
+
 func TestRemoteTrees(t *testing.T) {
 	t.Parallel()
 	src := mixedRepo(t)
@@ -31,10 +64,12 @@ func TestRemoteTrees(t *testing.T) {
 	for _, tc := range []struct {
 		name                 string
 		srcRemote, dstRemote bool
+		parts                bool // DEST takes the conversion's digests
 	}{
-		{"local to remote", false, true},
-		{"remote to local", true, false},
-		{"remote to remote", true, true},
+		{"local to remote", false, true, false},
+		{"local to a remote that takes the conversion's digests", false, true, true},
+		{"remote to local", true, false, false},
+		{"remote to remote", true, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -46,7 +81,11 @@ func TestRemoteTrees(t *testing.T) {
 			if tc.srcRemote {
 				s = remote{s}
 			}
-			if tc.dstRemote {
+			parts := &filesRemote{remote: remote{d}}
+			switch {
+			case tc.parts:
+				d = parts
+			case tc.dstRemote:
 				d = remote{d}
 			}
 			rep, err := batch.Run(context.Background(), s, d, convert.InProcess{}, batch.Options{Workers: 2, ScratchDir: scratch})
@@ -54,6 +93,15 @@ func TestRemoteTrees(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkOutcomes(t, rep, mixedWant)
+			var converted int32 // checkpoints; a set's index is written, not converted
+			for _, f := range rep.Files {
+				if f.Outcome == batch.Converted && strings.HasSuffix(f.Output, ".safetensors") {
+					converted++
+				}
+			}
+			if got := parts.outputs.Load(); tc.parts && got != converted {
+				t.Errorf("%d outputs put with their digests; want all %d converted", got, converted)
+			}
 			if got, want := withoutState(listing(t, dst)), withoutState(listing(t, clean)); !maps.Equal(got, want) {
 				t.Errorf("DEST differs from a local run's:\n got %v\nwant %v", got, want)
 			}

@@ -117,6 +117,9 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 	if !local {
 		outName = filepath.Join(dir, path.Base(it.out))
 		opts.Staging = true // uploaded, then deleted: it need never reach the disk
+		if fp, ok := r.out.(filePutter); ok {
+			opts.PartSize = fp.FilePartSize(it.obj.Size) // the output's size is about the source's
+		}
 	}
 
 	r.engine <- struct{}{}
@@ -193,14 +196,29 @@ func (r *runner) judged(ctx context.Context, it *item, srcName string, m *conver
 	}
 }
 
-// upload puts the converted file at name into DEST at p, checked against its digest.
+// filePutter is a DEST that takes a file with the digests the conversion took as it wrote it
+// (s3store.Tree), instead of hashing it again.
+type filePutter interface {
+	// FilePartSize is the part size of an upload of size bytes, 0 for one request.
+	FilePartSize(size int64) int64
+	// PutFile is Put of f, sent with its SHA-256 and that of each partSize bytes.
+	PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, partSHA256 []string) error
+}
+
+// upload puts the converted staging copy at name into DEST at p, checked against the digests
+// the conversion took (the staging copy is not read back: this is its check).
 func (r *runner) upload(ctx context.Context, p, name string, out *convert.Output) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return fault.Wrap(fault.Internal, "", fault.PathFree(err), "open converted %s", p)
 	}
 	defer f.Close()
-	if err := r.out.Put(ctx, p, f, out.Size, out.SHA256); err != nil {
+	if fp, ok := r.out.(filePutter); ok {
+		err = fp.PutFile(ctx, p, f, out.Size, out.SHA256, out.PartSize, out.PartSHA256)
+	} else {
+		err = r.out.Put(ctx, p, f, out.Size, out.SHA256)
+	}
+	if err != nil {
 		return fault.Wrap(fault.Internal, "", err, "upload %s", p)
 	}
 	return nil

@@ -1,7 +1,8 @@
 // Package convert turns a PyTorch checkpoint into a verified safetensors file: it plans the
 // tensors from the restricted unpickler's object graph, streams their bytes from the source into
-// the output, reads every byte back and compares it with what was written, hashes the output and
-// each tensor, checks the header with a strict reader, and records it all in a Manifest.
+// the output, reads every byte back and compares it with what was written (a staging copy is
+// checked by its upload instead, see Options.Staging), hashes the output and each tensor, checks
+// the header with a strict reader, and records it all in a Manifest.
 //
 // It never executes anything a pickle names, never holds a buffer proportional to the model, and
 // never leaves a partial file at the output path.
@@ -44,10 +45,17 @@ type Options struct {
 	// error matching fs.ErrExist. (The CLI refuses an existing OUTPUT before it starts.)
 	Overwrite bool
 	// Staging marks the output as a local staging copy that is uploaded and deleted right
-	// after (batch to an S3 DEST): its bytes are verified and hashed as always, but its disk
-	// writeback is not started early and neither it nor its directory is fsynced, so that a
-	// copy that lives seconds need never reach the disk. A crash loses only the staging copy.
+	// after (batch to an S3 DEST): its bytes are hashed as always, but its disk writeback is
+	// not started early and neither it nor its directory is fsynced, so that a copy that lives
+	// seconds need never reach the disk; a crash loses only the staging copy. Nor is it read
+	// back: its one reader, the upload, checks every byte it reads against the digests taken
+	// here over the bytes written (Output.SHA256, or each part's in Output.PartSHA256, which
+	// the store checks), and fails on any difference, as the read-back would.
 	Staging bool `json:",omitempty"`
+	// PartSize, when positive (at least MinPartSize), has the output's bytes also hashed per
+	// consecutive PartSize bytes into Output.PartSHA256: the checksums of an upload in parts of
+	// that size, taken as the bytes are written so that the upload need not hash them again.
+	PartSize int64 `json:",omitempty"`
 	// MinFreeBytes, when positive, is the free space File must leave on the output's file
 	// system: a conversion whose planned output (and scratch files) would leave less is refused
 	// with a limit fault before any byte is written.
@@ -163,14 +171,14 @@ func write(ctx context.Context, p *plan, src, out *os.File, opts Options, m *Man
 	go func() { srcSum <- hashReader(ctx, io.NewSectionReader(src, 0, m.Source.Size)) }()
 
 	p.scratchDir = scratchDir(opts)
-	p.staging = opts.Staging
+	p.staging, p.partSize = opts.Staging, opts.PartSize
 	if err := p.checkHeader(); err != nil {
 		return err
 	}
 	if err := p.checkFree(out, opts.MinFreeBytes); err != nil {
 		return err
 	}
-	sums, outSum, err := p.write(ctx, out, rep)
+	sums, output, err := p.write(ctx, out, rep)
 	if err != nil {
 		return err
 	}
@@ -180,7 +188,8 @@ func write(ctx context.Context, p *plan, src, out *os.File, opts Options, m *Man
 		return src256.err
 	}
 	m.Source.SHA256 = src256.sum
-	m.Output = &Output{Path: out.Name(), Size: p.layout.Size, SHA256: outSum}
+	output.Path, output.Size = out.Name(), p.layout.Size
+	m.Output = output
 	m.Verdict = "safe"
 	for i, lt := range p.layout.Tensors {
 		m.Tensors[i].DataOffsets = &[2]int64{lt.Begin, lt.End}
@@ -310,22 +319,34 @@ func (p *PendingFile) Discard() { p.af.Abort() }
 
 // write streams the header and every tensor into out, verifies it and syncs it. It is one
 // pipeline of stages, each on its own goroutine, that a chunk passes in order: read from the
-// source, written, read back from the file and compared byte for byte with what was written,
-// hashed into the output file's SHA-256, hashed into its tensor's SHA-256, and returned to the
-// pool. With the source file's digest (taken by File), reading, writing and the three digests
-// overlap across cores, with at most chunksInFlight chunks alive.
+// source, written, read back from the file and compared byte for byte with what was written
+// (not for a staging copy), hashed into the output file's SHA-256 (and into its parts' with
+// a part size), hashed into its tensor's SHA-256, and returned to the pool. With the source
+// file's digest (taken by File), reading, writing and the digests overlap across cores, with
+// at most chunksInFlight chunks alive. It returns the tensors' digests and the output's
+// (SHA256, and the parts').
 // Progress goes to rep as the writing phase: bytes that passed the output's digest, and tensors
 // whose last byte did.
-func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []string, outSum string, err error) {
+func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) ([]string, *Output, error) {
 	rep.phase(PhaseWriting, p.layout.Size, len(p.layout.Tensors))
+	var parts *partHasher
+	if p.partSize > 0 {
+		var err error
+		if parts, err = newPartHasher(p.partSize); err != nil {
+			return nil, nil, err
+		}
+		parts.write(p.layout.Header)
+	}
 	// The header goes first and is checked at once.
 	w := &outWriter{f: out, lazy: p.staging}
 	if err := w.write(p.layout.Header); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	buf := make([]byte, chunkSize)
-	if err := reread(ctx, out, 0, p.layout.Header, buf); err != nil {
-		return nil, "", err
+	if !p.staging {
+		if err := reread(ctx, out, 0, p.layout.Header, buf); err != nil {
+			return nil, nil, err
+		}
 	}
 	hdr := int64(len(p.layout.Header))
 	cnt := &counter{r: rep, header: hdr, ends: make([]int64, len(p.layout.Tensors))}
@@ -338,7 +359,10 @@ func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []s
 	produced := make(chan chunk, chunksInFlight)
 	g.Go(func() error { return p.produce(gctx, pool, produced) })
 	written := stage(gctx, g, produced, func(c []byte, _ int64) error { return w.write(c) })
-	compared := stage(gctx, g, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
+	compared := written
+	if !p.staging {
+		compared = stage(gctx, g, written, func(c []byte, off int64) error { return reread(gctx, out, hdr+off, c, buf) })
+	}
 	whole := sha256.New()
 	whole.Write(p.layout.Header)
 	hashed := stage(gctx, g, compared, func(c []byte, off int64) error {
@@ -346,18 +370,27 @@ func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) (sums []s
 		cnt.verified(off + int64(len(c)))
 		return nil
 	})
+	if parts != nil {
+		hashed = stage(gctx, g, hashed, func(c []byte, _ int64) error {
+			parts.write(c)
+			return nil
+		})
+	}
 	d := digestTensors(g, p.layout.Tensors, hashed, pool)
 	if err := g.Wait(); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	rep.done()
-	if p.staging {
-		return d.finish(), hex.EncodeToString(whole.Sum(nil)), nil
+	if !p.staging {
+		if err := out.Sync(); err != nil {
+			return nil, nil, fault.Wrap(fault.Internal, "", err, "sync output")
+		}
 	}
-	if err := out.Sync(); err != nil {
-		return nil, "", fault.Wrap(fault.Internal, "", err, "sync output")
+	o := &Output{SHA256: hex.EncodeToString(whole.Sum(nil))}
+	if parts != nil {
+		o.PartSize, o.PartSHA256 = p.partSize, parts.finish()
 	}
-	return d.finish(), hex.EncodeToString(whole.Sum(nil)), nil
+	return d.finish(), o, nil
 }
 
 // checkFree refuses a conversion that would leave less than reserve bytes free on the file

@@ -43,6 +43,10 @@ type Output struct {
 	Path   string `json:"path"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// PartSize and PartSHA256 are set when Options.PartSize asked for them: the SHA-256 of
+	// each consecutive PartSize bytes of the file, the last part shorter.
+	PartSize   int64    `json:"part_size,omitempty"`
+	PartSHA256 []string `json:"part_sha256,omitempty"`
 }
 
 // ErrorInfo is the classified failure of a scan.

@@ -31,8 +31,10 @@ type plan struct {
 	inflate map[*torchzip.Record]int
 	// scratchBytes is what those scratch files take in all.
 	scratchBytes int64
-	// staging is Options.Staging: the output is never synced.
+	// staging is Options.Staging: the output is neither read back nor synced.
 	staging bool
+	// partSize is Options.PartSize.
+	partSize int64
 }
 
 // planned is one output tensor and where its bytes come from.

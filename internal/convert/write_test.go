@@ -2,12 +2,18 @@ package convert
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ptsafe/converter/internal/dtype"
 	"github.com/ptsafe/converter/internal/fault"
+	"github.com/ptsafe/converter/internal/synth"
 )
 
 // TestRereadDetectsDifference checks the comparison every written byte goes through: a byte
@@ -102,5 +108,66 @@ func TestStagingWritesTheSameFile(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, "staged.safetensors"))
 	if string(a) != string(b) || durable.Output.SHA256 != staged.Output.SHA256 || len(a) == 0 {
 		t.Errorf("staging output differs: %d vs %d bytes, sha256 %s vs %s", len(a), len(b), durable.Output.SHA256, staged.Output.SHA256)
+	}
+}
+
+// TestStagingIsNotReadBack: a staging copy's check is its upload's, against the digests taken
+// as it was written, so the conversion never reads it: it converts into an output it could
+// not read.
+func TestStagingIsNotReadBack(t *testing.T) {
+	src := filepath.Join("..", "..", "testdata", "torch", "module_state_dict.pt")
+	in, err := OpenInput(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	for _, staging := range []bool{false, true} {
+		out, err := os.OpenFile(filepath.Join(t.TempDir(), "out.safetensors"), os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = FileFD(context.Background(), in, out, Options{Staging: staging})
+		out.Close()
+		if (err == nil) != staging {
+			t.Errorf("conversion into a write-only output with Staging %v: %v; want success only for a staging copy", staging, err)
+		}
+	}
+}
+
+// TestPartDigests: with a part size, the manifest holds the SHA-256 of each part of the
+// output as written, the last part shorter, which are the digests of the file's parts.
+func TestPartDigests(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "model.pt")
+	if err := synth.WriteFile(src, synth.Spec{Format: synth.ZipStored, Tensors: 5, TotalBytes: 3*MinPartSize + MinPartSize/2, DType: dtype.F16, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []Options{{PartSize: MinPartSize}, {PartSize: MinPartSize, Staging: true}} {
+		dst := filepath.Join(dir, fmt.Sprintf("staging-%v.safetensors", opts.Staging))
+		m, err := File(context.Background(), src, dst, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for part := range slices.Chunk(data, MinPartSize) {
+			sum := sha256.Sum256(part)
+			want = append(want, hex.EncodeToString(sum[:]))
+		}
+		if len(want) != 4 || m.Output.PartSize != MinPartSize || !slices.Equal(m.Output.PartSHA256, want) {
+			t.Errorf("Staging %v: parts of %d bytes %v; want the %d parts of %d bytes of the file, %v",
+				opts.Staging, m.Output.PartSize, m.Output.PartSHA256, len(want), MinPartSize, want)
+		}
+	}
+	m, err := File(context.Background(), src, filepath.Join(dir, "none.safetensors"), Options{})
+	if err != nil || m.Output.PartSHA256 != nil {
+		t.Errorf("without a part size: %v, part digests %v; want none", err, m.Output.PartSHA256)
+	}
+	_, err = File(context.Background(), src, filepath.Join(dir, "tiny.safetensors"), Options{PartSize: 1 << 10})
+	if fault.KindOf(err) != fault.Internal || !strings.Contains(err.Error(), "below the minimum") {
+		t.Errorf("a part size under the minimum: %v; want an internal fault", err)
 	}
 }

@@ -11,3 +11,10 @@ func Client(t *Tree) *s3.Client { return t.client }
 
 // Bucket returns the tree's bucket.
 func Bucket(t *Tree) string { return t.bucket }
+
+// UnsignedPayload is the request option Put sends its uploads with.
+var UnsignedPayload = unsignedPayload
+
+// SetSingleMax makes PutFile send objects larger than n bytes as multipart uploads, so that a
+// test covers them without gigabytes.
+func SetSingleMax(t *Tree, n int64) { t.singleMax = n }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
@@ -36,6 +37,47 @@ const sha256Metadata = "sha256"
 // with its expected SHA-256 records it in its metadata (Info.SHA256), so that a reader can
 // tell it from an object another client put at the name later.
 func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string) error {
+	return t.put(ctx, path, r, size, sha256hex, nil)
+}
+
+// partSizeFor returns the size of the parts Put splits an object of size bytes into: the
+// configured one, or more when the object would need more than 10,000 parts.
+func (t *Tree) partSizeFor(size int64) int64 {
+	return max(t.partSize, (size+maxParts-1)/maxParts)
+}
+
+// FilePartSize returns the size of the parts PutFile splits an object of size bytes into, or
+// 0 when it sends it in one request: the part digests a caller should take (see PutFile).
+func (t *Tree) FilePartSize(size int64) int64 {
+	if size <= t.singleMax {
+		return 0
+	}
+	return t.partSizeFor(size)
+}
+
+// PutFile stores the size bytes of f at path, for a caller that hashed them as it wrote them
+// (a conversion into a staging copy): sha256hex is their SHA-256, and partSHA256, when set,
+// the SHA-256 of each consecutive partSize bytes, the last part shorter. Nothing is hashed
+// here, and nothing is held in memory but for a multipart upload's parts:
+//   - an object of at most 5 GiB (S3's limit for one request) goes in one PutObject request
+//     that streams f and carries sha256hex as its checksum: the store checks the whole object
+//     against the caller's digest, and its checksum is that digest. A store that does not
+//     confirm the checksum checked nothing, so f is hashed and compared as Put would, and the
+//     object removed when it differs;
+//   - a larger object is a multipart upload. When partSize is FilePartSize(size), every part
+//     goes with the caller's digest as its checksum, which the store checks and must confirm
+//     before the upload is completed; otherwise it is Put.
+//
+// So the object stored is exactly the bytes the caller hashed, or nothing appears.
+// sha256hex is recorded (Info.SHA256).
+func (t *Tree) PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, partSHA256 []string) error {
+	r := io.NewSectionReader(f, 0, size)
+	if size > t.singleMax {
+		if partSize != t.partSizeFor(size) {
+			partSHA256 = nil
+		}
+		return t.put(ctx, path, r, size, sha256hex, partSHA256)
+	}
 	key, err := t.key(path)
 	if err != nil {
 		return err
@@ -43,23 +85,84 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 	if size < 0 {
 		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
 	}
-	var want []byte
-	if sha256hex != "" {
-		if want, err = hex.DecodeString(sha256hex); err != nil || len(want) != sha256.Size {
-			return fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
+	want, err := t.expected(key, sha256hex)
+	if err != nil {
+		return err
+	}
+	if want == nil {
+		return fault.New(fault.Internal, t.url(key), "no SHA-256 to put the file with")
+	}
+	checksum := base64.StdEncoding.EncodeToString(want)
+	out, err := t.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:         &t.bucket,
+		Key:            &key,
+		Body:           r,
+		ContentLength:  &size,
+		ChecksumSHA256: &checksum,
+		Metadata:       map[string]string{sha256Metadata: sha256hex},
+	}, unsignedPayload)
+	if err != nil {
+		return t.fail(err, key, "cannot put")
+	}
+	if confirmed(checksum, out.ChecksumSHA256) != nil {
+		if err := t.checkRead(ctx, key, io.NewSectionReader(f, 0, size), want); err != nil {
+			return err
 		}
+	}
+	return t.checkStored(ctx, key, size, checksum)
+}
+
+// checkRead hashes what r yields and compares it with want, the SHA-256 the object just put
+// at key was sent with, for a store that did not check it: the object is removed when it
+// differs.
+func (t *Tree) checkRead(ctx context.Context, key string, r io.Reader, want []byte) error {
+	h := sha256.New()
+	_, err := io.Copy(h, r)
+	if err == nil {
+		if err = checkSum(h.Sum(nil), want); err == nil {
+			return nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, rmErr := t.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &t.bucket, Key: &key})
+	if rmErr != nil {
+		rmErr = t.fail(rmErr, key, "cannot remove the object put")
+	}
+	return errors.Join(fault.Wrap(fault.Internal, t.url(key), err, "the store did not check the object put, which differs from what was expected"), rmErr)
+}
+
+// put is Put, with the SHA-256 (hex) of each part of partSizeFor(size) bytes when the caller
+// took them, for a multipart upload to send as its checksums (see PutFile).
+func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSHA256 []string) error {
+	key, err := t.key(path)
+	if err != nil {
+		return err
+	}
+	if size < 0 {
+		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
+	}
+	want, err := t.expected(key, sha256hex)
+	if err != nil {
+		return err
 	}
 	var metadata map[string]string
 	if want != nil {
 		metadata = map[string]string{sha256Metadata: hex.EncodeToString(want)}
 	}
-	var checksum string
 	partSize := t.partSizeFor(size)
+	var checksum string
 	if size <= partSize {
 		checksum, err = t.putObject(ctx, key, r, size, want, metadata)
 	} else {
+		in := sending{want: want}
+		if partSHA256 != nil {
+			if in.given, err = partSums(partSHA256, size, partSize); err != nil {
+				return fault.Wrap(fault.Internal, t.url(key), err, "refusing to put")
+			}
+		}
 		var s sent
-		s, err = t.putMultipart(ctx, key, r, size, partSize, want, metadata)
+		s, err = t.putMultipart(ctx, key, r, size, partSize, in, metadata)
 		checksum = s.checksum
 	}
 	if err != nil {
@@ -68,10 +171,48 @@ func (t *Tree) Put(ctx context.Context, path string, r io.Reader, size int64, sh
 	return t.checkStored(ctx, key, size, checksum)
 }
 
-// partSizeFor returns the part size for an object of size bytes: the configured one, or more
-// when the object would need more than maxParts parts.
-func (t *Tree) partSizeFor(size int64) int64 {
-	return max(t.partSize, (size+maxParts-1)/maxParts)
+// expected decodes the SHA-256 a caller expects of the object at key ("": none, nil).
+func (t *Tree) expected(key, sha256hex string) ([]byte, error) {
+	if sha256hex == "" {
+		return nil, nil
+	}
+	want, err := hex.DecodeString(sha256hex)
+	if err != nil || len(want) != sha256.Size {
+		return nil, fault.New(fault.Internal, t.url(key), "expected SHA-256 %q is not 64 hex digits", sha256hex)
+	}
+	return want, nil
+}
+
+// partSums decodes the hex SHA-256 digests of the parts of size bytes split at partSize.
+func partSums(hexSums []string, size, partSize int64) ([][]byte, error) {
+	if want := max(1, (size+partSize-1)/partSize); int64(len(hexSums)) != want {
+		return nil, fmt.Errorf("%d part digests for %d bytes in parts of %d, not %d", len(hexSums), size, partSize, want)
+	}
+	sums := make([][]byte, len(hexSums))
+	for i, h := range hexSums {
+		var err error
+		if sums[i], err = hex.DecodeString(h); err != nil || len(sums[i]) != sha256.Size {
+			return nil, fmt.Errorf("SHA-256 of part %d %q is not 64 hex digits", i+1, h)
+		}
+	}
+	return sums, nil
+}
+
+// sending says how the bytes sent are checked: against want, the expected SHA-256 of the
+// whole (nil: none), after hashing them here; or, when given is set, by the store alone,
+// against given, the caller's SHA-256 of each part.
+type sending struct {
+	want  []byte
+	given [][]byte
+}
+
+// partSum returns the SHA-256 of part i, data: the caller's, or its own.
+func (in sending) partSum(i int, data []byte) []byte {
+	if in.given != nil {
+		return in.given[i]
+	}
+	sum := sha256.Sum256(data)
+	return sum[:]
 }
 
 // putObject sends an object of at most one part in one request, read into a buffer first so
@@ -93,11 +234,28 @@ func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int6
 		ContentLength:  &size,
 		ChecksumSHA256: &checksum,
 		Metadata:       metadata,
-	})
+	}, unsignedPayload)
 	if err != nil {
 		return "", t.fail(err, key, "cannot put")
 	}
 	return checksum, nil
+}
+
+// unsignedPayload makes a request's SigV4 payload hash UNSIGNED-PAYLOAD, for the requests
+// that carry x-amz-checksum-sha256: that header is signed and the store checks the body
+// against it, so the body is as bound to the signature as by SigV4's own payload hash, which
+// would be another SHA-256 of every byte on each side (the SDK's, and the store's check).
+func unsignedPayload(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+}
+
+// confirmed requires a store's answer to echo the checksum sent, the sign that it checked the
+// bytes against it: a store that ignores x-amz-checksum-sha256 echoes none.
+func confirmed(sent string, got *string) error {
+	if g := aws.ToString(got); g != sent {
+		return fmt.Errorf("the store confirmed SHA-256 checksum %q, not the %s sent", g, sent)
+	}
+	return nil
 }
 
 // errSum says that the bytes read are not those the caller expected.
@@ -113,7 +271,7 @@ func checkSum(got, want []byte) error {
 // putMultipart sends size bytes from r (size < 0: until r ends) as parts of partSize, at most
 // t.concurrency at once, and completes the upload only if all went well; otherwise it aborts
 // it. The object carries metadata.
-func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, want []byte, metadata map[string]string) (sent, error) {
+func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, partSize int64, in sending, metadata map[string]string) (sent, error) {
 	created, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket:            &t.bucket,
 		Key:               &key,
@@ -124,7 +282,7 @@ func (t *Tree) putMultipart(ctx context.Context, key string, r io.Reader, size, 
 		return sent{}, t.fail(err, key, "cannot start a multipart upload")
 	}
 	up := upload{tree: t, key: key, id: created.UploadId}
-	s, err := up.sendParts(ctx, r, size, partSize, want)
+	s, err := up.sendParts(ctx, r, size, partSize, in)
 	if err == nil {
 		_, err = t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 			Bucket:          &t.bucket,
@@ -149,21 +307,27 @@ type upload struct {
 	id   *string
 }
 
-// sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte,
-// and sends each part while the next is read. size < 0 means unknown: parts are read until r
-// ends (an empty r is one empty part), at most maxParts of them. It returns the parts for
-// completion, the composite checksum and what was read: its length and SHA-256.
-func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, want []byte) (sent, error) {
+// sendParts reads r a part at a time into one of t.concurrency buffers, hashing every byte
+// unless the parts' digests are given, and sends each part while the next is read. size < 0
+// means unknown: parts are read until r ends (an empty r is one empty part), at most maxParts
+// of them. It returns the parts for completion, the composite checksum and what was read: its
+// length and, when it hashed it, its SHA-256.
+func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64, in sending) (sent, error) {
 	t := u.tree
 	type part struct {
 		done types.CompletedPart
-		sum  [sha256.Size]byte
+		sum  []byte
 	}
 	var parts []*part
 	free := make(chan []byte, t.concurrency)
 	for range t.concurrency {
-		free <- nil // allocated on first use, so a small upload holds few buffers
+		free <- nil // taken on first use, so a small upload holds few buffers
 	}
+	defer func() {
+		for range t.concurrency {
+			t.releaseBuffer(<-free)
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	whole := sha256.New()
 	var read int64
@@ -182,7 +346,7 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 				return fault.Wrap(fault.Canceled, t.url(u.key), gctx.Err(), "multipart upload stopped")
 			}
 			if buf == nil {
-				buf = make([]byte, partSize)
+				buf = t.buffer(partSize)
 			}
 			length := partSize
 			if size >= 0 {
@@ -202,16 +366,18 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 			}
 			data := buf[:n]
 			read += int64(n)
-			whole.Write(data)
+			if in.given == nil {
+				whole.Write(data)
+			}
 			p := &part{}
 			parts = append(parts, p)
 			number := int32(i + 1)
 			// Each part is hashed again by its sender, so that the two hashes run on two cores.
 			g.Go(func() error {
 				defer func() { free <- buf }()
-				p.sum = sha256.Sum256(data)
+				p.sum = in.partSum(i, data)
 				var err error
-				p.done, err = u.sendPart(gctx, number, data, p.sum[:])
+				p.done, err = u.sendPart(gctx, number, data, p.sum, in.given != nil)
 				return err
 			})
 			if last {
@@ -226,21 +392,43 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 	if readErr != nil {
 		return sent{}, readErr
 	}
-	s := sent{size: read, sha256: whole.Sum(nil)}
-	if err := checkSum(s.sha256, want); err != nil {
-		return sent{}, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+	s := sent{size: read}
+	if in.given == nil {
+		s.sha256 = whole.Sum(nil)
+		if err := checkSum(s.sha256, in.want); err != nil {
+			return sent{}, fault.Wrap(fault.Internal, t.url(u.key), err, "refusing to complete the multipart upload")
+		}
 	}
 	composite := sha256.New()
 	for _, p := range parts {
-		composite.Write(p.sum[:])
+		composite.Write(p.sum)
 		s.parts = append(s.parts, p.done)
 	}
 	s.checksum = fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), len(parts))
 	return s, nil
 }
 
+// buffer returns a part buffer of size bytes: one an earlier upload released when it has the
+// configured part size (most uploads), so that its pages are not faulted in and zeroed again.
+func (t *Tree) buffer(size int64) []byte {
+	if size == t.partSize {
+		if b, ok := t.buffers.Get().(*[]byte); ok {
+			return *b
+		}
+	}
+	return make([]byte, size)
+}
+
+// releaseBuffer keeps a part buffer of the configured size (nil: none) for the next upload.
+func (t *Tree) releaseBuffer(b []byte) {
+	if int64(len(b)) == t.partSize {
+		t.buffers.Put(&b)
+	}
+}
+
 // sent is what a multipart upload sent: its parts, the object's composite checksum (the
-// SHA-256 of the parts' SHA-256s, then "-" and their count), and the bytes read.
+// SHA-256 of the parts' SHA-256s, then "-" and their count), and the bytes read (their
+// SHA-256 nil when the parts' digests were given).
 type sent struct {
 	parts    []types.CompletedPart
 	checksum string
@@ -248,9 +436,9 @@ type sent struct {
 	sha256   []byte
 }
 
-// sendPart uploads one part with its checksum, which the store checks, and returns what
-// completing the upload needs to name it.
-func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte) (types.CompletedPart, error) {
+// sendPart uploads one part with its checksum, which the store checks (and must confirm in
+// its answer when confirm is set), and returns what completing the upload needs to name it.
+func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte, confirm bool) (types.CompletedPart, error) {
 	t := u.tree
 	checksum := aws.String(base64.StdEncoding.EncodeToString(sum))
 	out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
@@ -261,7 +449,10 @@ func (u upload) sendPart(ctx context.Context, number int32, part, sum []byte) (t
 		Body:           bytes.NewReader(part),
 		ContentLength:  aws.Int64(int64(len(part))),
 		ChecksumSHA256: checksum,
-	})
+	}, unsignedPayload)
+	if err == nil && confirm {
+		err = confirmed(*checksum, out.ChecksumSHA256)
+	}
 	if err != nil {
 		return types.CompletedPart{}, t.fail(err, u.key, "cannot upload part %d", number)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -46,6 +47,8 @@ const (
 	DefaultConcurrency = 4
 	// maxParts is S3's limit on the parts of one upload.
 	maxParts = 10000
+	// maxSingleSize is S3's limit on an object put in one request.
+	maxSingleSize = 5 << 30
 	// defaultRegion is used when nothing names one: S3-compatible stores mostly ignore it, and
 	// the SDK refuses to sign without one.
 	defaultRegion = "us-east-1"
@@ -59,7 +62,11 @@ type Tree struct {
 	prefix      string // "" for the whole bucket, else the key prefix ending in "/"
 	partSize    int64
 	concurrency int
+	singleMax   int64 // the largest object PutFile sends in one request
 	pageSize    int32 // ListObjectsV2 MaxKeys; 0 lets the store choose (1000 on S3)
+	// buffers holds part buffers of partSize bytes (*[]byte) between uploads: at most the
+	// parts in flight at once, until the garbage collector takes them back.
+	buffers sync.Pool
 }
 
 var _ store.Tree = (*Tree)(nil)
@@ -103,6 +110,7 @@ func New(ctx context.Context, location string, cfg Config) (*Tree, error) {
 		prefix:      prefix,
 		partSize:    cfg.PartSize,
 		concurrency: cfg.Concurrency,
+		singleMax:   maxSingleSize,
 	}
 	if t.partSize == 0 {
 		t.partSize = DefaultPartSize

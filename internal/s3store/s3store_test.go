@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -246,12 +247,7 @@ func TestPutMultipart(t *testing.T) {
 	if got := aws.ToInt32(head.PartsCount); got != 4 {
 		t.Errorf("the object has %d parts; want 4", got)
 	}
-	composite := sha256.New()
-	for part := range slices.Chunk(data, minPart) {
-		sum := sha256.Sum256(part)
-		composite.Write(sum[:])
-	}
-	checkStoredChecksum(t, f, "hub/pytorch_model.bin", base64.StdEncoding.EncodeToString(composite.Sum(nil))+"-4")
+	checkStoredChecksum(t, f, "hub/pytorch_model.bin", compositeChecksum(data, minPart))
 	// Without an expected SHA-256 the parts' own checksums still apply.
 	if err := f.tree.Put(t.Context(), "again.bin", bytes.NewReader(data), int64(len(data)), ""); err != nil {
 		t.Fatal(err)
@@ -260,31 +256,145 @@ func TestPutMultipart(t *testing.T) {
 }
 
 // TestStoreChecksSHA256 shows that versitygw checks x-amz-checksum-sha256 on PutObject and
-// UploadPart: what Put relies on to know the store holds the bytes it sent.
+// UploadPart, with a signed payload and with the unsigned payload Put sends: what Put relies
+// on to know the store holds the bytes it sent.
 func TestStoreChecksSHA256(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "", s3store.Config{})
 	client := s3store.Client(f.tree)
 	wrong := aws.String(base64.StdEncoding.EncodeToString(make([]byte, sha256.Size)))
-	_, err := client.PutObject(t.Context(), &s3.PutObjectInput{
-		Bucket: aws.String(f.bucket), Key: aws.String("x"), Body: strings.NewReader("data"), ChecksumSHA256: wrong,
-	})
-	if err == nil || !strings.Contains(err.Error(), "BadDigest") {
-		t.Errorf("PutObject with a wrong SHA-256 = %v; want BadDigest", err)
+	for _, tc := range []struct {
+		payload string
+		opts    []func(*s3.Options)
+	}{
+		{"signed", nil},
+		{"unsigned", []func(*s3.Options){s3store.UnsignedPayload}},
+	} {
+		_, err := client.PutObject(t.Context(), &s3.PutObjectInput{
+			Bucket: aws.String(f.bucket), Key: aws.String("x"), Body: strings.NewReader("data"), ChecksumSHA256: wrong,
+		}, tc.opts...)
+		if err == nil || !strings.Contains(err.Error(), "BadDigest") {
+			t.Errorf("PutObject (%s payload) with a wrong SHA-256 = %v; want BadDigest", tc.payload, err)
+		}
+		up, err := client.CreateMultipartUpload(t.Context(), &s3.CreateMultipartUploadInput{
+			Bucket: aws.String(f.bucket), Key: aws.String("y"), ChecksumAlgorithm: "SHA256",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = client.UploadPart(t.Context(), &s3.UploadPartInput{
+			Bucket: aws.String(f.bucket), Key: aws.String("y"), UploadId: up.UploadId, PartNumber: aws.Int32(1),
+			Body: strings.NewReader("data"), ChecksumSHA256: wrong,
+		}, tc.opts...)
+		if err == nil || !strings.Contains(err.Error(), "BadDigest") {
+			t.Errorf("UploadPart (%s payload) with a wrong SHA-256 = %v; want BadDigest", tc.payload, err)
+		}
 	}
-	up, err := client.CreateMultipartUpload(t.Context(), &s3.CreateMultipartUploadInput{
-		Bucket: aws.String(f.bucket), Key: aws.String("y"), ChecksumAlgorithm: "SHA256",
-	})
-	if err != nil {
+}
+
+// partDigests returns the hex SHA-256 of each partSize bytes of data, as a conversion takes them.
+func partDigests(data []byte, partSize int) []string {
+	var sums []string
+	for part := range slices.Chunk(data, partSize) {
+		sums = append(sums, sha256hex(part))
+	}
+	return sums
+}
+
+// TestPutFile: an object the caller hashed goes in one request, checked by the store against
+// the caller's digest, which becomes its checksum; bytes other than those hashed are refused
+// and leave nothing.
+func TestPutFile(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{PartSize: minPart})
+	data := randomBytes(3*minPart + 12345) // more than a part: still one request
+	size := int64(len(data))
+	if got := f.tree.FilePartSize(size); got != 0 {
+		t.Errorf("FilePartSize(%d) = %d; want 0, one request", size, got)
+	}
+	if err := f.tree.PutFile(t.Context(), "model.safetensors", bytes.NewReader(data), size, sha256hex(data), 0, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err = client.UploadPart(t.Context(), &s3.UploadPartInput{
-		Bucket: aws.String(f.bucket), Key: aws.String("y"), UploadId: up.UploadId, PartNumber: aws.Int32(1),
-		Body: strings.NewReader("data"), ChecksumSHA256: wrong,
-	})
-	if err == nil || !strings.Contains(err.Error(), "BadDigest") {
-		t.Errorf("UploadPart with a wrong SHA-256 = %v; want BadDigest", err)
+	if got := read(t, f.tree, "model.safetensors"); !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes back, not the %d put", len(got), len(data))
 	}
+	sum := sha256.Sum256(data)
+	checkStoredChecksum(t, f, "hub/model.safetensors", base64.StdEncoding.EncodeToString(sum[:]))
+	if info, err := f.tree.Head(t.Context(), "model.safetensors"); err != nil || info.SHA256 != sha256hex(data) {
+		t.Errorf("Head = %+v, %v; want the SHA-256 put recorded", info, err)
+	}
+	other := bytes.Clone(data)
+	other[size-1] ^= 1
+	err := f.tree.PutFile(t.Context(), "other.safetensors", bytes.NewReader(other), size, sha256hex(data), 0, nil)
+	if err == nil || !strings.Contains(err.Error(), "BadDigest") {
+		t.Errorf("PutFile of bytes that are not those hashed = %v; want BadDigest", err)
+	}
+	checkAbsent(t, f.tree, "other.safetensors")
+	if err := f.tree.PutFile(t.Context(), "x", bytes.NewReader(data), size, "", 0, nil); err == nil {
+		t.Error("PutFile without a SHA-256 succeeded")
+	}
+	if err := f.tree.PutFile(t.Context(), "x", bytes.NewReader(data), -1, sha256hex(data), 0, nil); fault.KindOf(err) != fault.Internal {
+		t.Errorf("PutFile of a negative size = %v; want an internal fault", err)
+	}
+}
+
+// TestPutFileInParts: an object too large for one request is a multipart upload that sends the
+// caller's part digests as its checksums, so that bytes other than those the caller hashed are
+// refused by the store, part by part, and the failed upload leaves nothing; parts of another
+// size than the upload's are hashed as by Put.
+func TestPutFileInParts(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, "hub", s3store.Config{PartSize: minPart, Concurrency: 2})
+	s3store.SetSingleMax(f.tree, minPart)
+	data := randomBytes(3*minPart + 12345)
+	size, sums := int64(len(data)), partDigests(data, minPart)
+	if got := f.tree.FilePartSize(size); got != minPart {
+		t.Fatalf("FilePartSize(%d) = %d; want %d", size, got, minPart)
+	}
+	if err := f.tree.PutFile(t.Context(), "model.safetensors", bytes.NewReader(data), size, sha256hex(data), minPart, sums); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, f.tree, "model.safetensors"); !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes back, not the %d put", len(got), len(data))
+	}
+	checkStoredChecksum(t, f, "hub/model.safetensors", compositeChecksum(data, minPart))
+	if info, err := f.tree.Head(t.Context(), "model.safetensors"); err != nil || info.SHA256 != sha256hex(data) {
+		t.Errorf("Head = %+v, %v; want the SHA-256 put recorded", info, err)
+	}
+
+	other := bytes.Clone(data)
+	other[minPart+1] ^= 1 // in the second part
+	for _, tc := range []struct {
+		name     string
+		partSize int64
+		sums     []string
+		want     string
+	}{
+		{"bytes that are not those hashed", minPart, sums, "BadDigest"},
+		{"a digest short", minPart, sums[1:], "3 part digests"},
+		{"a digest that is not hex", minPart, append([]string{"xyz"}, sums[1:]...), "not 64 hex digits"},
+		// Put's own hashing finds the bytes are not those of the expected SHA-256.
+		{"parts of another size", 2 * minPart, partDigests(data, 2*minPart), "SHA-256 mismatch"},
+	} {
+		err := f.tree.PutFile(t.Context(), "other.safetensors", bytes.NewReader(other), size, sha256hex(data), tc.partSize, tc.sums)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("PutFile of %s = %v; want an error with %q", tc.name, err, tc.want)
+		}
+		checkAbsent(t, f.tree, "other.safetensors")
+	}
+}
+
+// compositeChecksum is the multipart checksum of data in parts of partSize: the SHA-256 of
+// the parts' SHA-256 digests, base64, then "-" and the count of parts.
+func compositeChecksum(data []byte, partSize int) string {
+	composite := sha256.New()
+	n := 0
+	for part := range slices.Chunk(data, partSize) {
+		sum := sha256.Sum256(part)
+		composite.Write(sum[:])
+		n++
+	}
+	return fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(composite.Sum(nil)), n)
 }
 
 func TestPutRefusesContentThatIsNotTheExpected(t *testing.T) {

@@ -31,7 +31,7 @@ func (t *Tree) PutStream(ctx context.Context, path string, r io.Reader, sizeHint
 	if sizeHint > 0 {
 		partSize = t.partSizeFor(sizeHint)
 	}
-	s, err := t.putMultipart(ctx, key, r, -1, partSize, nil, nil)
+	s, err := t.putMultipart(ctx, key, r, -1, partSize, sending{}, nil)
 	if err != nil {
 		return 0, "", err
 	}
