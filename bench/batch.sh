@@ -87,7 +87,7 @@ versitygw_start
 
 # --- the runs ----------------------------------------------------------------------------------
 # server_ticks: the CPU time versitygw used so far, in clock ticks.
-server_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$VERSITYGW_PID/stat"; }
 TICKS=$(getconf CLK_TCK)
 
 # timed NAME CMD...: runs CMD under GNU time, appends its wall seconds, peak RSS (KiB), CPU
