@@ -139,6 +139,29 @@ const (
 	idleTimeout    = 2 * time.Minute
 )
 
+// listenHTTP listens on addr and returns the HTTP server for h with the connection limits
+// above, for serve's API and worker's health address alike.
+func listenHTTP(addr string, h http.Handler) (net.Listener, *http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen: %w", err)
+	}
+	return ln, &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: headerTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       idleTimeout,
+	}, nil
+}
+
+// readMetricsToken reads --metrics-token's file, or returns nil when none is given.
+func readMetricsToken(path string) (*api.Tokens, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return readTokens(path, api.ParseMetricsToken)
+}
+
 // runServe starts the HTTP job service and runs until ctx is canceled, then shuts down
 // gracefully within one --drain-timeout: readiness turns false and the listener closes,
 // uploads being received finish and get their 202, running conversions continue, and when the
@@ -154,7 +177,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 
-	var tokens, metricsToken *api.Tokens
+	var tokens *api.Tokens
 	if cfg.tokensFile != "" {
 		if tokens, err = readTokens(cfg.tokensFile, api.ParseTokens); err != nil {
 			return err
@@ -162,10 +185,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	} else if err := requireLoopback(cfg.addr); err != nil {
 		return err
 	}
-	if cfg.metricsToken != "" {
-		if metricsToken, err = readTokens(cfg.metricsToken, api.ParseMetricsToken); err != nil {
-			return err
-		}
+	metricsToken, err := readMetricsToken(cfg.metricsToken)
+	if err != nil {
+		return err
 	}
 
 	reg := newRegistry()
@@ -175,22 +197,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	defer svc.Close()
 
-	ln, err := net.Listen("tcp", cfg.addr)
+	ln, srv, err := listenHTTP(cfg.addr, api.NewServer(api.Deps{
+		Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
+		MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
+		MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
+		AllowGlobals: cfg.allowGlobals, BatchRoots: cfg.batchRoots, Stop: ctx.Done(),
+	}))
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
-	srv := &http.Server{
-		Handler: api.NewServer(api.Deps{
-			Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, Logger: logger,
-			MaxUploadBytes: cfg.maxUploadBytes, MaxConcurrentUploads: cfg.maxUploads,
-			MaxConcurrentUploadsPerTenant: cfg.maxTenantUploads, UploadIdleTimeout: cfg.uploadIdle, Spec: apispec.OpenAPI,
-			AllowGlobals: cfg.allowGlobals, BatchRoots: cfg.batchRoots, Stop: ctx.Done(),
-		}),
-		ReadHeaderTimeout: headerTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		IdleTimeout:       idleTimeout,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	srv.BaseContext = func(net.Listener) context.Context { return context.WithoutCancel(ctx) }
 	if err := svc.Start(ctx); err != nil {
 		ln.Close()
 		return err

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -178,13 +176,14 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	var metricsToken *api.Tokens
-	if cfg.metricsToken != "" {
-		if metricsToken, err = readTokens(cfg.metricsToken, api.ParseMetricsToken); err != nil {
-			return err
+	metricsToken, err := readMetricsToken(cfg.metricsToken)
+	if err != nil {
+		return err
+	}
+	if metricsToken == nil {
+		if err := requireLoopback(cfg.healthAddr); err != nil {
+			return fmt.Errorf("--health-addr: %w", err)
 		}
-	} else if err := requireLoopback(cfg.healthAddr); err != nil {
-		return fmt.Errorf("--health-addr: %w", err)
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	reg := newRegistry()
@@ -193,15 +192,9 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 	defer svc.Close()
-	ln, err := net.Listen("tcp", cfg.healthAddr)
+	ln, srv, err := listenHTTP(cfg.healthAddr, api.NewHealthServer(svc.Ready, reg, metricsToken))
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	srv := &http.Server{
-		Handler:           api.NewHealthServer(svc.Ready, reg, metricsToken),
-		ReadHeaderTimeout: headerTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		IdleTimeout:       idleTimeout,
+		return err
 	}
 	if err := svc.Start(ctx); err != nil {
 		ln.Close()

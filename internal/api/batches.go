@@ -141,10 +141,11 @@ func within(p, dir string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
-// decodeBatchRequest reads a POST /v1/batches body: one JSON object of known fields.
-func decodeBatchRequest(r *http.Request) (batchRequest, error) {
+// decodeBatchRequest reads a POST /v1/batches body: one JSON object of known fields, in at
+// most maxBatchRequestBytes (a longer body is refused, not cut short).
+func decodeBatchRequest(w http.ResponseWriter, r *http.Request) (batchRequest, error) {
 	var req batchRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBatchRequestBytes+1))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBatchRequestBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf("the body is not a batch request: %w", err)
@@ -164,7 +165,7 @@ func handleSubmitBatch(svc JobService, roots []string, allowed map[string]bool) 
 			problem(w, r, http.StatusUnsupportedMediaType, probUnsupportedMedia, "send the batch request as application/json")
 			return
 		}
-		req, err := decodeBatchRequest(r)
+		req, err := decodeBatchRequest(w, r)
 		if err != nil {
 			problem(w, r, http.StatusBadRequest, probBadRequest, err.Error())
 			return

@@ -37,7 +37,7 @@ type filesRemote struct {
 	outputs atomic.Int32
 }
 
-func (*filesRemote) FilePartSize(int64) int64 { return convert.MinPartSize }
+func (*filesRemote) FilePartSize(int64) int64 { return convert.MinHashPartSize }
 
 func (p *filesRemote) PutFile(ctx context.Context, path string, f io.ReaderAt, size int64, sha256hex string, partSize int64, sums []string) error {
 	data, err := io.ReadAll(io.NewSectionReader(f, 0, size))

@@ -52,7 +52,7 @@ type Options struct {
 	// here over the bytes written (Output.SHA256, or each part's in Output.PartSHA256, which
 	// the store checks), and fails on any difference, as the read-back would.
 	Staging bool `json:",omitempty"`
-	// PartSize, when positive (at least MinPartSize), has the output's bytes also hashed per
+	// PartSize, when positive (at least MinHashPartSize), has the output's bytes also hashed per
 	// consecutive PartSize bytes into Output.PartSHA256: the checksums of an upload in parts of
 	// that size, taken as the bytes are written so that the upload need not hash them again.
 	PartSize int64 `json:",omitempty"`

@@ -8,9 +8,9 @@ import (
 	"github.com/ptsafe/converter/internal/fault"
 )
 
-// MinPartSize is the smallest Options.PartSize: it bounds the part digests a manifest holds
+// MinHashPartSize is the smallest Options.PartSize: it bounds the part digests a manifest holds
 // to one per MiB of output (S3's own smallest part is 5 MiB).
-const MinPartSize = 1 << 20
+const MinHashPartSize = 1 << 20
 
 // partHasher takes the SHA-256 of each consecutive size bytes written to it, the last part
 // shorter: the digests an upload in parts of that size sends as its checksums.
@@ -22,8 +22,8 @@ type partHasher struct {
 }
 
 func newPartHasher(size int64) (*partHasher, error) {
-	if size < MinPartSize {
-		return nil, fault.New(fault.Internal, "", "part size %d is below the minimum of %d", size, MinPartSize)
+	if size < MinHashPartSize {
+		return nil, fault.New(fault.Internal, "", "part size %d is below the minimum of %d", size, MinHashPartSize)
 	}
 	return &partHasher{size: size, h: sha256.New()}, nil
 }

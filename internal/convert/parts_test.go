@@ -10,7 +10,7 @@ import (
 // TestPartHasher: however the bytes arrive, the digests are those of the consecutive parts,
 // the last one shorter, and an empty file is one empty part.
 func TestPartHasher(t *testing.T) {
-	data := make([]byte, 3*MinPartSize+7)
+	data := make([]byte, 3*MinHashPartSize+7)
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
@@ -21,11 +21,11 @@ func TestPartHasher(t *testing.T) {
 	}{
 		{"empty", 0, 1},
 		{"less than a part", 100, 33},
-		{"exactly one part", MinPartSize, MinPartSize},
-		{"one part and a byte, in writes that straddle the boundary", MinPartSize + 1, 3000},
+		{"exactly one part", MinHashPartSize, MinHashPartSize},
+		{"one part and a byte, in writes that straddle the boundary", MinHashPartSize + 1, 3000},
 		{"three parts and a tail, in one write", len(data), len(data)},
 	} {
-		p, err := newPartHasher(MinPartSize)
+		p, err := newPartHasher(MinHashPartSize)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,7 +33,7 @@ func TestPartHasher(t *testing.T) {
 			p.write(b)
 		}
 		var want []string
-		for part := range slices.Chunk(data[:tc.size], MinPartSize) {
+		for part := range slices.Chunk(data[:tc.size], MinHashPartSize) {
 			sum := sha256.Sum256(part)
 			want = append(want, hex.EncodeToString(sum[:]))
 		}

@@ -139,10 +139,10 @@ func TestStagingIsNotReadBack(t *testing.T) {
 func TestPartDigests(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "model.pt")
-	if err := synth.WriteFile(src, synth.Spec{Format: synth.ZipStored, Tensors: 5, TotalBytes: 3*MinPartSize + MinPartSize/2, DType: dtype.F16, Seed: 1}); err != nil {
+	if err := synth.WriteFile(src, synth.Spec{Format: synth.ZipStored, Tensors: 5, TotalBytes: 3*MinHashPartSize + MinHashPartSize/2, DType: dtype.F16, Seed: 1}); err != nil {
 		t.Fatal(err)
 	}
-	for _, opts := range []Options{{PartSize: MinPartSize}, {PartSize: MinPartSize, Staging: true}} {
+	for _, opts := range []Options{{PartSize: MinHashPartSize}, {PartSize: MinHashPartSize, Staging: true}} {
 		dst := filepath.Join(dir, fmt.Sprintf("staging-%v.safetensors", opts.Staging))
 		m, err := File(context.Background(), src, dst, opts)
 		if err != nil {
@@ -153,13 +153,13 @@ func TestPartDigests(t *testing.T) {
 			t.Fatal(err)
 		}
 		var want []string
-		for part := range slices.Chunk(data, MinPartSize) {
+		for part := range slices.Chunk(data, MinHashPartSize) {
 			sum := sha256.Sum256(part)
 			want = append(want, hex.EncodeToString(sum[:]))
 		}
-		if len(want) != 4 || m.Output.PartSize != MinPartSize || !slices.Equal(m.Output.PartSHA256, want) {
+		if len(want) != 4 || m.Output.PartSize != MinHashPartSize || !slices.Equal(m.Output.PartSHA256, want) {
 			t.Errorf("Staging %v: parts of %d bytes %v; want the %d parts of %d bytes of the file, %v",
-				opts.Staging, m.Output.PartSize, m.Output.PartSHA256, len(want), MinPartSize, want)
+				opts.Staging, m.Output.PartSize, m.Output.PartSHA256, len(want), MinHashPartSize, want)
 		}
 	}
 	m, err := File(context.Background(), src, filepath.Join(dir, "none.safetensors"), Options{})

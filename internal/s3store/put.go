@@ -78,14 +78,7 @@ func (t *Tree) PutFile(ctx context.Context, path string, f io.ReaderAt, size int
 		}
 		return t.put(ctx, path, r, size, sha256hex, partSHA256)
 	}
-	key, err := t.key(path)
-	if err != nil {
-		return err
-	}
-	if size < 0 {
-		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
-	}
-	want, err := t.expected(key, sha256hex)
+	key, want, err := t.target(path, size, sha256hex)
 	if err != nil {
 		return err
 	}
@@ -93,16 +86,9 @@ func (t *Tree) PutFile(ctx context.Context, path string, f io.ReaderAt, size int
 		return fault.New(fault.Internal, t.url(key), "no SHA-256 to put the file with")
 	}
 	checksum := base64.StdEncoding.EncodeToString(want)
-	out, err := t.client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket:         &t.bucket,
-		Key:            &key,
-		Body:           r,
-		ContentLength:  &size,
-		ChecksumSHA256: &checksum,
-		Metadata:       map[string]string{sha256Metadata: sha256hex},
-	}, unsignedPayload)
+	out, err := t.sendObject(ctx, key, r, size, checksum, map[string]string{sha256Metadata: sha256hex})
 	if err != nil {
-		return t.fail(err, key, "cannot put")
+		return err
 	}
 	if confirmed(checksum, out.ChecksumSHA256) != nil {
 		if err := t.checkRead(ctx, key, io.NewSectionReader(f, 0, size), want); err != nil {
@@ -132,17 +118,24 @@ func (t *Tree) checkRead(ctx context.Context, key string, r io.Reader, want []by
 	return errors.Join(fault.Wrap(fault.Internal, t.url(key), err, "the store did not check the object put, which differs from what was expected"), rmErr)
 }
 
+// target checks a put's path, size and expected SHA-256 (hex, or "" for none) and returns the
+// object's key and the digest's bytes (nil for none).
+func (t *Tree) target(path string, size int64, sha256hex string) (string, []byte, error) {
+	key, err := t.key(path)
+	if err != nil {
+		return "", nil, err
+	}
+	if size < 0 {
+		return "", nil, fault.New(fault.Internal, t.url(key), "negative size %d", size)
+	}
+	want, err := t.expected(key, sha256hex)
+	return key, want, err
+}
+
 // put is Put, with the SHA-256 (hex) of each part of partSizeFor(size) bytes when the caller
 // took them, for a multipart upload to send as its checksums (see PutFile).
 func (t *Tree) put(ctx context.Context, path string, r io.Reader, size int64, sha256hex string, partSHA256 []string) error {
-	key, err := t.key(path)
-	if err != nil {
-		return err
-	}
-	if size < 0 {
-		return fault.New(fault.Internal, t.url(key), "negative size %d", size)
-	}
-	want, err := t.expected(key, sha256hex)
+	key, want, err := t.target(path, size, sha256hex)
 	if err != nil {
 		return err
 	}
@@ -227,18 +220,26 @@ func (t *Tree) putObject(ctx context.Context, key string, r io.Reader, size int6
 		return "", fault.Wrap(fault.Internal, t.url(key), err, "refusing to put")
 	}
 	checksum := base64.StdEncoding.EncodeToString(sum[:])
-	_, err := t.client.PutObject(ctx, &s3.PutObjectInput{
+	if _, err := t.sendObject(ctx, key, bytes.NewReader(buf), size, checksum, metadata); err != nil {
+		return "", err
+	}
+	return checksum, nil
+}
+
+// sendObject puts body, size bytes whose SHA-256 is checksum (base64), at key in one request.
+func (t *Tree) sendObject(ctx context.Context, key string, body io.Reader, size int64, checksum string, metadata map[string]string) (*s3.PutObjectOutput, error) {
+	out, err := t.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket:         &t.bucket,
 		Key:            &key,
-		Body:           bytes.NewReader(buf),
+		Body:           body,
 		ContentLength:  &size,
 		ChecksumSHA256: &checksum,
 		Metadata:       metadata,
 	}, unsignedPayload)
 	if err != nil {
-		return "", t.fail(err, key, "cannot put")
+		return nil, t.fail(err, key, "cannot put")
 	}
-	return checksum, nil
+	return out, nil
 }
 
 // unsignedPayload makes a request's SigV4 payload hash UNSIGNED-PAYLOAD, for the requests

@@ -267,33 +267,16 @@ func (t *Tree) Ping(ctx context.Context) error {
 
 // Stat describes the object at path.
 func (t *Tree) Stat(ctx context.Context, path string) (store.Object, error) {
-	key, err := t.key(path)
+	info, err := t.Head(ctx, path)
 	if err != nil {
 		return store.Object{}, err
 	}
-	out, err := t.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &t.bucket, Key: &key})
-	if err != nil {
-		return store.Object{}, t.fail(err, key, "cannot stat")
-	}
-	return store.Object{
-		Path:    path,
-		Size:    aws.ToInt64(out.ContentLength),
-		ModTime: aws.ToTime(out.LastModified),
-		ETag:    etag(out.ETag),
-	}, nil
+	return store.Object{Path: path, Size: info.Size, ModTime: info.ModTime, ETag: info.ETag}, nil
 }
 
 // Open streams the object at path.
 func (t *Tree) Open(ctx context.Context, path string) (io.ReadCloser, error) {
-	key, err := t.key(path)
-	if err != nil {
-		return nil, err
-	}
-	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: &key})
-	if err != nil {
-		return nil, t.fail(err, key, "cannot open")
-	}
-	return &body{ReadCloser: out.Body, tree: t, key: key}, nil
+	return t.OpenAt(ctx, path, 0, "")
 }
 
 // body is an object's content being read, whose read errors (a dropped connection, a canceled

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/ptsafe/converter/internal/convert"
@@ -209,7 +210,8 @@ func shorten(s string) string {
 }
 
 // answerReader decodes an answer from a child, which the parent does not trust: every length
-// is checked against the bytes the answer may still hold before anything is allocated for it.
+// is checked against the bytes the answer may still hold, and lists and strings grow as their
+// bytes arrive rather than being allocated at the length claimed.
 type answerReader struct {
 	r    *bufio.Reader
 	max  int64
@@ -276,10 +278,11 @@ func (r *answerReader) str() string {
 		_, _ = r.r.Discard(len(b))
 		return s
 	}
-	b := make([]byte, n)
-	_, err := io.ReadFull(r.r, b)
+	// Grown as the bytes arrive, so that a length claimed and not sent costs nothing.
+	var sb strings.Builder
+	_, err := io.CopyN(&sb, r.r, int64(n))
 	r.fail(unexpected(err))
-	return string(b)
+	return sb.String()
 }
 
 // count reads the length of a list written by answerWriter.count; nil is true for a nil list.
@@ -303,22 +306,35 @@ const (
 	minPairBytes   = 2
 )
 
-func (r *answerReader) tensors() []convert.Tensor {
-	n, isNil := r.count(minTensorBytes)
+// listChunk bounds the elements a list is allocated for before they arrive: an element in
+// memory takes several times its smallest encoding, so a list grows as its elements are
+// decoded rather than being allocated at the length the answer claims.
+const listChunk = 1024
+
+// readList reads a list of elements of at least minBytes each with read; nil for a nil list,
+// and nil once the answer is found bad.
+func readList[T any](r *answerReader, minBytes int64, read func() T) []T {
+	n, isNil := r.count(minBytes)
 	if isNil {
 		return nil
 	}
-	ts := make([]convert.Tensor, n)
-	for i := range ts {
-		t := &ts[i]
+	list := make([]T, 0, min(n, listChunk))
+	for range n {
+		v := read()
+		if r.err != nil {
+			return nil
+		}
+		list = append(list, v)
+	}
+	return list
+}
+
+func (r *answerReader) tensors() []convert.Tensor {
+	return readList(r, minTensorBytes, func() convert.Tensor {
+		var t convert.Tensor
 		t.Name = r.str()
 		t.DType = r.str()
-		if dims, isNil := r.count(1); !isNil {
-			t.Shape = make([]int64, dims)
-			for j := range t.Shape {
-				t.Shape[j] = r.varint()
-			}
-		}
+		t.Shape = readList(r, 1, r.varint)
 		t.Bytes = r.varint()
 		switch r.uvarint() {
 		case 0:
@@ -329,38 +345,33 @@ func (r *answerReader) tensors() []convert.Tensor {
 		}
 		t.SHA256 = r.str()
 		t.Storage = r.str()
-		if r.err != nil {
-			return nil
-		}
-	}
-	return ts
+		return t
+	})
 }
 
 // lists reads the lists of resp, decoded from the answer's header, into it.
 func (r *answerReader) lists(resp *response) {
 	if m := resp.Manifest; m != nil {
 		m.Tensors = r.tensors()
-		if n, isNil := r.count(minGlobalBytes); !isNil {
-			m.Globals = make([]convert.GlobalRef, n)
-			for i := range m.Globals {
-				g := &m.Globals[i]
-				g.Entry, g.Module, g.Name = r.str(), r.str(), r.str()
-				g.Offset, g.Class = r.varint(), unpickler.Class(r.varint())
-			}
-		}
+		m.Globals = readList(r, minGlobalBytes, func() convert.GlobalRef {
+			var g convert.GlobalRef
+			g.Entry, g.Module, g.Name = r.str(), r.str(), r.str()
+			g.Offset, g.Class = r.varint(), unpickler.Class(r.varint())
+			return g
+		})
 		if n, isNil := r.count(minPairBytes); !isNil {
-			m.Aliases = make(map[string]string, n)
+			m.Aliases = make(map[string]string, min(n, listChunk))
 			for range n {
 				alias := r.str()
 				m.Aliases[alias] = r.str()
+				if r.err != nil {
+					break
+				}
 			}
 		}
-		if n, isNil := r.count(minPairBytes); !isNil {
-			m.Dropped = make([]convert.Dropped, n)
-			for i := range m.Dropped {
-				m.Dropped[i] = convert.Dropped{Path: r.str(), Type: r.str()}
-			}
-		}
+		m.Dropped = readList(r, minPairBytes, func() convert.Dropped {
+			return convert.Dropped{Path: r.str(), Type: r.str()}
+		})
 	}
 	if resp.Report != nil {
 		resp.Report.Tensors = r.tensors()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math/rand"
 	"reflect"
+	"runtime"
 	"testing"
 	"testing/quick"
 
@@ -150,6 +151,44 @@ func TestReadAnswerHostile(t *testing.T) {
 	// The same lists, complete, decode.
 	if _, err := readAnswer(bytes.NewReader(withLists(0, 0, 0, 0)), 1<<20); err != nil {
 		t.Errorf("a complete answer with nil lists: %v", err)
+	}
+}
+
+// TestReadAnswerClaimsCostNothing sends lists and strings whose claimed lengths the bytes-left
+// bound admits (an answer limit of 512 MiB) and then ends: the decoder must fail having
+// allocated little, not what the lengths would cost in memory (gigabytes for the tensors).
+func TestReadAnswerClaimsCostNothing(t *testing.T) {
+	const max = 512 << 20
+	head := []byte(`{"manifest":{"verdict":"safe"},"status":{}}` + "\n")
+	claim := func(lists ...uint64) []byte {
+		b := bytes.Clone(head)
+		for _, v := range lists {
+			b = binary.AppendUvarint(b, v)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		name string
+		b    []byte
+	}{
+		{"tensors", claim(max / 2 / minTensorBytes)},
+		{"a tensor's name", claim(2, max/4)},
+		{"a tensor's shape", claim(2, 2, 'w', 1, 'F', max/4)},
+		{"globals", claim(0, max/2/minGlobalBytes)},
+		{"aliases", claim(0, 0, max/2/minPairBytes)},
+		{"dropped", claim(0, 0, 0, max/2/minPairBytes)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			if resp, err := readAnswer(bytes.NewReader(c.b), max); err == nil {
+				t.Fatalf("decoded %+v, want an error", resp)
+			}
+			runtime.ReadMemStats(&after)
+			if got := after.TotalAlloc - before.TotalAlloc; got > 8<<20 {
+				t.Errorf("decoding a claim of no bytes allocated %d bytes; want under 8 MiB", got)
+			}
+		})
 	}
 }
 
