@@ -18,8 +18,9 @@ import (
 
 // Unit is one piece of a planned run that one worker does whole: a checkpoint to convert,
 // plain files to copy, or a sharded set, whose shards and index must be done together for
-// the index to be written. It is plain JSON, to travel through a queue; nothing in it is a
-// secret or larger than the files' names and a few bytes each.
+// the index to be written. It is plain JSON, to travel through a queue, and holds no secret:
+// the files' names and a few bytes each, plus, for a set, the name of every tensor its index
+// maps, so a set's unit grows with its tensor count.
 type Unit struct {
 	// Items are the files, as planning left them. In a set's unit, the first is the index.
 	Items []UnitItem `json:"items"`

@@ -142,10 +142,12 @@ func listBytes(resp *response) int64 {
 	return w.n
 }
 
-// writeAnswer writes resp to out in at most max bytes (no bound when max is 0). An answer too
-// long for that loses its lists (tensors, globals, aliases, dropped; a report's tensors) and
-// the tail of its error texts, but never its verdict or its error's kind and location: an
-// unsafe file stays unsafe. When nothing else says the answer failed, a limit error does.
+// writeAnswer writes resp to out, fitting it in max bytes (no bound when max is 0) by what it
+// can shorten: an answer too long loses its lists (tensors, globals, aliases, dropped; a
+// report's tensors) and the tail of its error texts, but never its verdict or its error's
+// kind and location: an unsafe file stays unsafe. When nothing else says the answer failed, a
+// limit error does. The fields never shortened (paths, the probe) are small beside the
+// limit's slack; an answer still too long is refused by the parent as a limit fault.
 func writeAnswer(out io.Writer, resp *response, max int64) error {
 	head, err := header(resp)
 	if err != nil {
