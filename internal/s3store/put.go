@@ -378,7 +378,10 @@ func (u upload) sendParts(ctx context.Context, r io.Reader, size, partSize int64
 				defer func() { free <- buf }()
 				p.sum = in.partSum(i, data)
 				var err error
-				p.done, err = u.sendPart(gctx, number, data, p.sum, in.given != nil)
+				// ctx, not gctx: a sibling's failure stops the reading but lets the parts in
+				// flight end, so that the abort that follows comes after every request the
+				// store is still handling, none of which can then bring the upload back.
+				p.done, err = u.sendPart(ctx, number, data, p.sum, in.given != nil)
 				return err
 			})
 			if last {
