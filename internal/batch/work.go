@@ -122,7 +122,11 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 		}
 	}
 
+	// The engine slot is free again once the output is written and verified: its sync, the
+	// disk's work, then overlaps the next conversion.
 	r.engine <- struct{}{}
+	release := sync.OnceFunc(func() { <-r.engine })
+	opts.Written = release
 	var m *convert.Manifest
 	var err error
 	switch {
@@ -143,7 +147,7 @@ func (r *runner) convert(ctx context.Context, it *item, srcName, dir string) {
 			r.dirs.release(filepath.Dir(outName), err != nil)
 		}
 	}
-	<-r.engine
+	release()
 
 	if err != nil {
 		r.judged(ctx, it, srcName, m, err)

@@ -60,7 +60,7 @@ func BenchmarkConvert(b *testing.B) {
 	st, _ := os.Stat(src)
 	b.SetBytes(st.Size())
 	for b.Loop() {
-		if _, err := File(context.Background(), src, dst, Options{}); err != nil {
+		if _, err := File(context.Background(), src, dst, Options{Overwrite: true}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -65,6 +65,10 @@ type Options struct {
 	// at a time. It is no part of the options' JSON: a sandbox child reports progress to its
 	// parent over a pipe of its own.
 	Progress func(Progress) `json:"-"`
+	// Written, when set, is called once the output is written and verified, before it is
+	// synced and moved into place (not for a file that fails before): a caller that bounds
+	// its concurrent conversions may start the next one while this one waits for the disk.
+	Written func() `json:"-"`
 }
 
 // Validate checks options that do not depend on the input: every --allow-global entry must be
@@ -116,6 +120,9 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 	if err != nil {
 		return m, err
 	}
+	if opts.Written != nil {
+		opts.Written()
+	}
 	if err := out.Commit(); err != nil {
 		return nil, err
 	}
@@ -124,8 +131,9 @@ func File(ctx context.Context, src, dst string, opts Options) (*Manifest, error)
 }
 
 // FileFD converts the checkpoint read from src (opened with OpenInput) into out, an empty file
-// open for reading and writing, and returns the manifest. out is written, read back, verified
-// and synced, but neither closed nor renamed: the caller commits it (see PendingFile), and the
+// open for reading and writing, and returns the manifest. out is written, read back and
+// verified, but not synced, closed or renamed: the caller commits it (PendingFile.Commit syncs
+// it, its disk writeback having been started as it was written), and the
 // manifest's Output.Path is out.Name() until then. Deflated records that need random access
 // are inflated into files in opts.ScratchDir (default os.TempDir()). It opens no path of its
 // own otherwise, so it runs in a sandbox child that may open none.
@@ -317,7 +325,7 @@ func (p *PendingFile) Commit() error {
 // after CreatePending leaves nothing behind on any error.
 func (p *PendingFile) Discard() { p.af.Abort() }
 
-// write streams the header and every tensor into out, verifies it and syncs it. It is one
+// write streams the header and every tensor into out and verifies it. It is one
 // pipeline of stages, each on its own goroutine, that a chunk passes in order: read from the
 // source, written, read back from the file and compared byte for byte with what was written
 // (not for a staging copy), hashed into the output file's SHA-256 (and into its parts' with
@@ -381,11 +389,6 @@ func (p *plan) write(ctx context.Context, out *os.File, rep *reporter) ([]string
 		return nil, nil, err
 	}
 	rep.done()
-	if !p.staging {
-		if err := out.Sync(); err != nil {
-			return nil, nil, fault.Wrap(fault.Internal, "", err, "sync output")
-		}
-	}
 	o := &Output{SHA256: hex.EncodeToString(whole.Sum(nil))}
 	if parts != nil {
 		o.PartSize, o.PartSHA256 = p.partSize, parts.finish()

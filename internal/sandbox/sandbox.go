@@ -126,6 +126,9 @@ func (r *Runner) withOutput(ctx context.Context, op, src, dst string, opts conve
 	if err := accept(resp); err != nil {
 		return err
 	}
+	if opts.Written != nil {
+		opts.Written()
+	}
 	return out.Commit()
 }
 

@@ -980,3 +980,37 @@ func TestProgressFromChild(t *testing.T) {
 		t.Errorf("scan: no record %+v among %+v", want, got)
 	}
 }
+
+// TestWrittenBeforeCommit: both engines call Options.Written once, after the output is
+// written and verified and before anything is at its destination (a batch frees its engine
+// slot there while the output syncs), and never for a file that fails.
+func TestWrittenBeforeCommit(t *testing.T) {
+	src := fixtures + "module_state_dict.pt"
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := filepath.Join(t.TempDir(), "truncated.pt")
+	if err := os.WriteFile(truncated, data[:len(data)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, eng := range map[string]convert.Engine{"in-process": convert.InProcess{}, "sandbox": testRunner()} {
+		t.Run(name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "out.safetensors")
+			calls := 0
+			opts := convert.Options{Written: func() {
+				calls++
+				if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("Written was called with the output at its destination (stat: %v)", err)
+				}
+			}}
+			if _, err := eng.Convert(context.Background(), src, dst, opts); err != nil || calls != 1 {
+				t.Fatalf("convert: %v, Written called %d times; want success and 1 call", err, calls)
+			}
+			calls = 0
+			if _, err := eng.Convert(context.Background(), truncated, dst+".2", opts); err == nil || calls != 0 {
+				t.Errorf("truncated file: %v, Written called %d times; want a failure and no call", err, calls)
+			}
+		})
+	}
+}
