@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/dtype"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/s3store"
 	"github.com/ptsafe/converter/internal/store"
 	"github.com/ptsafe/converter/internal/synth"
@@ -161,9 +163,17 @@ func listing(t *testing.T, tr store.Tree) map[string]string {
 // returns the exit code and the report it wrote.
 func runBatchCmd(t *testing.T, bin string, env []string, args ...string) (int, *batch.Report, string) {
 	t.Helper()
-	report := filepath.Join(t.TempDir(), "report.json")
+	return runBatchAs(t, nil, t.TempDir(), bin, env, args...)
+}
+
+// runBatchAs is runBatchCmd as the user cred (nil: the test's own), the report written into
+// reportDir, which that user may write.
+func runBatchAs(t *testing.T, cred *syscall.Credential, reportDir, bin string, env []string, args ...string) (int, *batch.Report, string) {
+	t.Helper()
+	report := filepath.Join(reportDir, "report.json")
 	cmd := exec.Command(bin, append([]string{"batch", "--progress", "none", "--workers", "2", "--report", report}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -519,4 +529,68 @@ func stageLocal(t *testing.T, tr store.Tree, name string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestBatchUnreadableDirectory: a directory the run may not list fails, alone; everything
+// else in the tree is converted or copied, and the run exits 1 (a failure that is no verdict
+// on a file). Root reads every directory, so a root test runs the batch as the image's user.
+func TestBatchUnreadableDirectory(t *testing.T) {
+	bin := buildConverter(t)
+	dir, err := os.MkdirTemp("", "converter-unreadable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst, private := filepath.Join(dir, "src"), filepath.Join(dir, "dst"), filepath.Join(dir, "src", "private")
+	t.Cleanup(func() {
+		os.Chmod(private, 0o755)
+		os.RemoveAll(dir)
+	})
+	if err := os.CopyFS(src, os.DirFS(filepath.Join("..", "..", "testdata", "repo"))); err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := os.ReadFile(filepath.Join(src, "legacy.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(private, "model.pt"), legacy)
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: imageUID, Gid: imageUID}
+		err = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+			if err == nil {
+				err = os.Lchown(p, imageUID, imageUID)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{dir, filepath.Dir(bin)} { // the user must reach the tree and the binary
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(private, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	code, rep, out := runBatchAs(t, cred, dir, bin, nil, src, dst)
+	got := outcomes(rep)
+	if code != 1 || got["private"] != batch.Failed || rep.Summary.Failed != 1 {
+		t.Fatalf("exit %d, private %q, %d failed; want exit 1 and the directory alone failed\n%s", code, got["private"], rep.Summary.Failed, out)
+	}
+	for _, f := range rep.Files {
+		if f.Path == "private" && (f.Error == nil || f.Error.Type != fault.Internal || !strings.Contains(f.Error.Detail, "permission denied")) {
+			t.Errorf("private's error = %+v; want an internal error saying the permission was denied", f.Error)
+		}
+	}
+	for _, p := range []string{"legacy.pt", "checkpoints/last.ckpt", "pytorch_model.bin.index.json"} {
+		if got[p] != batch.Converted {
+			t.Errorf("%s: %q, want converted", p, got[p])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dst, "private")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("DEST has a directory for the unreadable one (stat: %v)", err)
+	}
 }

@@ -28,9 +28,12 @@ func (r *runner) list(ctx context.Context) ([]*item, error) {
 		it := &item{obj: o, listed: true}
 		it.file.Path = o.Path
 		var skip *store.SkipError
+		var unread *store.ReadError
 		switch {
 		case errors.As(err, &skip):
 			it.decide(File{Outcome: Ignored, Detail: skip.Reason})
+		case errors.As(err, &unread):
+			it.decide(File{Outcome: Failed, Error: failure(fault.Wrap(fault.Internal, "", unread.Err, "read %s", o.Path))})
 		case err != nil:
 			return err
 		default:

@@ -113,12 +113,13 @@ type child struct {
 	st   fs.FileInfo // of the target for a followed symlink
 	real string      // resolved path, for a directory
 	skip *SkipError
+	read *ReadError
 }
 
 // sortKey orders a directory before a file whose name extends it ("a/x" sorts after "a.txt",
 // as '/' sorts after '.'), so that a depth-first walk yields Paths in lexical order.
 func (c child) sortKey() string {
-	if c.skip == nil && c.st.IsDir() {
+	if c.skip == nil && c.read == nil && c.st.IsDir() {
 		return c.rel + "/"
 	}
 	return c.rel
@@ -128,8 +129,11 @@ func (c child) sortKey() string {
 // directories from the root down to it, which a symlink must not point back into.
 func (l *Local) walkDir(ctx context.Context, rel, real string, stack []string, fn func(Object, error) error) error {
 	entries, err := os.ReadDir(real)
-	if err != nil {
-		return fmt.Errorf("walk %s: %w", path.Join(l.dir, rel), err)
+	switch {
+	case err != nil && rel == "":
+		return fmt.Errorf("walk %s: %w", l.dir, err)
+	case err != nil: // one directory the walk cannot read need not hide the rest of the tree
+		return fn(Object{Path: rel}, &ReadError{Path: rel, Err: fault.PathFree(err)})
 	}
 	children := make([]child, 0, len(entries))
 	for _, e := range entries {
@@ -143,6 +147,8 @@ func (l *Local) walkDir(ctx context.Context, rel, real string, stack []string, f
 		switch {
 		case c.skip != nil:
 			err = fn(Object{Path: c.rel}, c.skip)
+		case c.read != nil:
+			err = fn(Object{Path: c.rel}, c.read)
 		case c.st.IsDir():
 			err = l.walkDir(ctx, c.rel, c.real, append(stack, c.real), fn)
 		default:
@@ -176,7 +182,8 @@ func (l *Local) resolve(rel, name string, e fs.DirEntry, stack []string) child {
 	}
 	st, err := os.Stat(c.real)
 	if err != nil {
-		return skip("cannot stat: " + fault.PathFree(err).Error())
+		c.read = &ReadError{Path: rel, Err: fault.PathFree(err)}
+		return c
 	}
 	c.st = st
 	switch {

@@ -29,7 +29,8 @@ type Object struct {
 type Tree interface {
 	// Walk calls fn for each regular file under the root, in lexical order of Path. An entry
 	// that is not followed (locally: a symlink whose target leaves the root, a symlink loop,
-	// a device or socket) is passed with a non-nil *SkipError and the Object's Path set; fn
+	// a device or socket) is passed with a non-nil *SkipError, and one it could not read (a
+	// directory below the root it may not list) with a *ReadError, the Object's Path set; fn
 	// decides what to record. Walk stops at fn's first error and returns it.
 	Walk(ctx context.Context, fn func(Object, error) error) error
 	// Stat describes the file at path; an error matching fs.ErrNotExist when there is none.
@@ -56,3 +57,14 @@ type SkipError struct {
 }
 
 func (e *SkipError) Error() string { return e.Path + ": " + e.Reason }
+
+// ReadError says that Walk could not read an entry below the root, a directory it could not
+// list or an entry it could not stat; the walk goes on without it.
+type ReadError struct {
+	Path string // relative to the root
+	Err  error  // naming no local path
+}
+
+func (e *ReadError) Error() string { return e.Path + ": " + e.Err.Error() }
+
+func (e *ReadError) Unwrap() error { return e.Err }
