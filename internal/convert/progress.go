@@ -28,7 +28,8 @@ const (
 	PhaseHashing = "hashing"
 	// PhaseWriting (a conversion) streams the tensors into the output; bytes are the output's.
 	PhaseWriting = "writing"
-	// PhaseVerifying (a conversion) syncs the verified output and finishes the source's digest.
+	// PhaseVerifying (a conversion) finishes the source's digest; the verified output is then
+	// synced and moved into place, the phase's last record standing meanwhile.
 	PhaseVerifying = "verifying"
 )
 
