@@ -142,11 +142,11 @@ func runBatch(ctx context.Context, args []string, getenv func(string) string, st
 	opts.Progress = bar
 	rep, err := batch.Run(ctx, src, dst, in.engine(stderr), opts)
 	bar.close()
-	if err != nil {
+	if !finished(rep, err) {
 		return err
 	}
-	done := ""
-	if rep.DryRun {
+	done := interrupted(rep)
+	if done == "" && rep.DryRun {
 		done = "dry run: nothing was written"
 	}
 	printSummary(stdout, rep, done)
@@ -168,7 +168,7 @@ func runTreeScan(ctx context.Context, tf *treeFlags, in *inputs, conv convert.Op
 	opts := tf.options(conv)
 	opts.ScanOnly = true
 	rep, err := batch.Run(ctx, src, nil, in.engine(stderr), opts)
-	if err != nil {
+	if !finished(rep, err) {
 		return err
 	}
 	if asJSON {
@@ -185,9 +185,23 @@ func runTreeScan(ctx context.Context, tf *treeFlags, in *inputs, conv convert.Op
 			}
 			fmt.Fprintln(stdout, fileLine(f))
 		}
-		printSummary(stdout, rep, "")
+		printSummary(stdout, rep, interrupted(rep))
 	}
 	return reportStatus(rep)
+}
+
+// finished reports whether a run's outcome is its report: it ended, or was interrupted after
+// it listed the tree (its report then says what was done); otherwise err says why not.
+func finished(rep *batch.Report, err error) bool {
+	return err == nil || rep != nil && rep.Interrupted
+}
+
+// interrupted is the summary's last line for an interrupted run, "" for one that ended.
+func interrupted(rep *batch.Report) string {
+	if !rep.Interrupted {
+		return ""
+	}
+	return fmt.Sprintf("interrupted: %d files left; the same command finishes them", rep.Summary.Left)
 }
 
 // fileLine is one file's outcome in a line: the outcome, the path, and why.
@@ -236,8 +250,15 @@ func writeReport(path string, rep *batch.Report) error {
 // is 0. The summary already named every file, so the message is only a count.
 func reportStatus(rep *batch.Report) error {
 	code := rep.ExitCode()
+	msg := fmt.Sprintf("%d refused, %d failed (see above)", rep.Summary.Refused, rep.Summary.Failed)
+	if rep.Interrupted {
+		if code == 0 {
+			code, msg = 1, "(see above)" // an unfinished run is no success; a worse outcome says more
+		}
+		msg = fmt.Sprintf("interrupted, %d files left; %s", rep.Summary.Left, msg)
+	}
 	if code == 0 {
 		return nil
 	}
-	return &exitStatus{code: code, msg: fmt.Sprintf("%d refused, %d failed (see above)", rep.Summary.Refused, rep.Summary.Failed)}
+	return &exitStatus{code: code, msg: msg}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ptsafe/converter/internal/batch"
+	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/dtype"
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/s3store"
@@ -592,5 +593,29 @@ func TestBatchUnreadableDirectory(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dst, "private")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("DEST has a directory for the unreadable one (stat: %v)", err)
+	}
+}
+
+// TestInterruptedStatus: an interrupted run exits 1 and says how many files are left, unless a
+// file it finished gives a worse status, which wins.
+func TestInterruptedStatus(t *testing.T) {
+	refused := batch.File{Path: "evil.bin", Outcome: batch.Refused, Error: &convert.ErrorInfo{Type: fault.Unsafe}}
+	for _, tc := range []struct {
+		rep  batch.Report
+		code int
+		msg  string
+	}{
+		{batch.Report{Interrupted: true, Summary: batch.Summary{Left: 2}}, 1, "interrupted, 2 files left; (see above)"},
+		{batch.Report{Interrupted: true, Summary: batch.Summary{Left: 2, Refused: 1}, Files: []batch.File{refused}}, 3,
+			"interrupted, 2 files left; 1 refused, 0 failed (see above)"},
+		{batch.Report{Summary: batch.Summary{Refused: 1}, Files: []batch.File{refused}}, 3, "1 refused, 0 failed (see above)"},
+	} {
+		var st *exitStatus
+		if err := reportStatus(&tc.rep); !errors.As(err, &st) || st.code != tc.code || st.msg != tc.msg {
+			t.Errorf("reportStatus(%+v) = %v; want exit %d: %s", tc.rep, err, tc.code, tc.msg)
+		}
+	}
+	if err := reportStatus(&batch.Report{}); err != nil {
+		t.Errorf("a finished run with nothing wrong: %v", err)
 	}
 }

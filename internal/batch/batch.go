@@ -179,9 +179,14 @@ func newRunner(src, dst store.Tree, eng Engine, opts Options) (*runner, *Report,
 // finishReport completes rep with the outcomes of items and the bytes counted, and returns it
 // with the run's error.
 func (r *runner) finishReport(ctx context.Context, rep *Report, items []*item) (*Report, error) {
+	rep.Interrupted = ctx.Err() != nil
 	for _, it := range items {
-		if it.listed && it.file.Outcome != "" {
+		switch {
+		case !it.listed:
+		case it.file.Outcome != "":
 			rep.Files = append(rep.Files, it.file)
+		case rep.Interrupted:
+			rep.Summary.Left++
 		}
 	}
 	rep.Summary.BytesIn, rep.Summary.BytesOut = r.bytesIn, r.bytesOut

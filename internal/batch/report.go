@@ -27,6 +27,10 @@ type Report struct {
 	StartedAt        time.Time `json:"started_at"`
 	FinishedAt       time.Time `json:"finished_at"`
 	Summary          Summary   `json:"summary"`
+	// Interrupted says that the run was stopped (a signal, a canceled context) before every
+	// file had its outcome: Summary.Left files have none and are not listed, and running the
+	// same command again finishes them.
+	Interrupted bool `json:"interrupted,omitempty"`
 	// Files lists every file with an outcome, in lexical order of Path. A plain file with no
 	// DEST to copy it to (in place, or a scan) has none and is not listed.
 	Files []File `json:"files"`
@@ -43,6 +47,8 @@ type Summary struct {
 	Ignored   int   `json:"ignored"`
 	BytesIn   int64 `json:"bytes_in"`
 	BytesOut  int64 `json:"bytes_out"`
+	// Left counts the files an interrupted run did not finish (see Report.Interrupted).
+	Left int `json:"left,omitempty"`
 }
 
 // File is the outcome of one file of SOURCE.

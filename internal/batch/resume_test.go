@@ -14,6 +14,7 @@ import (
 
 	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/store"
 )
 
@@ -126,17 +127,27 @@ func TestCrashThenResume(t *testing.T) {
 	t.Parallel()
 	src := mixedRepo(t)
 	clean := filepath.Join(t.TempDir(), "clean")
-	run(t, convert.InProcess{}, src, clean, batch.Options{})
+	whole := run(t, convert.InProcess{}, src, clean, batch.Options{})
 
 	for _, n := range []int32{1, 3, 5} {
 		dst := filepath.Join(t.TempDir(), "dst")
 		ctx, cancel := context.WithCancel(context.Background())
 		s, _ := store.NewLocal(src)
 		d, _ := store.NewLocal(dst)
-		_, err := batch.Run(ctx, s, d, crashAfter(n, cancel), batch.Options{Workers: 1})
+		rep, err := batch.Run(ctx, s, d, crashAfter(n, cancel), batch.Options{Workers: 1})
 		cancel()
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("crash after %d: Run = %v, want context.Canceled", n, err)
+		}
+		// The report says what was done: the files the interruption cut short have no outcome
+		// and are counted as left; the failures listed are verdicts on files.
+		if !rep.Interrupted || rep.Summary.Left == 0 || len(rep.Files)+rep.Summary.Left != len(whole.Files) {
+			t.Errorf("crash after %d: interrupted %v, %d listed + %d left, want %d files", n, rep.Interrupted, len(rep.Files), rep.Summary.Left, len(whole.Files))
+		}
+		for _, f := range rep.Files {
+			if f.Outcome == batch.Failed && f.Error.Type != fault.Malformed {
+				t.Errorf("crash after %d: %s is reported %s (%s); want no outcome for what the interruption cut short", n, f.Path, f.Outcome, f.Error.Detail)
+			}
 		}
 		// What a SIGKILL during a write leaves: the engine's temporary output and its scratch.
 		writeFiles(t, dst, map[string][]byte{

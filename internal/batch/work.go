@@ -36,6 +36,10 @@ func (r *runner) execute(ctx context.Context, items []*item, sets []*shardSet) {
 		default:
 			g.Go(func() error {
 				r.process(ctx, it)
+				if cutShort(ctx, it.file) {
+					it.file = File{Path: it.obj.Path} // no outcome: the next run does it, as it has no receipt
+					return nil
+				}
 				if it.set == nil {
 					r.finish(it)
 				}
@@ -51,6 +55,13 @@ func (r *runner) execute(ctx context.Context, items []*item, sets []*shardSet) {
 		r.finishSet(ctx, s)
 	}
 	r.removeSources(ctx)
+}
+
+// cutShort reports whether f is a failure that the run's interruption may have caused: one
+// that is no verdict on the file (internal or canceled), recorded after ctx ended.
+func cutShort(ctx context.Context, f File) bool {
+	return ctx.Err() != nil && f.Outcome == Failed && f.Error != nil &&
+		(f.Error.Type == fault.Internal || f.Error.Type == fault.Canceled)
 }
 
 // process converts or copies one file.
