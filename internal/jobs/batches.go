@@ -511,7 +511,7 @@ func (s *Service) planBatch(ctx context.Context, riverID int64, id string) error
 	src, dst, err := s.batchTrees(ctx, r.Batch)
 	var p *batch.Planned
 	if err == nil {
-		p, err = batch.Plan(ctx, src, dst, s.cfg.Converter, s.batchOptions(r.Batch))
+		p, err = batch.Plan(ctx, boundedTree{src, s.cfg.MaxBatchFiles}, dst, s.cfg.Converter, s.batchOptions(r.Batch))
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -520,6 +520,26 @@ func (s *Service) planBatch(ctx context.Context, riverID int64, id string) error
 		return s.failBatch(ctx, id, JobError{Type: fault.KindOf(err), Detail: err.Error()})
 	}
 	return s.recordPlan(ctx, id, p)
+}
+
+// boundedTree is a batch's SOURCE whose listing fails as over a limit at its max+1st entry:
+// planning keeps every entry in memory and records what it decided in one transaction, and a
+// bucket of millions of objects is refused without listing it all. Every entry counts, the
+// ones planning ignores included: each is held and reported.
+type boundedTree struct {
+	store.Tree
+	max int
+}
+
+func (t boundedTree) Walk(ctx context.Context, fn func(store.Object, error) error) error {
+	n := 0
+	return t.Tree.Walk(ctx, func(o store.Object, err error) error {
+		if n++; n > t.max {
+			return fault.New(fault.Limit, "", "SOURCE holds more than %d files (the listing stopped at %s): "+
+				"raise --max-batch-files on the nodes, or convert its subtrees in separate batches", t.max, o.Path)
+		}
+		return fn(o, err)
+	})
 }
 
 // recordPlan records what planning decided and queues the units.
