@@ -128,8 +128,15 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	}
 	c.allowGlobals = allow.list
 	br, err := api.ParseBatchRoots(roots.list)
+	if err != nil {
+		return c, err
+	}
 	c.batchRoots = br
-	return c, err
+	data, err := filepath.Abs(c.dataDir)
+	if err != nil {
+		return c, fmt.Errorf("--data %s: %w", c.dataDir, err)
+	}
+	return c, c.batchRoots.Excludes(data, c.store)
 }
 
 // splitRoots splits a list of --batch-root values at the system's list separator. On Unix that

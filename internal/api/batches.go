@@ -141,6 +141,30 @@ func ParseBatchRoots(roots []string) (BatchRoots, error) {
 	return br, nil
 }
 
+// Excludes returns an error naming the first root that holds, or lies within, the data
+// directory dataDir or the S3 store (s3://BUCKET/PREFIX, "" for none): a batch could read and
+// overwrite every tenant's jobs through it.
+func (br BatchRoots) Excludes(dataDir, store string) error {
+	for _, dir := range br.dirs {
+		if within(dataDir, dir) || within(dir, dataDir) {
+			return fmt.Errorf("--batch-root %s and the data directory %s overlap: batches could reach every job's files", dir, dataDir)
+		}
+	}
+	if store == "" {
+		return nil
+	}
+	bucket, prefix, err := s3store.ParseLocation(store)
+	if err != nil {
+		return err
+	}
+	for _, r := range br.s3 {
+		if bucket == r.bucket && (strings.HasPrefix(prefix, r.prefix) || strings.HasPrefix(r.prefix, prefix)) {
+			return fmt.Errorf("--batch-root s3://%s/%s and --store %s overlap: batches could reach every job's files", r.bucket, r.prefix, store)
+		}
+	}
+	return nil
+}
+
 // batchLocation checks a batch's source or destination: an s3:// prefix within one of the S3
 // roots, or an absolute local path inside one of the directories once every symlink is
 // resolved. It returns the location to record: a local path resolved, so that a symlink
