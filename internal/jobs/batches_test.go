@@ -92,16 +92,23 @@ func s3Trees(t *testing.T) (s3store.Config, string) {
 	return cfg, "s3://" + srv.Bucket(t)
 }
 
+// s3Source is s3Trees with the files of the directory dir put under the bucket's src/.
+func s3Source(t *testing.T, dir string) (s3store.Config, string) {
+	t.Helper()
+	cfg, bucket := s3Trees(t)
+	src, err := s3store.New(t.Context(), bucket+"/src", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.PutDir(t, src, dir)
+	return cfg, bucket
+}
+
 // A batch from S3 to S3 on each backend: a mixed tree, every outcome recorded, the state
 // settled from them (a refused file fails the batch, as it makes `converter batch` exit 3).
 func TestBatchS3ToS3(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, database string) {
-		s3cfg, bucket := s3Trees(t)
-		src, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testkit.PutDir(t, src, batchTree(t))
+		s3cfg, bucket := s3Source(t, batchTree(t))
 		s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: convert.InProcess{}, StoreConfig: s3cfg, Workers: 2})
 		b, err := s.SubmitBatch(t.Context(), jobs.BatchParams{Tenant: "t", Source: bucket + "/src", Destination: bucket + "/dst"})
 		if err != nil || b.State != jobs.StateQueued {
@@ -191,12 +198,7 @@ func (m *meeting) Scan(ctx context.Context, src string, opts convert.Options) (*
 // first conversion waits for the other's, so both must take units.
 func TestBatchAcrossNodes(t *testing.T) {
 	database := testkit.StartPostgres(t)
-	s3cfg, bucket := s3Trees(t)
-	src, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.PutDir(t, src, batchTree(t))
+	s3cfg, bucket := s3Source(t, batchTree(t))
 	r := &rendezvous{all: make(chan struct{})}
 	var nodes []*jobs.Service
 	for range 2 {
@@ -297,12 +299,7 @@ func plainTree(t *testing.T, n int) string {
 // DEST; one holding exactly as many is converted. On each backend, a local SOURCE and an S3 one.
 func TestBatchMaxFiles(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, database string) {
-		s3cfg, bucket := s3Trees(t)
-		remote, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testkit.PutDir(t, remote, plainTree(t, 5))
+		s3cfg, bucket := s3Source(t, plainTree(t, 5))
 		s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: convert.InProcess{}, StoreConfig: s3cfg, MaxBatchFiles: 4})
 		localDst := filepath.Join(t.TempDir(), "dst")
 		for _, tc := range []struct{ name, src, dst string }{
