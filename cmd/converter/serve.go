@@ -32,8 +32,9 @@ type serveConfig struct {
 	uploadIdle       time.Duration
 	// allowGlobals are the globals a job may ask to admit as inert records.
 	allowGlobals []string
-	// batchRoots are the directories batches may read and write locally (api.Deps.BatchRoots).
-	batchRoots []string
+	// batchRoots are the directories and S3 prefixes batches may read and write
+	// (api.Deps.BatchRoots).
+	batchRoots api.BatchRoots
 	// presign, when positive, answers output downloads with a 307 to a presigned URL of the S3
 	// store valid this long.
 	presign time.Duration
@@ -47,8 +48,10 @@ const defaultAddr = "127.0.0.1:8080"
 // CONVERTER_BATCH_ROOT) can hold the whole list; values given on the command line replace the
 // environment's, as every flag's do.
 type listFlag struct {
-	list    []string
-	sep     string
+	list []string
+	sep  string
+	// split cuts a value into items; nil cuts it at every sep.
+	split   func(string) []string
 	fromEnv bool
 }
 
@@ -58,7 +61,11 @@ func (g *listFlag) Set(v string) error {
 	if g.fromEnv {
 		g.list, g.fromEnv = nil, false
 	}
-	for _, s := range strings.Split(v, g.sep) {
+	items := strings.Split(v, g.sep)
+	if g.split != nil {
+		items = g.split(v)
+	}
+	for _, s := range items {
 		if s = strings.TrimSpace(s); s != "" {
 			g.list = append(g.list, s)
 		}
@@ -83,8 +90,8 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	fs.DurationVar(&c.uploadIdle, "upload-idle-timeout", api.DefaultUploadIdleTimeout, "an upload whose body makes no progress for this long gets 408 and frees its slot")
 	allow := listFlag{sep: ","}
 	fs.Var(&allow, "allow-global", "a `MODULE.NAME` jobs may ask to admit as an inert record with ?allow_global= (repeatable, or comma-separated); known-dangerous globals are refused")
-	roots := listFlag{sep: string(filepath.ListSeparator)}
-	fs.Var(&roots, "batch-root", "a `DIR` under which POST /v1/batches may name local sources and destinations (repeatable, or a list separated by \""+string(filepath.ListSeparator)+"\"); without any, batches take s3:// prefixes only")
+	roots := listFlag{sep: string(filepath.ListSeparator), split: splitRoots}
+	fs.Var(&roots, "batch-root", "a `DIR` or s3://BUCKET/PREFIX within which POST /v1/batches may name sources and destinations (repeatable, or a list separated by \""+string(filepath.ListSeparator)+"\"); without any, batches are refused")
 	bindErr := envflag.Bind(fs, getenv, "addr", "max-upload-bytes", "max-uploads",
 		"max-uploads-per-tenant", "tokens", "presign", "upload-idle-timeout", "allow-global", "batch-root")
 	allow.fromEnv = len(allow.list) > 0
@@ -120,13 +127,33 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return c, err
 	}
 	c.allowGlobals = allow.list
-	for _, dir := range roots.list {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() || !filepath.IsAbs(dir) {
-			return c, fmt.Errorf("--batch-root %s must be an absolute path to a directory", dir)
-		}
+	br, err := api.ParseBatchRoots(roots.list)
+	if err != nil {
+		return c, err
 	}
-	c.batchRoots = roots.list
-	return c, nil
+	c.batchRoots = br
+	data, err := filepath.Abs(c.dataDir)
+	if err != nil {
+		return c, fmt.Errorf("--data %s: %w", c.dataDir, err)
+	}
+	return c, c.batchRoots.Excludes(data, c.store)
+}
+
+// splitRoots splits a list of --batch-root values at the system's list separator. On Unix that
+// is ":", which s3:// locations hold too: a piece "s3" (never a root, which is absolute) is
+// joined again with the "//BUCKET..." after it.
+func splitRoots(v string) []string {
+	parts := strings.Split(v, string(filepath.ListSeparator))
+	var out []string
+	for i := 0; i < len(parts); i++ {
+		if parts[i] == "s3" && i+1 < len(parts) && strings.HasPrefix(parts[i+1], "//") {
+			out = append(out, "s3:"+parts[i+1])
+			i++
+			continue
+		}
+		out = append(out, parts[i])
+	}
+	return out
 }
 
 // Limits of the HTTP server on every connection, documented in the README's Service section: a

@@ -33,13 +33,14 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 		"CONVERTER_LIMIT_TIMEOUT":          "1m",
 		"CONVERTER_DB":                     "postgres://converter@db.internal/jobs",
 		"CONVERTER_RESCUE_DELAY":           "5s",
+		"CONVERTER_MAX_BATCH_FILES":        "500",
 	}
 	c, err := parseServeFlags([]string{"--workers", "3", "--limit-max-tensors", "7", "--limit-timeout", "2m", "--max-uploads-per-tenant", "3"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.addr != "127.0.0.1:9999" || c.workers != 3 || c.retention != 2*time.Hour || c.maxUploadBytes != 1024 || c.dataDir != "./data" || c.maxTenantUploads != 3 ||
-		c.database != "postgres://converter@db.internal/jobs" || c.rescueDelay != 5*time.Second {
+		c.database != "postgres://converter@db.internal/jobs" || c.rescueDelay != 5*time.Second || c.maxBatchFiles != 500 {
 		t.Errorf("config = %+v; want env values, the --workers flag winning, default data dir", c)
 	}
 	want := limits.Default()
@@ -58,6 +59,9 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 	if _, err := parseServeFlags([]string{"--max-uploads", "4", "--max-uploads-per-tenant", "5"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Error("--max-uploads-per-tenant above --max-uploads was accepted")
 	}
+	if _, err := parseServeFlags([]string{"--max-batch-files", "0"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("--max-batch-files 0 was accepted")
+	}
 }
 
 func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
@@ -67,7 +71,8 @@ func TestServeHelpListsEveryFlagAndVariable(t *testing.T) {
 	}
 	for _, want := range []string{"-addr", "CONVERTER_ADDR", "-data", "CONVERTER_DATA", "-db", "CONVERTER_DB", "-rescue-delay", "CONVERTER_RESCUE_DELAY", "-workers", "CONVERTER_WORKERS",
 		"-retention", "CONVERTER_RETENTION", "-max-upload-bytes", "CONVERTER_MAX_UPLOAD_BYTES", "-tokens", "CONVERTER_TOKENS",
-		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT", "-allow-global", "CONVERTER_ALLOW_GLOBAL"} {
+		"-metrics-token", "CONVERTER_METRICS_TOKEN", "-max-uploads-per-tenant", "CONVERTER_MAX_UPLOADS_PER_TENANT", "-limit-max-output-bytes", "CONVERTER_LIMIT_MAX_OUTPUT_BYTES", "-limit-timeout", "CONVERTER_LIMIT_TIMEOUT", "-upload-idle-timeout", "CONVERTER_UPLOAD_IDLE_TIMEOUT", "-drain-timeout", "CONVERTER_DRAIN_TIMEOUT", "-allow-global", "CONVERTER_ALLOW_GLOBAL",
+		"-batch-root", "CONVERTER_BATCH_ROOT", "-max-batch-files", "CONVERTER_MAX_BATCH_FILES"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve -h does not mention %s", want)
 		}

@@ -33,6 +33,8 @@ type nodeConfig struct {
 	minFreeBytes int64
 	metricsToken string
 	drainTimeout time.Duration
+	// maxBatchFiles bounds the files of a batch's SOURCE (jobs.Config.MaxBatchFiles).
+	maxBatchFiles int
 	// limits bound each conversion, exactly as the CLI's --limit-* flags do.
 	limits limits.Limits
 }
@@ -50,7 +52,8 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 	fs.Int64Var(&c.minFreeBytes, "min-free-bytes", jobs.DefaultMinFreeBytes, "free space the data directory keeps: an upload (507) or a conversion that would leave less is refused")
 	fs.StringVar(&c.metricsToken, "metrics-token", "", "file holding the bearer token /metrics requires (or sha256:HEX); serve with --tokens, and a worker beyond loopback, serve /metrics only with it")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long in-flight uploads and running conversions may take to finish; what is left is canceled and resumes later")
-	errs := []error{envflag.Bind(fs, getenv, "data", "db", "rescue-delay", "store", "workers", "retention", "min-free-bytes", "metrics-token", "drain-timeout")}
+	fs.IntVar(&c.maxBatchFiles, "max-batch-files", jobs.DefaultMaxBatchFiles, "most files a batch's SOURCE may hold: planning one with more fails it as over a limit, its listing stopped there (set it alike on every node, since any node may plan a batch)")
+	errs := []error{envflag.Bind(fs, getenv, "data", "db", "rescue-delay", "store", "workers", "retention", "min-free-bytes", "metrics-token", "drain-timeout", "max-batch-files")}
 	c.limits = limits.Default()
 	errs = append(errs, c.limits.RegisterFlags(fs, getenv))
 	return func() error {
@@ -82,6 +85,9 @@ func (c *nodeConfig) register(fs *flag.FlagSet, getenv func(string) string) func
 		if c.minFreeBytes <= 0 {
 			return fmt.Errorf("--min-free-bytes must be positive, got %d", c.minFreeBytes)
 		}
+		if c.maxBatchFiles <= 0 {
+			return fmt.Errorf("--max-batch-files must be positive, got %d", c.maxBatchFiles)
+		}
 		return nil
 	}
 }
@@ -97,19 +103,20 @@ func (c *nodeConfig) open(ctx context.Context, logger *slog.Logger, reg promethe
 	}
 	logger.Info("sandbox", slog.Bool("rlimits", status.Rlimits), slog.String("seccomp", status.Seccomp), slog.Bool("tsync", status.TSync), slog.String("landlock", status.Landlock))
 	svc, err := jobs.Open(ctx, jobs.Config{
-		Dir:          c.dataDir,
-		Database:     c.database,
-		RescueDelay:  c.rescueDelay,
-		Store:        c.store,
-		Presign:      presign,
-		Workers:      c.workers,
-		APIOnly:      c.workers == 0,
-		Retention:    c.retention,
-		MinFreeBytes: c.minFreeBytes,
-		Limits:       c.limits,
-		Logger:       logger,
-		Registerer:   reg,
-		Converter:    runner,
+		Dir:           c.dataDir,
+		Database:      c.database,
+		RescueDelay:   c.rescueDelay,
+		Store:         c.store,
+		Presign:       presign,
+		Workers:       c.workers,
+		APIOnly:       c.workers == 0,
+		Retention:     c.retention,
+		MinFreeBytes:  c.minFreeBytes,
+		MaxBatchFiles: c.maxBatchFiles,
+		Limits:        c.limits,
+		Logger:        logger,
+		Registerer:    reg,
+		Converter:     runner,
 	})
 	if errors.Is(err, jobs.ErrAPIOnlyAlone) {
 		return nil, fmt.Errorf("--workers 0 without --db postgres://... and --store s3://...: %w", err)

@@ -27,7 +27,7 @@ func TestWorkerFlags(t *testing.T) {
 		t.Fatalf("worker -h: %v", err)
 	}
 	for _, want := range []string{"-health-addr", "CONVERTER_HEALTH_ADDR", "-store", "CONVERTER_STORE", "-data", "-workers",
-		"-limit-timeout", "-metrics-token", "-drain-timeout", "locked"} {
+		"-limit-timeout", "-metrics-token", "-drain-timeout", "-max-batch-files", "locked"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("worker -h does not mention %s", want)
 		}

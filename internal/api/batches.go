@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -16,7 +17,9 @@ import (
 
 	"github.com/ptsafe/converter/internal/batch"
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
+	"github.com/ptsafe/converter/internal/s3store"
 	"github.com/ptsafe/converter/internal/store"
 )
 
@@ -103,15 +106,72 @@ type pathError struct {
 
 func (e *pathError) Error() string { return e.msg }
 
-// batchLocation checks a batch's source or destination: an s3:// prefix, or an absolute local
-// path inside one of roots (serve --batch-root) once every symlink is resolved. It returns the
-// location to record: a local path resolved, so that a symlink changed later cannot move it.
-func batchLocation(roots []string, what, loc string) (string, error) {
-	if rest, ok := strings.CutPrefix(loc, "s3://"); ok {
-		if bucket, _, _ := strings.Cut(rest, "/"); bucket == "" {
-			return "", &pathError{http.StatusBadRequest, what + " " + loc + " names no bucket"}
+// BatchRoots are where batches may read and write (serve --batch-root): local directories and
+// S3 prefixes. A batch names its source and destination with the server's own file system and
+// S3 credentials, so whatever no root covers is refused: otherwise any API user could have the
+// server read or overwrite everything those reach (a confused deputy). The zero value allows
+// nothing.
+type BatchRoots struct {
+	dirs []string
+	s3   []s3Root
+}
+
+// s3Root is an S3 root: a bucket and a key prefix, "" or ending in "/" (s3store.ParseLocation).
+type s3Root struct{ bucket, prefix string }
+
+// ParseBatchRoots checks and returns the roots: each an absolute path to a directory, or an
+// s3://BUCKET[/PREFIX] location whose prefix is a relative path (no empty, "." or ".."
+// element).
+func ParseBatchRoots(roots []string) (BatchRoots, error) {
+	var br BatchRoots
+	for _, root := range roots {
+		if strings.HasPrefix(root, "s3://") {
+			bucket, prefix, err := s3store.ParseLocation(root)
+			if err != nil {
+				return BatchRoots{}, fmt.Errorf("--batch-root %s: %w", root, err)
+			}
+			br.s3 = append(br.s3, s3Root{bucket, prefix})
+			continue
 		}
-		return loc, nil
+		if st, err := os.Stat(root); err != nil || !st.IsDir() || !filepath.IsAbs(root) {
+			return BatchRoots{}, fmt.Errorf("--batch-root %s must be an absolute path to a directory or an s3://BUCKET/PREFIX", root)
+		}
+		br.dirs = append(br.dirs, root)
+	}
+	return br, nil
+}
+
+// Excludes returns an error naming the first root that holds, or lies within, the data
+// directory dataDir or the S3 store (s3://BUCKET/PREFIX, "" for none): a batch could read and
+// overwrite every tenant's jobs through it.
+func (br BatchRoots) Excludes(dataDir, store string) error {
+	for _, dir := range br.dirs {
+		if within(dataDir, dir) || within(dir, dataDir) {
+			return fmt.Errorf("--batch-root %s and the data directory %s overlap: batches could reach every job's files", dir, dataDir)
+		}
+	}
+	if store == "" {
+		return nil
+	}
+	bucket, prefix, err := s3store.ParseLocation(store)
+	if err != nil {
+		return err
+	}
+	for _, r := range br.s3 {
+		if bucket == r.bucket && (strings.HasPrefix(prefix, r.prefix) || strings.HasPrefix(r.prefix, prefix)) {
+			return fmt.Errorf("--batch-root s3://%s/%s and --store %s overlap: batches could reach every job's files", r.bucket, r.prefix, store)
+		}
+	}
+	return nil
+}
+
+// batchLocation checks a batch's source or destination: an s3:// prefix within one of the S3
+// roots, or an absolute local path inside one of the directories once every symlink is
+// resolved. It returns the location to record: a local path resolved, so that a symlink
+// changed later cannot move it.
+func (br BatchRoots) batchLocation(what, loc string) (string, error) {
+	if strings.HasPrefix(loc, "s3://") {
+		return loc, br.s3Location(what, loc)
 	}
 	if !filepath.IsAbs(loc) {
 		return "", &pathError{http.StatusBadRequest, what + " must be an s3:// prefix or an absolute path"}
@@ -119,20 +179,43 @@ func batchLocation(roots []string, what, loc string) (string, error) {
 	if slices.Contains(strings.Split(filepath.ToSlash(loc), "/"), "..") {
 		return "", &pathError{http.StatusBadRequest, what + " must not contain .."}
 	}
-	if len(roots) == 0 {
-		return "", &pathError{http.StatusForbidden, "this server takes no local paths (serve --batch-root)"}
+	if len(br.dirs) == 0 {
+		return "", &pathError{http.StatusForbidden, "this server takes no local paths (serve --batch-root DIR)"}
 	}
 	tree, err := store.NewLocal(loc)
 	if err != nil {
 		return "", &pathError{http.StatusBadRequest, what + " is not a directory"}
 	}
 	real := tree.Root()
-	for _, root := range roots {
+	for _, root := range br.dirs {
 		if rr, err := filepath.EvalSymlinks(root); err == nil && within(real, rr) {
 			return real, nil
 		}
 	}
 	return "", &pathError{http.StatusForbidden, what + " is outside every --batch-root, once its symlinks are resolved"}
+}
+
+// s3Location checks an s3:// location against the S3 roots: the same bucket, and a prefix
+// equal to the root's or below it on a "/" boundary (s3://b/models admits s3://b/models/x,
+// not s3://b/models2).
+func (br BatchRoots) s3Location(what, loc string) error {
+	bucket, prefix, err := s3store.ParseLocation(loc)
+	if err != nil {
+		var fe *fault.Error
+		if errors.As(err, &fe) {
+			err = errors.New(fe.Msg) // the location, not the fault's kind
+		}
+		return &pathError{http.StatusBadRequest, what + " " + loc + ": " + err.Error()}
+	}
+	if len(br.s3) == 0 {
+		return &pathError{http.StatusForbidden, "this server takes no s3:// locations (serve --batch-root s3://BUCKET/PREFIX)"}
+	}
+	for _, r := range br.s3 {
+		if bucket == r.bucket && strings.HasPrefix(prefix, r.prefix) {
+			return nil
+		}
+	}
+	return &pathError{http.StatusForbidden, what + " is outside every s3:// --batch-root"}
 }
 
 // within reports whether the absolute path p is dir or below it.
@@ -159,7 +242,7 @@ func decodeBatchRequest(w http.ResponseWriter, r *http.Request) (batchRequest, e
 	return req, nil
 }
 
-func handleSubmitBatch(svc JobService, roots []string, allowed map[string]bool) http.HandlerFunc {
+func handleSubmitBatch(svc JobService, roots BatchRoots, allowed map[string]bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
 			problem(w, r, http.StatusUnsupportedMediaType, probUnsupportedMedia, "send the batch request as application/json")
@@ -171,12 +254,12 @@ func handleSubmitBatch(svc JobService, roots []string, allowed map[string]bool) 
 			return
 		}
 		var pe *pathError
-		src, err := batchLocation(roots, "source", req.Source)
+		src, err := roots.batchLocation("source", req.Source)
 		if errors.As(err, &pe) {
 			problem(w, r, pe.status, pathProblem(pe.status), pe.msg)
 			return
 		}
-		dst, err := batchLocation(roots, "destination", req.Destination)
+		dst, err := roots.batchLocation("destination", req.Destination)
 		if errors.As(err, &pe) {
 			problem(w, r, pe.status, pathProblem(pe.status), pe.msg)
 			return

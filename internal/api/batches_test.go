@@ -114,7 +114,7 @@ func TestBatches(t *testing.T) {
 			bucket := "s3://" + srv.Bucket(t)
 			s3cfg := s3store.Config{Endpoint: srv.Endpoint, Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, "")}
 			root := t.TempDir()
-			e := newEnv(t, envOpts{database: backend.database(t), batchRoots: []string{root}, storeConfig: s3cfg, workers: 2})
+			e := newEnv(t, envOpts{database: backend.database(t), batchRoots: []string{root, bucket}, storeConfig: s3cfg, workers: 2})
 
 			src, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
 			if err != nil {
@@ -229,5 +229,57 @@ func TestBatchRefusals(t *testing.T) {
 	bt := e.submitBatch(src, dst, map[string]any{"allow_globals": []string{"mylib.Config", "mylib.Config"}, "dry_run": true})
 	if bt.Source != src {
 		t.Errorf("source recorded as %q, want %q", bt.Source, src)
+	}
+}
+
+// S3 locations against the server's s3:// roots: the same bucket, and a prefix at or below the
+// root's on a "/" boundary; a prefix that is no relative path is a 400 whatever the roots.
+func TestBatchS3Roots(t *testing.T) {
+	srv := testkit.StartS3(t)
+	models, scratch := srv.Bucket(t), srv.Bucket(t)
+	s3cfg := s3store.Config{Endpoint: srv.Endpoint, Credentials: srv.Credentials()}
+	e := newEnv(t, envOpts{batchRoots: []string{"s3://" + models + "/hub", "s3://" + scratch}, storeConfig: s3cfg})
+	localOnly := newEnv(t, envOpts{batchRoots: []string{t.TempDir()}})
+	out := "s3://" + scratch + "/out"
+	for _, tc := range []struct {
+		name        string
+		env         *env
+		source, dst string
+		status      int
+		kind        string
+	}{
+		{"the root itself", e, "s3://" + models + "/hub", out, 202, ""},
+		{"the root with a trailing slash", e, "s3://" + models + "/hub/", out, 202, ""},
+		{"below the root", e, "s3://" + models + "/hub/org/llama", out, 202, ""},
+		{"anywhere in a bucket that is a root", e, "s3://" + scratch + "/a/b", out, 202, ""},
+		{"a sibling sharing the root's letters", e, "s3://" + models + "/hub2", out, 403, "batch-path-forbidden"},
+		{"a prefix of the root's prefix", e, "s3://" + models + "/hu", out, 403, "batch-path-forbidden"},
+		{"above the root", e, "s3://" + models, out, 403, "batch-path-forbidden"},
+		{"another bucket", e, "s3://other/hub", out, 403, "batch-path-forbidden"},
+		{"a bucket named like a root's prefix", e, "s3://" + models + "-hub/x", out, 403, "batch-path-forbidden"},
+		{"a destination outside every root", e, "s3://" + models + "/hub", "s3://other/out", 403, "batch-path-forbidden"},
+		{"out of the root through ..", e, "s3://" + models + "/hub/../secret", out, 400, "bad-request"},
+		{"an empty segment", e, "s3://" + models + "/hub//x", out, 400, "bad-request"},
+		{"a . segment", e, "s3://" + models + "/./hub", out, 400, "bad-request"},
+		{"a destination with ..", e, "s3://" + scratch, "s3://" + scratch + "/a/../b", 400, "bad-request"},
+		{"s3 on a server with local roots only", localOnly, "s3://" + models + "/hub", out, 403, "batch-path-forbidden"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.status == http.StatusAccepted {
+				if bt := tc.env.submitBatch(tc.source, tc.dst, nil); bt.Source != tc.source {
+					t.Errorf("source recorded as %q, want %q", bt.Source, tc.source)
+				}
+				return
+			}
+			body := batchBody(t, map[string]any{"source": tc.source, "destination": tc.dst})
+			resp, b := tc.env.doInvalid("POST", "/v1/batches", "", body, jsonType)
+			p := decode[struct{ Type, Detail string }](t, b)
+			if resp.StatusCode != tc.status || p.Type != "/problems/"+tc.kind {
+				t.Errorf("POST /v1/batches = %d %s, want %d %s\n%s", resp.StatusCode, p.Type, tc.status, tc.kind, b)
+			}
+			if tc.env == localOnly && !strings.Contains(p.Detail, "--batch-root s3://") {
+				t.Errorf("detail %q does not name the flag that allows S3", p.Detail)
+			}
+		})
 	}
 }

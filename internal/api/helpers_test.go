@@ -70,7 +70,7 @@ type envOpts struct {
 	storeConfig s3store.Config
 	presign     time.Duration
 	// database is jobs.Config.Database ("" for SQLite in the data directory); batchRoots the
-	// server's --batch-root directories.
+	// server's --batch-root directories and s3:// prefixes.
 	database   string
 	batchRoots []string
 }
@@ -109,9 +109,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 			t.Fatalf("ParseMetricsToken: %v", err)
 		}
 	}
+	roots, err := api.ParseBatchRoots(o.batchRoots)
+	if err != nil {
+		t.Fatalf("ParseBatchRoots: %v", err)
+	}
 	h := api.NewServer(api.Deps{Jobs: svc, Tokens: tokens, MetricsToken: metricsToken, Registry: reg, MaxUploadBytes: o.maxUpload,
 		MaxConcurrentUploads: o.maxUploads, UploadIdleTimeout: o.uploadIdle, Spec: apispec.OpenAPI,
-		AllowGlobals: o.allowGlobals, BatchRoots: o.batchRoots})
+		AllowGlobals: o.allowGlobals, BatchRoots: roots})
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()

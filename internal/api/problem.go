@@ -76,7 +76,7 @@ var problemTypes = map[string]problemType{
 	probOutputLost: {"The job's stored output was lost",
 		"A stored file no longer has the digest recorded when it was written, or is missing. It was not served, and the job is now failed with an internal error; upload the checkpoint again."},
 	probPathForbidden: {"Batch path not allowed",
-		"A batch's local source or destination must lie inside a directory the operator allowed with serve --batch-root, once every symlink in it is resolved; a server without --batch-root takes s3:// prefixes only."},
+		"A batch's source and destination must lie within a root the operator allowed with serve --batch-root: a local path inside one of its directories once every symlink in it is resolved, an s3:// location in the bucket of one of its s3:// roots, at or below that root's prefix on a \"/\" boundary."},
 	probUploadTimeout: {"Upload stopped arriving",
 		"The upload made no progress for the server's --upload-idle-timeout; its slot was freed and nothing was kept."},
 }

@@ -76,9 +76,9 @@ type Deps struct {
 	// (query parameter allow_global); the caller has checked them with
 	// convert.Options.Validate, which refuses known-dangerous ones.
 	AllowGlobals []string
-	// BatchRoots are the directories under which a batch's local source and destination may
-	// lie (serve --batch-root); without any, batches take s3:// prefixes only.
-	BatchRoots []string
+	// BatchRoots are the directories and S3 prefixes within which a batch's source and
+	// destination must lie (serve --batch-root); the zero value refuses every batch.
+	BatchRoots BatchRoots
 	// Stop is closed when the server begins to shut down: event streams end then, so that they
 	// do not hold the drain (nil: they end only with their job or client).
 	Stop <-chan struct{}

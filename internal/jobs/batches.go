@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -511,7 +512,7 @@ func (s *Service) planBatch(ctx context.Context, riverID int64, id string) error
 	src, dst, err := s.batchTrees(ctx, r.Batch)
 	var p *batch.Planned
 	if err == nil {
-		p, err = batch.Plan(ctx, src, dst, s.cfg.Converter, s.batchOptions(r.Batch))
+		p, err = batch.Plan(ctx, boundedTree{src, s.cfg.MaxBatchFiles}, dst, s.cfg.Converter, s.batchOptions(r.Batch))
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -520,6 +521,26 @@ func (s *Service) planBatch(ctx context.Context, riverID int64, id string) error
 		return s.failBatch(ctx, id, JobError{Type: fault.KindOf(err), Detail: err.Error()})
 	}
 	return s.recordPlan(ctx, id, p)
+}
+
+// boundedTree is a batch's SOURCE whose listing fails as over a limit at its max+1st entry:
+// planning keeps every entry in memory and records what it decided in one transaction, and a
+// bucket of millions of objects is refused without listing it all. Every entry counts, the
+// ones planning ignores included: each is held and reported.
+type boundedTree struct {
+	store.Tree
+	max int
+}
+
+func (t boundedTree) Walk(ctx context.Context, fn func(store.Object, error) error) error {
+	n := 0
+	return t.Tree.Walk(ctx, func(o store.Object, err error) error {
+		if n++; n > t.max {
+			return fault.New(fault.Limit, "", "SOURCE holds more than %d files (the listing stopped at %s): "+
+				"raise --max-batch-files on the nodes, or convert its subtrees in separate batches", t.max, o.Path)
+		}
+		return fn(o, err)
+	})
 }
 
 // recordPlan records what planning decided and queues the units.
@@ -541,19 +562,12 @@ func (s *Service) recordPlan(ctx context.Context, id string, p *batch.Planned) e
 	if err := insertBatchFiles(ctx, tx, id, p.Report.Files); err != nil {
 		return err
 	}
-	for i, u := range p.Units {
-		doc, err := json.Marshal(u)
-		if err != nil {
-			return fmt.Errorf("encode unit of batch %s: %w", id, err)
+	first := 0
+	for units := range slices.Chunk(p.Units, rowsPerInsert) {
+		if err := insertUnits(ctx, tx, id, first, units); err != nil {
+			return err
 		}
-		riverID, err := tx.enqueue(ctx, batchUnitArgs{BatchID: id, Seq: i})
-		if err != nil {
-			return fmt.Errorf("queue unit of batch %s: %w", id, err)
-		}
-		if _, err := tx.exec(ctx, `INSERT INTO converter_batch_unit (batch_id, seq, unit, river_job_id)
-			VALUES (?, ?, ?, ?)`, id, i, string(doc), riverID); err != nil {
-			return fmt.Errorf("insert unit of batch %s: %w", id, err)
-		}
+		first += len(units)
 	}
 	state := StateRunning
 	if len(p.Units) == 0 {
@@ -567,6 +581,53 @@ func (s *Service) recordPlan(ctx context.Context, id string, p *batch.Planned) e
 	s.finishedBatch(id, state)
 	s.log.Info("batch planned", slog.String("batch_id", id), slog.Int("units", len(p.Units)))
 	return nil
+}
+
+// rowsPerInsert is how many rows one statement of recordPlan or recordUnit inserts (queue
+// entries included). Statements of a row each made the transaction of a plan of 100,000
+// checkpoints (as many units) take 54 s on SQLite, holding the server's one connection all
+// along, and 34 s on PostgreSQL; 500 rows a statement, 11 s and 8 s
+// (bench/results/2026-11-30-batch-planning.txt). At 4 parameters a row they stay far below either
+// database's limit on parameters.
+const rowsPerInsert = 500
+
+// insertUnits queues units, the first numbered first, and inserts their rows.
+func insertUnits(ctx context.Context, tx dbTx, id string, first int, units []batch.Unit) error {
+	args := make([]river.JobArgs, len(units))
+	for i := range units {
+		args[i] = batchUnitArgs{BatchID: id, Seq: first + i}
+	}
+	entries, err := tx.enqueueMany(ctx, args)
+	if err != nil {
+		return fmt.Errorf("queue units of batch %s: %w", id, err)
+	}
+	riverIDs := make([]int64, len(units))
+	for _, e := range entries {
+		var a batchUnitArgs
+		if err := json.Unmarshal(e.EncodedArgs, &a); err != nil || a.Seq < first || a.Seq >= first+len(units) {
+			return fmt.Errorf("queue units of batch %s: entry %d is none of them (%v)", id, e.ID, err)
+		}
+		riverIDs[a.Seq-first] = e.ID
+	}
+	values := make([]any, 0, 4*len(units))
+	for i, u := range units {
+		doc, err := json.Marshal(u)
+		if err != nil {
+			return fmt.Errorf("encode unit of batch %s: %w", id, err)
+		}
+		values = append(values, id, first+i, string(doc), riverIDs[i])
+	}
+	if _, err := tx.exec(ctx, `INSERT INTO converter_batch_unit (batch_id, seq, unit, river_job_id) VALUES `+
+		rowPlaceholders(len(units), 4), values...); err != nil {
+		return fmt.Errorf("insert units of batch %s: %w", id, err)
+	}
+	return nil
+}
+
+// rowPlaceholders is the VALUES list of n rows of cols parameters each: "(?, ?), (?, ?)".
+func rowPlaceholders(n, cols int) string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
+	return strings.TrimSuffix(strings.Repeat(row+", ", n), ", ")
 }
 
 // runBatchUnit works one unit of a batch and records its outcome, unless the batch was
@@ -752,15 +813,20 @@ func (s *Service) finishedBatch(id string, state State) {
 	s.log.Info("batch finished", slog.String("batch_id", id), slog.String("state", string(state)))
 }
 
+// insertBatchFiles records outcomes of a batch, rowsPerInsert to a statement.
 func insertBatchFiles(ctx context.Context, q querier, id string, files []batch.File) error {
-	for _, f := range files {
-		doc, err := json.Marshal(f)
-		if err != nil {
-			return fmt.Errorf("encode outcome of %s: %w", f.Path, err)
+	for chunk := range slices.Chunk(files, rowsPerInsert) {
+		values := make([]any, 0, 4*len(chunk))
+		for _, f := range chunk {
+			doc, err := json.Marshal(f)
+			if err != nil {
+				return fmt.Errorf("encode outcome of %s: %w", f.Path, err)
+			}
+			values = append(values, id, f.Path, f.Outcome, string(doc))
 		}
-		if _, err := q.exec(ctx, `INSERT INTO converter_batch_file (batch_id, path, outcome, file) VALUES (?, ?, ?, ?)`,
-			id, f.Path, f.Outcome, string(doc)); err != nil {
-			return fmt.Errorf("record outcome of %s in batch %s: %w", f.Path, id, err)
+		if _, err := q.exec(ctx, `INSERT INTO converter_batch_file (batch_id, path, outcome, file) VALUES `+
+			rowPlaceholders(len(chunk), 4), values...); err != nil {
+			return fmt.Errorf("record outcomes of batch %s: %w", id, err)
 		}
 	}
 	return nil

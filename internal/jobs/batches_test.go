@@ -2,7 +2,10 @@ package jobs_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/s3store"
+	"github.com/ptsafe/converter/internal/store"
 	"github.com/ptsafe/converter/internal/testkit"
 )
 
@@ -88,16 +92,23 @@ func s3Trees(t *testing.T) (s3store.Config, string) {
 	return cfg, "s3://" + srv.Bucket(t)
 }
 
+// s3Source is s3Trees with the files of the directory dir put under the bucket's src/.
+func s3Source(t *testing.T, dir string) (s3store.Config, string) {
+	t.Helper()
+	cfg, bucket := s3Trees(t)
+	src, err := s3store.New(t.Context(), bucket+"/src", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.PutDir(t, src, dir)
+	return cfg, bucket
+}
+
 // A batch from S3 to S3 on each backend: a mixed tree, every outcome recorded, the state
 // settled from them (a refused file fails the batch, as it makes `converter batch` exit 3).
 func TestBatchS3ToS3(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, database string) {
-		s3cfg, bucket := s3Trees(t)
-		src, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testkit.PutDir(t, src, batchTree(t))
+		s3cfg, bucket := s3Source(t, batchTree(t))
 		s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: convert.InProcess{}, StoreConfig: s3cfg, Workers: 2})
 		b, err := s.SubmitBatch(t.Context(), jobs.BatchParams{Tenant: "t", Source: bucket + "/src", Destination: bucket + "/dst"})
 		if err != nil || b.State != jobs.StateQueued {
@@ -187,12 +198,7 @@ func (m *meeting) Scan(ctx context.Context, src string, opts convert.Options) (*
 // first conversion waits for the other's, so both must take units.
 func TestBatchAcrossNodes(t *testing.T) {
 	database := testkit.StartPostgres(t)
-	s3cfg, bucket := s3Trees(t)
-	src, err := s3store.New(t.Context(), bucket+"/src", s3cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.PutDir(t, src, batchTree(t))
+	s3cfg, bucket := s3Source(t, batchTree(t))
 	r := &rendezvous{all: make(chan struct{})}
 	var nodes []*jobs.Service
 	for range 2 {
@@ -270,5 +276,66 @@ func TestBatchSIGKILLMidUnit(t *testing.T) {
 				b.State, b.Summary, b.UnitsDone, b.Units)
 		}
 		checkBatchOutcomes(t, batchOutcomes(t, s, id))
+	})
+}
+
+// plainTree is a directory of n plain files.
+func plainTree(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "src")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("notes-%d.txt", i)), []byte("plain"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// A SOURCE holding more files than Config.MaxBatchFiles fails its batch at planning as over a
+// limit, naming the bound and the flag that raises it, with no unit, no outcome and nothing at
+// DEST; one holding exactly as many is converted. On each backend, a local SOURCE and an S3 one.
+func TestBatchMaxFiles(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, database string) {
+		s3cfg, bucket := s3Source(t, plainTree(t, 5))
+		s := openConfig(t, jobs.Config{Dir: t.TempDir(), Database: database, Converter: convert.InProcess{}, StoreConfig: s3cfg, MaxBatchFiles: 4})
+		localDst := filepath.Join(t.TempDir(), "dst")
+		for _, tc := range []struct{ name, src, dst string }{
+			{"local", plainTree(t, 5), localDst},
+			{"s3", bucket + "/src", bucket + "/dst"},
+		} {
+			b, err := s.SubmitBatch(t.Context(), jobs.BatchParams{Tenant: "t", Source: tc.src, Destination: tc.dst})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b = waitBatch(t, s, b.ID, "finished", batchDone)
+			if b.State != jobs.StateFailed || b.Error == nil || b.Error.Type != fault.Limit || b.ExitCode != 0 || b.Units != 0 ||
+				!strings.Contains(b.Error.Detail, "more than 4 files") || !strings.Contains(b.Error.Detail, "--max-batch-files") {
+				t.Errorf("%s: batch %s %+v, %d units; want failed over the limit of 4 files, naming --max-batch-files, unplanned", tc.name, b.State, b.Error, b.Units)
+			}
+			if files, _, err := s.BatchFiles(t.Context(), "t", b.ID, "", 10); err != nil || len(files) != 0 {
+				t.Errorf("%s: %d outcomes recorded (%v), want none", tc.name, len(files), err)
+			}
+		}
+		if _, err := os.Stat(localDst); !os.IsNotExist(err) {
+			t.Errorf("the refused local batch made its DEST: %v", err)
+		}
+		dst, err := s3store.New(t.Context(), bucket+"/dst", s3cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dst.Walk(t.Context(), func(o store.Object, _ error) error { return fmt.Errorf("DEST holds %s", o.Path) }); err != nil {
+			t.Errorf("the refused S3 batch wrote to DEST: %v", err)
+		}
+
+		b, err := s.SubmitBatch(t.Context(), jobs.BatchParams{Tenant: "t", Source: plainTree(t, 4), Destination: localDst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b = waitBatch(t, s, b.ID, "finished", batchDone); b.State != jobs.StateSucceeded || b.Summary.Copied != 4 {
+			t.Errorf("a SOURCE of exactly 4 files: batch %s %+v, summary %+v; want succeeded, 4 copied", b.State, b.Error, b.Summary)
+		}
 	})
 }

@@ -79,6 +79,11 @@ type Config struct {
 	// conversion gets it as convert.Options.MinFreeBytes, checked against the planned output
 	// before writing (default DefaultMinFreeBytes).
 	MinFreeBytes int64
+	// MaxBatchFiles bounds the entries planning lists in a batch's SOURCE: planning keeps
+	// each in memory and records the outcomes and units in one transaction, so a batch over
+	// it fails as over a limit, its listing stopped at the first entry past the bound
+	// (default DefaultMaxBatchFiles).
+	MaxBatchFiles int
 }
 
 // ErrAPIOnlyAlone is Open's refusal of Config.APIOnly without a PostgreSQL database and an S3
@@ -88,6 +93,9 @@ var ErrAPIOnlyAlone = errors.New("a node that works no conversions needs a Postg
 
 // DefaultMinFreeBytes is the free space kept in the data directory unless configured.
 const DefaultMinFreeBytes = 1 << 30
+
+// DefaultMaxBatchFiles is Config.MaxBatchFiles's default.
+const DefaultMaxBatchFiles = 100_000
 
 // DefaultStoreGrace is Config.StoreGrace's default.
 const DefaultStoreGrace = 24 * time.Hour
@@ -164,6 +172,9 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	if cfg.RescueDelay <= 0 {
 		cfg.RescueDelay = DefaultRescueDelay
+	}
+	if cfg.MaxBatchFiles <= 0 {
+		cfg.MaxBatchFiles = DefaultMaxBatchFiles
 	}
 	cfg.Limits = cfg.Limits.OrDefault()
 	if cfg.Logger == nil {

@@ -60,6 +60,9 @@ type dbTx interface {
 	querier
 	// enqueue inserts a queue entry and returns its id.
 	enqueue(ctx context.Context, args river.JobArgs) (int64, error)
+	// enqueueMany inserts queue entries in one statement, where enqueue takes several per
+	// entry, and returns them in no particular order.
+	enqueueMany(ctx context.Context, args []river.JobArgs) ([]*rivertype.JobRow, error)
 	// cancelEntry cancels a queue entry; an entry already gone is not an error.
 	cancelEntry(ctx context.Context, riverID int64) error
 	commit() error
@@ -86,6 +89,22 @@ func (t *riverTx[TTx]) enqueue(ctx context.Context, args river.JobArgs) (int64, 
 		return 0, err
 	}
 	return res.Job.ID, nil
+}
+
+func (t *riverTx[TTx]) enqueueMany(ctx context.Context, args []river.JobArgs) ([]*rivertype.JobRow, error) {
+	params := make([]river.InsertManyParams, len(args))
+	for i, a := range args {
+		params[i] = river.InsertManyParams{Args: a}
+	}
+	res, err := t.client.InsertManyTx(ctx, t.tx, params)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]*rivertype.JobRow, len(res))
+	for i, r := range res {
+		rows[i] = r.Job
+	}
+	return rows, nil
 }
 
 func (t *riverTx[TTx]) cancelEntry(ctx context.Context, riverID int64) error {

@@ -21,9 +21,9 @@ func TestParseLocation(t *testing.T) {
 		{"s3://models/hub", "models", "hub/"},
 		{"s3://models/hub/llama-7b//", "models", "hub/llama-7b/"},
 	} {
-		bucket, prefix, err := parseLocation(tc.location)
+		bucket, prefix, err := ParseLocation(tc.location)
 		if err != nil || bucket != tc.bucket || prefix != tc.prefix {
-			t.Errorf("parseLocation(%q) = %q, %q, %v; want %q, %q", tc.location, bucket, prefix, err, tc.bucket, tc.prefix)
+			t.Errorf("ParseLocation(%q) = %q, %q, %v; want %q, %q", tc.location, bucket, prefix, err, tc.bucket, tc.prefix)
 		}
 	}
 	for _, location := range []string{
@@ -34,8 +34,8 @@ func TestParseLocation(t *testing.T) {
 		"s3://models/./hub",
 		"s3://models//hub",
 	} {
-		if _, _, err := parseLocation(location); fault.KindOf(err) != fault.Internal || err == nil {
-			t.Errorf("parseLocation(%q) = %v; want a classified error", location, err)
+		if _, _, err := ParseLocation(location); fault.KindOf(err) != fault.Internal || err == nil {
+			t.Errorf("ParseLocation(%q) = %v; want a classified error", location, err)
 		}
 	}
 }

@@ -75,7 +75,7 @@ var _ store.Tree = (*Tree)(nil)
 // allowed). It loads the SDK's configuration (credentials, region, endpoint) but sends no
 // request: a missing bucket or bad credentials show at the first call.
 func New(ctx context.Context, location string, cfg Config) (*Tree, error) {
-	bucket, prefix, err := parseLocation(location)
+	bucket, prefix, err := ParseLocation(location)
 	if err != nil {
 		return nil, err
 	}
@@ -122,9 +122,11 @@ func New(ctx context.Context, location string, cfg Config) (*Tree, error) {
 	return t, nil
 }
 
-// parseLocation splits s3://bucket/prefix into the bucket and the key prefix ("" or ending in
-// "/"). The prefix must itself be a relative path, so that every key under it maps to one.
-func parseLocation(location string) (bucket, prefix string, err error) {
+// ParseLocation splits s3://bucket/prefix into the bucket and the key prefix ("" or ending in
+// "/"). The prefix must itself be a relative path (no empty, "." or ".." element), so that
+// every key under it maps to one, and a prefix that is a string prefix of another on a "/"
+// boundary names a tree holding the other's.
+func ParseLocation(location string) (bucket, prefix string, err error) {
 	rest, ok := strings.CutPrefix(location, "s3://")
 	if !ok {
 		return "", "", fault.New(fault.Internal, location, "not an S3 location: want s3://bucket/prefix")
