@@ -46,6 +46,10 @@ func TestBatchRootFlag(t *testing.T) {
 	if err := os.Mkdir(sub, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	link := filepath.Join(b, "link")
+	if err := os.Symlink(a, link); err != nil {
+		t.Fatal(err)
+	}
 	// A root must not reach the server's own files: the data directory or the S3 store.
 	for _, tc := range []struct {
 		args []string
@@ -54,6 +58,7 @@ func TestBatchRootFlag(t *testing.T) {
 		{[]string{"--data", filepath.Join(a, "data"), "--batch-root", a}, false},
 		{[]string{"--data", a, "--batch-root", sub}, false},
 		{[]string{"--data", sub, "--batch-root", b}, true},
+		{[]string{"--data", sub, "--batch-root", link}, false}, // the same directory, through a symlink
 		{[]string{"--store", "s3://models/jobs", "--batch-root", "s3://models"}, false},
 		{[]string{"--store", "s3://models/jobs", "--batch-root", "s3://models/jobs/x"}, false},
 		{[]string{"--store", "s3://models/jobs", "--batch-root", "s3://models/jobs2"}, true},

@@ -145,8 +145,9 @@ func ParseBatchRoots(roots []string) (BatchRoots, error) {
 // directory dataDir or the S3 store (s3://BUCKET/PREFIX, "" for none): a batch could read and
 // overwrite every tenant's jobs through it.
 func (br BatchRoots) Excludes(dataDir, store string) error {
+	data := resolved(dataDir)
 	for _, dir := range br.dirs {
-		if within(dataDir, dir) || within(dir, dataDir) {
+		if d := resolved(dir); within(data, d) || within(d, data) {
 			return fmt.Errorf("--batch-root %s and the data directory %s overlap: batches could reach every job's files", dir, dataDir)
 		}
 	}
@@ -219,6 +220,14 @@ func (br BatchRoots) s3Location(what, loc string) error {
 }
 
 // within reports whether the absolute path p is dir or below it.
+// resolved is p with its symlinks resolved, or p itself when that fails (it does not exist yet).
+func resolved(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
+}
+
 func within(p, dir string) bool {
 	rel, err := filepath.Rel(dir, p)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
