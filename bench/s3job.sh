@@ -37,27 +37,14 @@ trap cleanup EXIT
 
 # shellcheck source=bench/versitygw.sh
 . bench/versitygw.sh
-go build -o "$SCRATCH/converter" ./cmd/converter || die "cannot build the converter"
-go build -o "$SCRATCH/gen" ./bench/gen || die "cannot build bench/gen"
+# shellcheck source=bench/node.sh
+. bench/node.sh
+build_nodes
 "$SCRATCH/gen" -o "$SCRATCH/c.bin" -size "$SIZE" -tensors 16 2>/dev/null || die "cannot write the checkpoint"
 versitygw_start
 PIDS+=("$VERSITYGW_PID")
 export AWS_ENDPOINT_URL=$ENDPOINT
 
-# start NAME ARGS...: starts a node logging to $SCRATCH/NAME.log; sets NODE_URL and NODE_PID.
-start() {
-	local name=$1
-	shift
-	"$SCRATCH/converter" "$@" >"$SCRATCH/$name.out" 2>"$SCRATCH/$name.log" &
-	NODE_PID=$!
-	PIDS+=("$NODE_PID")
-	for _ in $(seq 600); do
-		NODE_URL=$(grep -o 'http://[^ ]*' "$SCRATCH/$name.out" 2>/dev/null) && return
-		kill -0 "$NODE_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	die "$name did not start: $(tail -3 "$SCRATCH/$name.log")"
-}
 # state URL ID: the job's state.
 state() { curl -sf "$1/v1/jobs/$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"])'; }
 # cpu PID: the process's user and system CPU seconds, with its waited-for children's.
@@ -67,9 +54,10 @@ for run in $(seq 1 "$RUNS"); do
 	data=$SCRATCH/data-$run
 	flags=(--addr 127.0.0.1:0 --data "$data" --store "s3://bench/jobs-$run")
 	start "node-$run" serve --workers 1 "${flags[@]}"
-	id=$(curl -sSf -H 'Content-Type: application/octet-stream' --data-binary "@$SCRATCH/c.bin" "$NODE_URL/v1/jobs?filename=c.bin" |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || die "upload failed"
-	before=$(cpu "$NODE_PID")
+	curl -sSf -o "$SCRATCH/job.json" -H 'Content-Type: application/octet-stream' --data-binary "@$SCRATCH/c.bin" \
+		"$NODE_URL/v1/jobs?filename=c.bin" || die "upload failed"
+	before=$(cpu "$NODE_PID") # at once: the job started as the answer left
+	id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' <"$SCRATCH/job.json")
 	until s=$(state "$NODE_URL" "$id") && [ "$s" = succeeded ]; do
 		case $s in failed | canceled | "") die "run $run: job $id is ${s:-unknown}; see $SCRATCH (KEEP=1)" ;; esac
 		sleep 0.05
