@@ -52,8 +52,9 @@ trap cleanup EXIT
 # --- builds ------------------------------------------------------------------------------------
 # shellcheck source=bench/versitygw.sh
 . bench/versitygw.sh
-go build -o "$SCRATCH/converter" ./cmd/converter || die "cannot build the converter"
-go build -o "$SCRATCH/gen" ./bench/gen || die "cannot build bench/gen"
+# shellcheck source=bench/node.sh
+. bench/node.sh
+build_nodes
 
 # --- the checkpoints ---------------------------------------------------------------------------
 mkdir -p "$SCRATCH/in"
@@ -76,21 +77,6 @@ versitygw_start
 PIDS+=("$VERSITYGW_PID")
 export AWS_ENDPOINT_URL=$ENDPOINT
 
-# start NAME ARGS...: starts a node logging to $SCRATCH/NAME.log; sets NODE_URL to the URL it
-# serves on and NODE_PID.
-start() {
-	local name=$1
-	shift
-	"$SCRATCH/converter" "$@" >"$SCRATCH/$name.out" 2>"$SCRATCH/$name.log" &
-	NODE_PID=$!
-	PIDS+=("$NODE_PID")
-	for _ in $(seq 600); do
-		NODE_URL=$(grep -o 'http://[^ ]*' "$SCRATCH/$name.out" 2>/dev/null) && return
-		kill -0 "$NODE_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	die "$name did not start: $(tail -3 "$SCRATCH/$name.log")"
-}
 # succeeded URL: how many jobs the node at URL lists as succeeded (failing on a failed one).
 succeeded() {
 	curl -sf "$1/v1/jobs?page_size=1000" | python3 -c '

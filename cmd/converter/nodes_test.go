@@ -70,26 +70,30 @@ func (p *s3Proxy) env(target *testkit.S3Server) []string {
 	return append(target.Env(), "AWS_ENDPOINT_URL="+p.srv.URL)
 }
 
-// outputHold holds the output uploads of the first node that sends a part of one: that node
-// is then mid-job, whatever the machine's speed, with an incomplete multipart upload in the
-// store. Outputs of one part (PutObject) and inputs pass.
+// outputHold holds the output uploads of the first node that sends a large one (a PutObject
+// or a part of at least heldSize bytes): that node is then mid-job, whatever the machine's
+// speed. Smaller outputs, manifests and inputs pass.
 type outputHold struct {
 	mu    sync.Mutex
 	node  string
-	first chan heldPart // receives the first part held
+	first chan heldUpload // receives the first request held
 }
 
-type heldPart struct{ node, path string }
+type heldUpload struct{ node, path string }
+
+// heldSize is the smallest output request outputHold holds: the large job's output is 40 MiB,
+// the others' 1 MiB.
+const heldSize = 8 << 20
 
 func (h *outputHold) take(node string, r *http.Request) bool {
-	if r.Method != http.MethodPut || !r.URL.Query().Has("partNumber") || !strings.HasSuffix(r.URL.Path, "/output.safetensors") {
+	if r.Method != http.MethodPut || r.ContentLength < heldSize || !strings.HasSuffix(r.URL.Path, "/output.safetensors") {
 		return false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.node == "" {
 		h.node = node
-		h.first <- heldPart{node, r.URL.Path}
+		h.first <- heldUpload{node, r.URL.Path}
 	}
 	return h.node == node
 }
@@ -140,7 +144,7 @@ func sha256Hex(b []byte) string {
 // Three nodes on one database and one store: A takes uploads and works none (--workers 0), B
 // serves and works, C only works. Jobs uploaded through A are downloaded through B with the
 // bytes a direct conversion gives. The node that takes a large job is killed (SIGKILL) while
-// it uploads the output, its multipart upload incomplete; the other node finishes the job
+// it uploads the output, which the store never receives; the other node finishes the job
 // after the rescue delay, with one attempt counted. Then every job ever accepted has
 // succeeded with the direct conversion's digest, each job's objects are exactly its output
 // and manifest, that output's bytes have the recorded digest, and no multipart upload is left.
@@ -151,10 +155,10 @@ func TestThreeNodes(t *testing.T) {
 	bucket := s3srv.srv.Bucket(t)
 	storeLoc := "s3://" + bucket + "/jobs"
 	small := makeCheckpoints(t, 3, 1<<20)
-	// An output of three 16 MiB parts: the held one, and others that may get through first.
+	// An output the hold takes (see heldSize).
 	big := makeCheckpoints(t, 1, 40<<20)[0]
 
-	hold := &outputHold{first: make(chan heldPart, 1)}
+	hold := &outputHold{first: make(chan heldUpload, 1)}
 	shared := []string{"--db", db, "--store", storeLoc, "--rescue-delay", "1s"}
 	a := startNode(t, bin, s3srv.srv.Env(), append([]string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir(), "--workers", "0"}, shared...)...)
 	b := startNode(t, bin, newS3Proxy(t, s3srv.srv, "b", hold).env(s3srv.srv), append([]string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir()}, shared...)...)
@@ -176,14 +180,14 @@ func TestThreeNodes(t *testing.T) {
 
 	bigID := postJob(t, a.url, big.data)
 	want[bigID] = big.outSHA256
-	var held heldPart
+	var held heldUpload
 	select {
 	case held = <-hold.first:
 	case <-time.After(waitGuard):
 		t.Fatalf("no node uploaded the large job's output\n%s", logsOf(nodes))
 	}
 	if !strings.Contains(held.path, bigID) {
-		t.Fatalf("held an output part of %s; want one of the large job %s", held.path, bigID)
+		t.Fatalf("held the output of %s; want the large job %s's", held.path, bigID)
 	}
 	victim := nodes[held.node]
 	victim.cmd.Process.Kill()

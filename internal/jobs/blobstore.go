@@ -7,6 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ptsafe/converter/internal/atomicfile"
+	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 )
 
 // The names of a job's files, under DIR/jobs/ID/ locally and under PREFIX/ID/ in S3. A scan
@@ -26,9 +30,14 @@ type blobStore interface {
 	// fetch makes job j's input the local file blobs.input(j.ID) for an attempt, checked
 	// against its size and SHA-256; release removes what fetch added.
 	fetch(ctx context.Context, j Job) (release func(), err error)
-	// keep stores the local file name of job id, which an attempt wrote with that size and
-	// SHA-256.
-	keep(ctx context.Context, id, name string, size int64, sha string) error
+	// outputOptions returns opts, the options of a conversion of job's input of inputSize
+	// bytes into the local file blobs.output, as the store needs its output written.
+	outputOptions(opts convert.Options, inputSize int64) convert.Options
+	// keepOutput stores the output an attempt of job id converted into blobs.output(id), as
+	// the conversion described it.
+	keepOutput(ctx context.Context, id string, out convert.Output) error
+	// keepManifest stores data, of that SHA-256, as job id's manifest.
+	keepManifest(ctx context.Context, id string, data []byte, sha string) error
 	// open returns job id's file name, verified against sha (and size, unless negative).
 	open(ctx context.Context, id, name string, size int64, sha string) (*Artifact, error)
 	// remove deletes job id's files named (all of them when none is).
@@ -67,7 +76,16 @@ func (l *localStore) fetch(context.Context, Job) (func(), error) { return func()
 
 func (l *localStore) ready(context.Context) error { return nil }
 
-func (l *localStore) keep(context.Context, string, string, int64, string) error { return nil }
+// outputOptions leaves opts as they are: the output is the job's durable file itself, synced
+// and read back by the conversion.
+func (l *localStore) outputOptions(opts convert.Options, _ int64) convert.Options { return opts }
+
+func (l *localStore) keepOutput(context.Context, string, convert.Output) error { return nil }
+
+// keepManifest writes the manifest in place of any an earlier attempt left, synced.
+func (l *localStore) keepManifest(_ context.Context, id string, data []byte, _ string) error {
+	return fault.PathFree(atomicfile.WriteFile(l.manifest(id), data, 0o600, atomicfile.Replace))
+}
 
 func (l *localStore) open(_ context.Context, id, name string, _ int64, sha string) (*Artifact, error) {
 	return l.verify(l.file(id, name), sha)

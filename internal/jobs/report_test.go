@@ -215,3 +215,23 @@ func TestReportsSurviveRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestReportOmitsPartDigests: the part digests a conversion took for its output's upload are
+// no part of the report, which describes the output itself.
+func TestReportOmitsPartDigests(t *testing.T) {
+	conv := converterFunc(func(_ context.Context, _, dst string, _ convert.Options) (*convert.Manifest, error) {
+		m, err := fakeOutput(dst)
+		if err == nil {
+			m.Output.PartSize, m.Output.PartSHA256 = convert.MinHashPartSize, []string{m.Output.SHA256}
+		}
+		return m, err
+	})
+	s := open(t, t.TempDir(), conv, 0)
+	j := waitFor(t, s, submit(t, s, "x").ID, "finished", terminal)
+	if j.State != jobs.StateSucceeded {
+		t.Fatalf("job %s %+v; want succeeded", j.State, j.Error)
+	}
+	if out := readReport(t, s, j.ID).Output; out == nil || out.PartSize != 0 || out.PartSHA256 != nil || out.SHA256 != j.OutputSHA256 {
+		t.Errorf("report's output %+v; want the job's sha-256 %s and no part digests", out, j.OutputSHA256)
+	}
+}

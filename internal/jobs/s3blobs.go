@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/s3store"
 	"github.com/ptsafe/converter/internal/store"
 )
@@ -74,8 +76,8 @@ func (s *Service) startSweep(ctx context.Context) {
 
 // s3Store keeps a job's files as the objects PREFIX/ID/NAME. Uploads stream to S3 as
 // multipart uploads; an attempt fetches the input to the data directory (scratch), converts
-// there, and puts the output and manifest back, each verified by size and SHA-256, before the
-// job records them. Objects are immutable, so a download is verified by comparing the stored
+// there into a staging copy, and puts the output and manifest back, each verified by size and
+// SHA-256, before the job records them. Objects are immutable, so a download is verified by comparing the stored
 // object's size, recorded SHA-256 and checksum with the job's; it then reads only that object
 // (If-Match on its ETag). The bucket's writers are trusted as the database's are: an object
 // replaced with the job's digest copied into its metadata, and no checksum, on a store that
@@ -156,14 +158,31 @@ func (b *s3Store) fetchInput(ctx context.Context, j Job) error {
 	return nil
 }
 
-// keep puts the scratch file as the object, which s3store.Put verifies by size and SHA-256.
-func (b *s3Store) keep(ctx context.Context, id, name string, size int64, sha string) error {
-	f, err := os.Open(b.scratch.file(id, name))
+// outputOptions has the conversion write a staging copy, which keepOutput puts and fetch's
+// release removes: it need not reach the disk, and is not read back, since the upload checks
+// every byte against the digests the conversion took as it wrote them. It takes the part
+// digests of the upload PutFile would make of an output as large as the input (one of another
+// size is hashed again as it is put).
+func (b *s3Store) outputOptions(opts convert.Options, inputSize int64) convert.Options {
+	opts.Staging = true
+	opts.PartSize = b.tree.FilePartSize(inputSize)
+	return opts
+}
+
+// keepOutput puts the staging copy with the conversion's digests, which the store checks: a
+// copy that differs from what the conversion wrote leaves no object.
+func (b *s3Store) keepOutput(ctx context.Context, id string, out convert.Output) error {
+	f, err := os.Open(b.scratch.output(id))
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return b.tree.Put(ctx, key(id, name), f, size, sha)
+	return b.tree.PutFile(ctx, key(id, nameOutput), f, out.Size, out.SHA256, out.PartSize, out.PartSHA256)
+}
+
+// keepManifest puts the manifest from memory: it never touches the scratch directory.
+func (b *s3Store) keepManifest(ctx context.Context, id string, data []byte, sha string) error {
+	return b.tree.PutFile(ctx, key(id, nameManifest), bytes.NewReader(data), int64(len(data)), sha, 0, nil)
 }
 
 func (b *s3Store) open(ctx context.Context, id, name string, size int64, sha string) (*Artifact, error) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ptsafe/converter/internal/convert"
+	"github.com/ptsafe/converter/internal/fault"
 	"github.com/ptsafe/converter/internal/jobs"
 	"github.com/ptsafe/converter/internal/s3store"
 	"github.com/ptsafe/converter/internal/testkit"
@@ -159,9 +161,9 @@ func TestS3RetentionRemovesObjects(t *testing.T) {
 	}
 }
 
-// TestS3MultipartOutputReadsAtOffsets: an output of several parts is stored, verified and
-// read from any offset, as http.ServeContent seeks for ranges.
-func TestS3MultipartOutputReadsAtOffsets(t *testing.T) {
+// TestS3OutputReadsAtOffsets: an output larger than a part is stored, verified and read
+// from any offset, as http.ServeContent seeks for ranges.
+func TestS3OutputReadsAtOffsets(t *testing.T) {
 	data := make([]byte, 2*s3store.MinPartSize+1000)
 	for i := range data {
 		data[i] = byte(i * 7)
@@ -198,5 +200,116 @@ func TestS3MultipartOutputReadsAtOffsets(t *testing.T) {
 	}
 	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Errorf("Read at the end = %d, %v; want io.EOF", n, err)
+	}
+}
+
+// recording converts in process and keeps the options of its last conversion; with flip, it
+// then flips the output's last byte, as a failing disk or another writer could: the staging
+// copy no longer holds the bytes the conversion hashed.
+type recording struct {
+	flip bool
+	mu   sync.Mutex
+	opts convert.Options
+}
+
+func (c *recording) Convert(ctx context.Context, src, dst string, opts convert.Options) (*convert.Manifest, error) {
+	c.mu.Lock()
+	c.opts = opts
+	c.mu.Unlock()
+	m, err := convert.InProcess{}.Convert(ctx, src, dst, opts)
+	if err != nil || !c.flip {
+		return m, err
+	}
+	f, err := os.OpenFile(dst, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, m.Output.Size-1); err != nil {
+		return nil, err
+	}
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, m.Output.Size-1)
+	return m, err
+}
+
+func (c *recording) Scan(ctx context.Context, src string, opts convert.Options) (*convert.Manifest, error) {
+	return convert.InProcess{}.Scan(ctx, src, opts)
+}
+
+func (c *recording) last() convert.Options {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.opts
+}
+
+// torchFixture returns the bytes of a real torch checkpoint from testdata/torch.
+func torchFixture(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("../../testdata/torch/dtypes.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// TestOutputIsStagedOnS3: a job whose files live in S3 converts into a staging copy (not
+// synced, not read back), put with the conversion's digests; a local job's output is its
+// durable file, as before. Either way the output served is the one the job recorded.
+func TestOutputIsStagedOnS3(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		s3      bool
+		staging bool
+	}{
+		{"local", false, false},
+		{"s3", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conv := &recording{}
+			cfg := jobs.Config{Dir: t.TempDir(), Converter: conv}
+			if tc.s3 {
+				f := newS3Fixture(t, conv)
+				cfg = f.cfg
+			}
+			s := openConfig(t, cfg)
+			j := submit(t, s, torchFixture(t))
+			j = waitFor(t, s, j.ID, "finished", terminal)
+			if j.State != jobs.StateSucceeded {
+				t.Fatalf("job %s %+v; want succeeded", j.State, j.Error)
+			}
+			if got := conv.last().Staging; got != tc.staging {
+				t.Errorf("conversion with Staging %v; want %v", got, tc.staging)
+			}
+			_, a, err := s.OpenOutput(t.Context(), "t", j.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			h := sha256.New()
+			if _, err := io.Copy(h, a); err != nil {
+				t.Fatal(err)
+			}
+			if got := hex.EncodeToString(h.Sum(nil)); got != j.OutputSHA256 {
+				t.Errorf("output served has sha-256 %s; want the job's %s", got, j.OutputSHA256)
+			}
+		})
+	}
+}
+
+// TestS3CorruptStagingCopyFails: a staging copy that differs from what the conversion wrote
+// is refused by the store, on every attempt: the job fails and no output object appears.
+func TestS3CorruptStagingCopyFails(t *testing.T) {
+	f := newS3Fixture(t, &recording{flip: true})
+	f.cfg.MaxAttempts = 2
+	s := openConfig(t, f.cfg)
+	j := submit(t, s, torchFixture(t))
+	j = waitFor(t, s, j.ID, "finished", terminal)
+	if j.State != jobs.StateFailed || j.Error == nil || j.Error.Type != fault.Internal || j.Attempts != 2 {
+		t.Errorf("job %s %+v after %d attempts; want failed internal after 2", j.State, j.Error, j.Attempts)
+	}
+	if keys, n := f.keys(t), f.uploads(t); len(keys) != 0 || n != 0 {
+		t.Errorf("objects %q and %d multipart uploads; want none", keys, n)
 	}
 }

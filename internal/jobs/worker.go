@@ -14,7 +14,6 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
-	"github.com/ptsafe/converter/internal/atomicfile"
 	"github.com/ptsafe/converter/internal/convert"
 	"github.com/ptsafe/converter/internal/fault"
 )
@@ -107,7 +106,7 @@ func (s *Service) run(ctx context.Context, riverID int64, id string) error {
 			err = nil
 		}
 	} else {
-		m, err = s.cfg.Converter.Convert(runCtx, src, s.blobs.output(id), opts)
+		m, err = s.cfg.Converter.Convert(runCtx, src, s.blobs.output(id), s.store.outputOptions(opts, r.InputSize))
 	}
 	s.metrics.readBytes.Add(float64(r.InputSize))
 	// From here the job's record says what it is.
@@ -141,18 +140,17 @@ func (s *Service) writeManifest(ctx context.Context, r row, m *convert.Manifest)
 	m.Source.Path = r.Filename
 	if m.Output != nil {
 		m.Output.Path = "output.safetensors"
+		// How the output was uploaded is no part of what it is.
+		m.Output.PartSize, m.Output.PartSHA256 = 0, nil
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return "", fmt.Errorf("encode manifest: %w", err)
 	}
 	data = append(data, '\n')
-	if err := atomicfile.WriteFile(s.blobs.manifest(r.ID), data, 0o600, atomicfile.Replace); err != nil {
-		return "", fmt.Errorf("write manifest: %w", fault.PathFree(err))
-	}
 	sum := sha256.Sum256(data)
 	digest := hex.EncodeToString(sum[:])
-	if err := s.store.keep(ctx, r.ID, nameManifest, int64(len(data)), digest); err != nil {
+	if err := s.store.keepManifest(ctx, r.ID, data, digest); err != nil {
 		return "", fmt.Errorf("store manifest: %w", err)
 	}
 	return digest, nil
@@ -168,7 +166,7 @@ func (s *Service) succeed(ctx context.Context, r row, m *convert.Manifest, start
 	var out convert.Output
 	if m.Output != nil {
 		out = *m.Output
-		if err := s.store.keep(ctx, r.ID, nameOutput, out.Size, out.SHA256); err != nil {
+		if err := s.store.keepOutput(ctx, r.ID, out); err != nil {
 			return fmt.Errorf("store output: %w", err)
 		}
 	}
