@@ -38,12 +38,9 @@ PART_MIB=${PART_MIB:-16}
 CONCURRENCY=${CONCURRENCY:-4}
 KEEP=${KEEP:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
-
-for tool in go curl openssl python3 /usr/bin/time; do
-	command -v "$tool" >/dev/null || die "$tool is missing (GNU time: apt-get install time)"
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need go curl openssl python3 /usr/bin/time
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/batchbench.XXXXXX") || die "cannot create a scratch directory"
 VERSITYGW_PID=

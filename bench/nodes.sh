@@ -28,12 +28,9 @@ if [ "$QUICK" = 1 ]; then N=${1:-4}; SIZE=${2:-16M}; NODES=${NODES:-1 2}; else N
 TIMEOUT=${TIMEOUT:-1800}
 KEEP=${KEEP:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
-
-for tool in go curl python3; do
-	command -v "$tool" >/dev/null || die "$tool is missing"
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need go curl python3
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL is missing (apt-get install postgresql)"
 

@@ -43,12 +43,9 @@ SERVICE=${SERVICE:-1}
 SERVICE_TIMEOUT=${SERVICE_TIMEOUT:-600}
 KEEP=${KEEP:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
-
-for tool in go openssl curl /usr/bin/time; do
-	command -v "$tool" >/dev/null || die "$tool is missing (GNU time: apt-get install time)"
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need go openssl curl /usr/bin/time
 
 # bytes SIZE: 16M, 1G, 1.5G, 4096 -> bytes (binary multiples).
 bytes() {

@@ -20,12 +20,9 @@ SIZE=${1:-512M}
 RUNS=${2:-3}
 KEEP=${KEEP:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
-
-for tool in go curl python3; do
-	command -v "$tool" >/dev/null || die "$tool is missing"
-done
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need go curl python3
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/s3jobbench.XXXXXX") || die "cannot create a scratch directory"
 PIDS=()
 cleanup() {
