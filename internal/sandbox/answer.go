@@ -30,6 +30,11 @@ import (
 // errAnswerTooLong reports an answer that does not fit its byte limit.
 var errAnswerTooLong = errors.New("answer too long")
 
+// maxAnswerHeader bounds the answer's JSON header line, whatever the answer's limit: the parent
+// decodes it whole, so a hostile child must not make it large. An honest header holds no list,
+// and writeAnswer shortens its error texts (to maxErrorText each) when it would not fit.
+const maxAnswerHeader = 1 << 20
+
 // answerWriter writes the fields of records to a buffered writer, keeping the first error.
 type answerWriter struct {
 	w   *bufio.Writer
@@ -153,7 +158,7 @@ func writeAnswer(out io.Writer, resp *response, max int64) error {
 	if err != nil {
 		return err
 	}
-	if total := int64(len(head)) + listBytes(resp); max > 0 && total > max {
+	if total := int64(len(head)) + listBytes(resp); max > 0 && total > max || len(head) > maxAnswerHeader {
 		shortenAnswer(resp, total, max)
 		if head, err = header(resp); err != nil {
 			return err
@@ -393,9 +398,15 @@ func readAnswer(in io.Reader, max int64) (*response, error) {
 	if err := json.Unmarshal(head, &resp); err != nil {
 		return nil, fmt.Errorf("decode answer: %w", err)
 	}
+	if listsInHeader(&resp) {
+		return nil, errors.New("decode answer: its header holds lists, which only the records may")
+	}
 	r.lists(&resp)
 	if r.err == nil {
-		if _, err := r.ReadByte(); err != io.EOF {
+		switch _, err := r.ReadByte(); {
+		case errors.Is(err, errAnswerTooLong):
+			r.fail(err)
+		case err != io.EOF:
 			r.fail(errors.New("bytes after the answer"))
 		}
 	}
@@ -405,6 +416,15 @@ func readAnswer(in io.Reader, max int64) (*response, error) {
 	return &resp, nil
 }
 
+// listsInHeader reports whether the header decoded into resp carried any of the lists that
+// header leaves out.
+func listsInHeader(resp *response) bool {
+	if m := resp.Manifest; m != nil && (m.Tensors != nil || m.Globals != nil || m.Aliases != nil || m.Dropped != nil) {
+		return true
+	}
+	return resp.Report != nil && resp.Report.Tensors != nil
+}
+
 // line reads the answer's header line, without its newline.
 func (r *answerReader) line() ([]byte, error) {
 	var head []byte
@@ -412,6 +432,9 @@ func (r *answerReader) line() ([]byte, error) {
 		chunk, err := r.r.ReadSlice('\n')
 		if int64(len(chunk)) > r.left {
 			return nil, errAnswerTooLong
+		}
+		if len(head)+len(chunk) > maxAnswerHeader+1 { // its newline included
+			return nil, errAnswerTooLong // more than the parent reads of any honest header
 		}
 		r.left -= int64(len(chunk))
 		head = append(head, chunk...)

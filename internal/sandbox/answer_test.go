@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/quick"
 
@@ -189,6 +190,30 @@ func TestReadAnswerClaimsCostNothing(t *testing.T) {
 				t.Errorf("decoding a claim of no bytes allocated %d bytes; want under 8 MiB", got)
 			}
 		})
+	}
+}
+
+// TestReadAnswerHeaderBounded: the JSON header line cannot carry what the records bound: a
+// header with lists is refused, a long one is refused without being read whole, and an answer
+// that fills its limit and goes on is a limit fault.
+func TestReadAnswerHeaderBounded(t *testing.T) {
+	const max = 512 << 20
+	tensors := `{"manifest":{"verdict":"safe","tensors":[` + strings.Repeat("{},", 1000) + `{}]},"status":{}}` + "\n"
+	long := append([]byte(`{"manifest":{"verdict":"safe","source":{"path":"`), bytes.Repeat([]byte("a"), 64<<20)...)
+	for name, b := range map[string][]byte{"lists in the header": []byte(tensors), "a 64 MiB header": long} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if resp, err := readAnswer(bytes.NewReader(b), max); err == nil {
+			t.Errorf("%s: decoded %+v, want an error", name, resp)
+		}
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > 8<<20 {
+			t.Errorf("%s: decoding allocated %d bytes; want under 8 MiB", name, got)
+		}
+	}
+	full := []byte(`{"manifest":{"verdict":"safe"},"status":{}}` + "\n\x00\x00\x00\x00")
+	if _, err := readAnswer(bytes.NewReader(append(bytes.Clone(full), 'x')), int64(len(full))); fault.KindOf(err) != fault.Limit {
+		t.Errorf("an answer of its whole limit and one byte more: %v, want a limit fault", err)
 	}
 }
 

@@ -309,14 +309,17 @@ func (r *Runner) run(ctx context.Context, req *request, files ...*os.File) (*res
 	// Every path below waits for the child first: no progress is reported after run returns.
 	defer progress.wait()
 	resp, decErr := readAnswer(stdout, req.MaxResponse)
-	if fault.KindOf(decErr) == fault.Limit {
+	stop := fault.KindOf(decErr) == fault.Limit
+	if decErr != nil && !stop {
+		// What the child still writes after a malformed answer, up to the answer's limit, is
+		// read and dropped so that it can end.
+		n, _ := io.Copy(io.Discard, io.LimitReader(stdout, req.MaxResponse+1))
+		stop = n > req.MaxResponse
+	}
+	if stop {
 		cancel() // a child that says too much is not heard to the end
 		cmd.Wait()
 		return nil, decErr
-	}
-	if decErr != nil {
-		// Whatever the child still writes is read and dropped, so that it can end.
-		_, _ = io.Copy(io.Discard, stdout)
 	}
 	waitErr := cmd.Wait()
 	if decErr == nil && waitErr == nil {
