@@ -219,7 +219,6 @@ func (br BatchRoots) s3Location(what, loc string) error {
 	return &pathError{http.StatusForbidden, what + " is outside every s3:// --batch-root"}
 }
 
-// within reports whether the absolute path p is dir or below it.
 // resolved is p with its symlinks resolved, or p itself when that fails (it does not exist yet).
 func resolved(p string) string {
 	if r, err := filepath.EvalSymlinks(p); err == nil {
@@ -228,6 +227,7 @@ func resolved(p string) string {
 	return p
 }
 
+// within reports whether the absolute path p is dir or below it.
 func within(p, dir string) bool {
 	rel, err := filepath.Rel(dir, p)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
@@ -248,8 +248,24 @@ func decodeBatchRequest(w http.ResponseWriter, r *http.Request) (batchRequest, e
 	if req.Source == "" || req.Destination == "" {
 		return req, errors.New("source and destination are required")
 	}
+	// Every file of SOURCE is matched against every glob: their number and length bound what
+	// one request costs the planning node.
+	if n := len(req.Options.Include) + len(req.Options.Exclude); n > maxBatchGlobs {
+		return req, fmt.Errorf("%d include and exclude globs; at most %d", n, maxBatchGlobs)
+	}
+	for _, g := range slices.Concat(req.Options.Include, req.Options.Exclude) {
+		if len(g) > maxBatchGlobBytes {
+			return req, fmt.Errorf("a glob of %d bytes; at most %d", len(g), maxBatchGlobBytes)
+		}
+	}
 	return req, nil
 }
+
+// The most include and exclude globs a batch request may give, and the longest.
+const (
+	maxBatchGlobs     = 64
+	maxBatchGlobBytes = 1024
+)
 
 func handleSubmitBatch(svc JobService, roots BatchRoots, allowed map[string]bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {

@@ -209,6 +209,8 @@ func TestBatchRefusals(t *testing.T) {
 		{"remove_source", e, `{"source": "` + src + `", "destination": "` + dst + `", "options": {"remove_source": true}}`, "", 400, "bad-request"},
 		{"a global the server does not allow", e, `{"source": "` + src + `", "destination": "` + dst + `", "options": {"allow_globals": ["os.system"]}}`, "", 400, "bad-request"},
 		{"a bad glob", e, `{"source": "` + src + `", "destination": "` + dst + `", "options": {"include": ["[a"]}}`, "", 400, "bad-request"},
+		{"too many globs", e, `{"source": "` + src + `", "destination": "` + dst + `", "options": {"exclude": [` + strings.TrimSuffix(strings.Repeat(`"*.x",`, 65), ",") + `]}}`, "", 400, "bad-request"},
+		{"a glob too long", e, `{"source": "` + src + `", "destination": "` + dst + `", "options": {"include": ["` + strings.Repeat("a", 1025) + `"]}}`, "", 400, "bad-request"},
 		{"over the size limit, past where it parses", e, `{"source": "s3://b/x", "destination": "s3://b/y"}` + strings.Repeat(" ", 64<<10), "", 400, "bad-request"},
 		{"two values", e, `{"source": "s3://b/x", "destination": "s3://b/y"} {}`, "", 400, "bad-request"},
 		{"not JSON", e, `source=x`, "application/x-www-form-urlencoded", 415, "unsupported-media-type"},

@@ -240,10 +240,20 @@ func (s *Service) CancelBatch(ctx context.Context, tenant, id string) (Batch, er
 		return s.batchExpiry(r.Batch), ErrConflict
 	}
 	now := millis(time.Now())
-	if _, err := tx.exec(ctx, `UPDATE converter_batch SET state = 'canceled', error_type = ?,
-		error_detail = 'canceled by request', updated_at = ?, finished_at = ? WHERE id = ?`,
-		fault.Canceled.String(), now, now, id); err != nil {
+	// The state is checked again as the row is written: a node may have settled the batch
+	// since it was read.
+	n, err := tx.exec(ctx, `UPDATE converter_batch SET state = 'canceled', error_type = ?,
+		error_detail = 'canceled by request', updated_at = ?, finished_at = ? WHERE id = ? AND state IN (?, ?)`,
+		fault.Canceled.String(), now, now, id, string(StateQueued), string(StateRunning))
+	if err != nil {
 		return Batch{}, fmt.Errorf("cancel batch %s: %w", id, err)
+	}
+	if n == 0 {
+		b, err := s.GetBatch(ctx, tenant, id)
+		if err == nil && b.State != StateCanceled {
+			err = ErrConflict
+		}
+		return b, err
 	}
 	if err := s.cancelBatchEntries(ctx, tx, r); err != nil {
 		return Batch{}, err
@@ -252,7 +262,7 @@ func (s *Service) CancelBatch(ctx context.Context, tenant, id string) (Batch, er
 		return Batch{}, fmt.Errorf("cancel batch %s: %w", id, err)
 	}
 	s.stopBatch(id)
-	s.metrics.batches.WithLabelValues(string(StateCanceled)).Inc()
+	s.finishedBatch(id, StateCanceled)
 	return s.GetBatch(ctx, tenant, id)
 }
 
@@ -313,7 +323,7 @@ func (s *Service) DeleteBatch(ctx context.Context, tenant, id string) error {
 	}
 	s.stopBatch(id)
 	if !r.State.Terminal() {
-		s.metrics.batches.WithLabelValues(string(StateCanceled)).Inc()
+		s.finishedBatch(id, StateCanceled)
 	}
 	return nil
 }
@@ -361,7 +371,9 @@ func (s *Service) stopBatch(id string) {
 // space, and at most the service's workers at once in one unit.
 func (s *Service) batchOptions(b Batch) batch.Options {
 	return batch.Options{
-		Workers: s.cfg.Workers, DryRun: b.Options.DryRun, Force: b.Options.Force,
+		// A unit is one entry of the queue that runs Config.Workers entries at once: one
+		// conversion at a time in each keeps the node's conversions within Workers.
+		Workers: 1, DryRun: b.Options.DryRun, Force: b.Options.Force,
 		Include: b.Options.Include, Exclude: b.Options.Exclude,
 		Convert: convert.Options{AllowGlobals: b.Options.AllowGlobals, Limits: s.cfg.Limits,
 			MinFreeBytes: s.cfg.MinFreeBytes},
@@ -633,6 +645,24 @@ func rowPlaceholders(n, cols int) string {
 // runBatchUnit works one unit of a batch and records its outcome, unless the batch was
 // canceled or deleted, or the unit already done (a second delivery of its entry).
 func (s *Service) runBatchUnit(ctx context.Context, id string, seq int) error {
+	// The unit can be stopped before its batch's state is read: a cancel that commits between
+	// the two then still reaches it.
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.mu.Lock()
+	if s.batchUnits[id] == nil {
+		s.batchUnits[id] = map[int]context.CancelCauseFunc{}
+	}
+	s.batchUnits[id][seq] = cancel
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.batchUnits[id], seq)
+		if len(s.batchUnits[id]) == 0 {
+			delete(s.batchUnits, id)
+		}
+		s.mu.Unlock()
+	}()
 	r, err := getBatch(ctx, s.db, "", id)
 	if errors.Is(err, ErrNotFound) || err == nil && r.State.Terminal() {
 		return nil
@@ -650,22 +680,6 @@ func (s *Service) runBatchUnit(ctx context.Context, id string, seq int) error {
 	if err := json.Unmarshal([]byte(doc), &u); err != nil {
 		return fmt.Errorf("unit %d of batch %s: %w", seq, id, err)
 	}
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	s.mu.Lock()
-	if s.batchUnits[id] == nil {
-		s.batchUnits[id] = map[int]context.CancelCauseFunc{}
-	}
-	s.batchUnits[id][seq] = cancel
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.batchUnits[id], seq)
-		if len(s.batchUnits[id]) == 0 {
-			delete(s.batchUnits, id)
-		}
-		s.mu.Unlock()
-	}()
 
 	src, dst, err := s.batchTrees(runCtx, r.Batch)
 	var rep *batch.Report

@@ -181,7 +181,10 @@ func (l *Local) resolve(rel, name string, e fs.DirEntry, stack []string) child {
 		c.real = target
 	}
 	st, err := os.Stat(c.real)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist): // removed since the directory was listed
+		return skip("removed while the tree was listed")
+	case err != nil:
 		c.read = &ReadError{Path: rel, Err: fault.PathFree(err)}
 		return c
 	}
